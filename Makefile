@@ -1,0 +1,42 @@
+# Set-up and checks. Every target installs what it needs by itself.
+#   make test        venv + package (editable, dev extra) + pytest
+#   make lint        ruff
+#   make benchmark   benchmarks/certify_speed.py
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+# This machine carries these two releases on disk; elsewhere override, e.g. `make test TORCH_PIN=`.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install data test lint benchmark
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Fashion-MNIST: Debian's dataset-fashion-mnist where apt is usable, else torchvision's download
+# into ./data. Failure here is not fatal for `make test`: the real-data tests then skip.
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+data: install
+	@if [ -f $(FMNIST) ] || [ -f data/FashionMNIST/raw/t10k-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -q dataset-fashion-mnist || \
+	  (apt-get update -q && apt-get install -y -q dataset-fashion-mnist); \
+	else \
+	  $(PY) -c "from trainers import load_dataset as l; [l('fashion_mnist', s, download=True) for s in ('train', 'test')]"; \
+	fi
+
+test: install
+	-@$(MAKE) --no-print-directory data
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+benchmark: install
+	$(PY) benchmarks/certify_speed.py

@@ -1,0 +1,1 @@
+"""Certified-accuracy curves, envelopes and tables from certification output files."""

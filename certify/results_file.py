@@ -1,0 +1,112 @@
+"""Append-only, resumable TSV output: one row per image, flushed and fsynced as written.
+
+The columns start with those of Cohen et al.'s scripts (``idx label predict radius correct
+time``), so their analysis tools read our files. The settings that produced the rows live beside
+the file in ``FILE.meta.json``; re-opening with other settings is refused, re-opening with the
+same settings resumes after the last complete row. A torn last line (a crash mid-write) is cut
+off, never duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainers.checkpoint import atomic_write_bytes
+from trainers.errors import UserError
+
+
+def meta_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".meta.json")
+
+
+def _format(value: Any) -> str:
+    # repr() of a float is the shortest string that reads back to the same float.
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+class ResultsFile:
+    """An open TSV results file; ``done`` holds the ``idx`` of every complete row."""
+
+    def __init__(self, path: str | Path, columns: Sequence[str], settings: Mapping[str, Any]):
+        self.path = Path(path)
+        self.columns = tuple(columns)
+        self.settings = dict(settings)
+        self.repaired_torn_line = False
+        self.done: set[int] = set()
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._check_settings()
+            self._load_existing()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(meta_path(self.path), self._settings_bytes)
+            atomic_write_bytes(self.path, lambda f: f.write(self._line(self.columns)))
+        self._file = open(self.path, "a", encoding="utf-8", newline="")
+
+    def _settings_bytes(self, f) -> None:
+        f.write(json.dumps(self.settings, indent=2, sort_keys=True).encode() + b"\n")
+
+    @staticmethod
+    def _line(values: Sequence[Any]) -> bytes:
+        return ("\t".join(_format(v) for v in values) + "\n").encode()
+
+    def _check_settings(self) -> None:
+        meta = meta_path(self.path)
+        try:
+            recorded = json.loads(meta.read_text())
+        except FileNotFoundError:
+            raise UserError(
+                f"{self.path}: exists without its settings record {meta.name}; "
+                "refusing to append to it (choose another --out)"
+            ) from None
+        except (json.JSONDecodeError, OSError) as e:
+            raise UserError(f"{meta}: unreadable settings record ({e})") from e
+        for key, value in self.settings.items():
+            if recorded.get(key) != value:
+                raise UserError(
+                    f"{self.path}: was written with {key}={recorded.get(key)!r}, this run asks "
+                    f"for {key}={value!r}; resume with the same settings or choose another --out"
+                )
+
+    def _load_existing(self) -> None:
+        raw = self.path.read_bytes()
+        complete = raw[: raw.rfind(b"\n") + 1]
+        if len(complete) != len(raw):
+            with open(self.path, "r+b") as f:
+                f.truncate(len(complete))
+                f.flush()
+                os.fsync(f.fileno())
+            self.repaired_torn_line = True
+        lines = complete.decode("utf-8").splitlines()
+        if not lines:
+            atomic_write_bytes(self.path, lambda f: f.write(self._line(self.columns)))
+            return
+        if tuple(lines[0].split("\t")) != self.columns:
+            raise UserError(
+                f"{self.path}: header is {lines[0]!r}, expected {chr(9).join(self.columns)!r}"
+            )
+        for number, line in enumerate(lines[1:], start=2):
+            fields = line.split("\t")
+            if len(fields) != len(self.columns) or not fields[0].isdigit():
+                raise UserError(f"{self.path}: line {number} is malformed: {line[:80]!r}")
+            self.done.add(int(fields[0]))
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Write one complete row and make it durable before returning."""
+        self._file.write(self._line([row[c] for c in self.columns]).decode())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.done.add(int(row[self.columns[0]]))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ResultsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

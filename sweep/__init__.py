@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over the paper's grid, and the ``smoothadv`` command line."""

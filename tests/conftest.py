@@ -1,0 +1,63 @@
+"""Shared fixtures: closed-form base classifiers and a small trained checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from trainers import build_model, load_dataset, save_checkpoint
+
+
+class LinearBinary(nn.Module):
+    """f(x) = 1 if w·x + b > 0 else 0 with ‖w‖ = 1, so under N(0, σ²I) noise
+    P(f(x+δ) = 1) = Φ((w·x + b)/σ) and the smoothed classifier's exact ℓ2 robust radius is
+    |w·x + b|, the distance to the hyperplane."""
+
+    def __init__(self, w: torch.Tensor, b: float):
+        super().__init__()
+        self.linear = nn.Linear(w.numel(), 1)
+        with torch.no_grad():
+            self.linear.weight.copy_(w.flatten() / w.norm())
+            self.linear.bias.fill_(b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear(x.flatten(1))
+        return torch.cat([-z, z], dim=1)
+
+    def margin(self, x: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float(self.linear(x.flatten().unsqueeze(0)))
+
+
+@pytest.fixture
+def linear_classifier():
+    """A unit-normal hyperplane in 8 dimensions (inputs shaped 1×2×4) through the origin."""
+    w = torch.zeros(1, 2, 4)
+    w[0, 0, 0] = 1.0
+    return LinearBinary(w, 0.0)
+
+
+def train_briefly(model: nn.Module, dataset, sigma: float, epochs: int, seed: int = 0) -> None:
+    """Gaussian-augmentation training (Cohen et al.) for the fixtures below."""
+    torch.manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(epochs):
+        for x, y in loader:
+            loss = nn.functional.cross_entropy(model(x + sigma * torch.randn_like(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+
+
+@pytest.fixture(scope="session")
+def synthetic_checkpoint(tmp_path_factory):
+    """A lenet trained for two epochs on the synthetic dataset with noise σ = 0.25."""
+    model = build_model("lenet", "synthetic")
+    train_briefly(model, load_dataset("synthetic", "train"), sigma=0.25, epochs=2)
+    path = tmp_path_factory.mktemp("ckpt") / "lenet_synthetic.pt"
+    save_checkpoint(path, model, arch="lenet", dataset="synthetic", config={"sigma": 0.25})
+    return path

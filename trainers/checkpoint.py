@@ -1,0 +1,147 @@
+"""Checkpoints that carry everything needed to rebuild a model and resume its training.
+
+Written atomically (temporary file in the same folder, fsync, rename, fsync of the folder) and
+read with ``torch.load(weights_only=True)``: a checkpoint can never run code when loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainers.datasets import dataset_info
+from trainers.errors import UserError
+from trainers.models import build_model
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "arch", "dataset", "num_classes", "mean", "std", "state_dict")
+
+
+def atomic_write_bytes(path: str | Path, write: Any) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) generator states, as weights_only-safe objects."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    arch: str,
+    dataset: str,
+    config: dict[str, Any] | None = None,
+    epoch: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Atomically write a checkpoint of ``model`` (unwrapped from DDP) and its training state."""
+    info = dataset_info(dataset)
+    model = getattr(model, "module", model)
+    normalize = model[0]
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "dataset": dataset,
+        "num_classes": info.num_classes,
+        "input_shape": list(info.input_shape),
+        "mean": normalize.mean.flatten().tolist(),
+        "std": normalize.std.flatten().tolist(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": dict(config or {}),
+        "epoch": epoch,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_state(),
+        **(extra or {}),
+    }
+    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; any problem is a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint file does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: refused to load, not a plain weights checkpoint ({first})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise UserError(f"{path}: checkpoint is truncated or corrupt ({type(e).__name__})") from e
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        raise UserError(f"{path}: not a smoothadv checkpoint (missing {', '.join(REQUIRED_KEYS)})")
+    return ckpt
+
+
+def model_from_checkpoint(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    dataset: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Sequential, dict[str, Any]]:
+    """Rebuild the model stored in ``path``; ``arch``/``dataset``, when given, must match it."""
+    ckpt = load_checkpoint(path)
+    for key, want in (("arch", arch), ("dataset", dataset)):
+        if want is not None and ckpt[key] != want:
+            raise UserError(f"{path}: checkpoint {key} is {ckpt[key]!r}, expected {want!r}")
+    try:
+        model = build_model(ckpt["arch"], ckpt["dataset"])
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from e
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"{path}: weights do not fit arch {ckpt['arch']!r} ({first})") from e
+    return model.to(device), ckpt

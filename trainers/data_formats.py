@@ -1,0 +1,108 @@
+"""Readers for the on-disk dataset formats (REFERENCE.md, "Data formats").
+
+Every reader returns images as a uint8 array N×H×W×C and labels as an int64 array N, so the
+datasets above them share one in-memory representation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from trainers.errors import UserError
+
+CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST_FILES = ("test_batch",)
+IMAGENET32_TRAIN_FILES = tuple(f"train_data_batch_{i}" for i in range(1, 11))
+IMAGENET32_TEST_FILES = ("val_data",)
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _unpickle(path: Path) -> dict:
+    # CIFAR-10 and ImageNet-32 are published as Python pickles; there is no other way to read
+    # them. Only files in a directory the user pointed us to are read.
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+    except Exception as e:  # a damaged pickle can raise almost any exception type
+        raise UserError(f"{path}: cannot read pickle batch ({type(e).__name__}: {e})") from e
+    if not isinstance(batch, dict):
+        raise UserError(f"{path}: expected a pickled dict with 'data' and 'labels'")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _rows_to_hwc(data: np.ndarray, side: int, path: Path) -> np.ndarray:
+    """N×(3·side²) rows (all red, then green, then blue, each row-major) → N×side×side×3."""
+    data = np.asarray(data, dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3 * side * side:
+        raise UserError(f"{path}: 'data' has shape {data.shape}, expected N×{3 * side * side}")
+    return data.reshape(-1, 3, side, side).transpose(0, 2, 3, 1).copy()
+
+
+def read_pickle_batches(
+    files: list[Path], num_classes: int, label_offset: int = 0, side: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read CIFAR-10 / ImageNet-32 pickle batches; labels are shifted by ``-label_offset`` and
+    must then lie in [0, num_classes)."""
+    images, labels = [], []
+    for path in files:
+        batch = _unpickle(path)
+        if "data" not in batch or "labels" not in batch:
+            raise UserError(f"{path}: pickle batch lacks 'data' or 'labels'")
+        batch_images = _rows_to_hwc(batch["data"], side, path)
+        batch_labels = np.asarray(batch["labels"], dtype=np.int64).reshape(-1) - label_offset
+        if len(batch_images) != len(batch_labels):
+            raise UserError(
+                f"{path}: {len(batch_images)} images but {len(batch_labels)} labels"
+            )
+        check_labels(batch_labels, num_classes, path, label_offset)
+        images.append(batch_images)
+        labels.append(batch_labels)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def check_labels(labels: np.ndarray, num_classes: int, path: Path, offset: int = 0) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(
+            f"{path}: labels must lie in {offset}..{num_classes - 1 + offset}, found "
+            f"{labels.min() + offset}..{labels.max() + offset}"
+        )
+
+
+def read_idx_gz(path: Path) -> np.ndarray:
+    """Read one gzipped idx file (the MNIST format): magic 0x0000TTDD, then D big-endian dims."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: cannot read gzipped idx file ({e})") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise UserError(f"{path}: not an idx file (bad magic number)")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - offset != expected:
+        raise UserError(f"{path}: idx payload is {len(raw) - offset} bytes, expected {expected}")
+    array = np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims)
+    return array.astype(dtype.newbyteorder("="))
+
+
+def read_fashion_mnist(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    image_file, label_file = FASHION_MNIST_FILES[split]
+    images = read_idx_gz(directory / image_file)
+    labels = read_idx_gz(directory / label_file).astype(np.int64)
+    if images.ndim != 3 or len(images) != len(labels):
+        raise UserError(f"{directory}: {image_file} and {label_file} do not match")
+    check_labels(labels, 10, directory / label_file)
+    return images[..., None].astype(np.uint8), labels

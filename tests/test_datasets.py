@@ -431,3 +431,42 @@ def test_data_root_wins_over_env(isolated, monkeypatch):
 def test_dot_data_folder_is_found(isolated):
     write_cifar10(isolated / "data", per_batch=2, seed=19)
     assert len(load_dataset("cifar10", "test")) == 2
+
+
+def _isolate(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SMOOTHADV_DATA", raising=False)
+    monkeypatch.setattr(trainers.datasets, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+
+
+def test_download_fetches_into_the_first_folder_then_loads(monkeypatch, tmp_path):
+    """--download hands the first candidate folder to torchvision, whose FashionMNIST leaves
+    the .gz files in ROOT/FashionMNIST/raw; the real reader then loads them."""
+    import torchvision.datasets
+
+    _isolate(monkeypatch, tmp_path)
+    fetched = []
+
+    def fake_fashion_mnist(root, train, download):
+        fetched.append(Path(root))
+        write_fashion_mnist(Path(root) / "FashionMNIST" / "raw", n_train=4, n_test=3)
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_fashion_mnist)
+    root = tmp_path / "mine"
+    test = load_dataset("fashion_mnist", "test", root, download=True)
+    assert fetched == [root] and len(test) == 3
+    load_dataset("fashion_mnist", "test", root, download=True)
+    assert fetched == [root]  # present now: no second download
+
+
+def test_failed_download_is_one_clear_error(monkeypatch, tmp_path):
+    import torchvision.datasets
+
+    _isolate(monkeypatch, tmp_path)
+
+    def offline(root, train, download):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(UserError, match=r"cifar10.*download failed.*Network is unreachable"):
+        load_dataset("cifar10", "test", tmp_path / "x", download=True)

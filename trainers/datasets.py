@@ -110,62 +110,73 @@ def _small_image_transform(side: int, train: bool) -> Callable | None:
     return v2.Compose([v2.RandomCrop(side, padding=4), v2.RandomHorizontalFlip()])
 
 
-def _cifar10(split: str, data_root, download: bool, augment: bool) -> Dataset:
-    files = fmt.CIFAR10_TRAIN_FILES if split == "train" else fmt.CIFAR10_TEST_FILES
-    candidates = _candidate_dirs(data_root, ["SMOOTHADV_DATA"])
-    subdirs = ("cifar-10-batches-py", "")
+def _locate(
+    name: str,
+    candidates: Sequence[Path],
+    subdirs: Sequence[str],
+    files: Sequence[str],
+    how: str,
+    fetch: Callable[[Path], object] | None = None,
+) -> Path:
+    """The folder holding ``files``; with ``fetch`` (a torchvision download into a root folder),
+    try it in the first candidate before giving up with an error naming every folder tried."""
     found = _find_dir(candidates, subdirs, files)
-    if found is None and download:
-        from torchvision.datasets import CIFAR10
-
+    if found is None and fetch is not None:
         try:
-            CIFAR10(str(candidates[0]), train=split == "train", download=True)
+            fetch(candidates[0])
         except Exception as e:  # network errors come in many types
-            raise _not_found("cifar10", candidates, files, f"download failed ({e})") from e
+            raise _not_found(name, candidates, files, f"download failed ({e})") from e
         found = _find_dir(candidates[:1], subdirs, files)
     if found is None:
-        raise _not_found(
-            "cifar10", candidates, files,
-            "get the python version from https://www.cs.toronto.edu/~kriz/cifar.html "
-            "(or pass --download) and give its folder with --data-root",
-        )
+        raise _not_found(name, candidates, files, how)
+    return found
+
+
+def _cifar10(split: str, data_root, download: bool, augment: bool) -> Dataset:
+    from torchvision.datasets import CIFAR10
+
+    files = fmt.CIFAR10_TRAIN_FILES if split == "train" else fmt.CIFAR10_TEST_FILES
+
+    def fetch(root: Path) -> None:
+        CIFAR10(str(root), train=split == "train", download=True)
+
+    found = _locate(
+        "cifar10", _candidate_dirs(data_root, ["SMOOTHADV_DATA"]), ("cifar-10-batches-py", ""),
+        files,
+        "get the python version from https://www.cs.toronto.edu/~kriz/cifar.html "
+        "(or pass --download) and give its folder with --data-root",
+        fetch if download else None,
+    )
     images, labels = fmt.read_pickle_batches([found / f for f in files], 10)
     return ArrayDataset(images, labels, _small_image_transform(32, split == "train" and augment))
 
 
 def _imagenet32(split: str, data_root, download: bool, augment: bool) -> Dataset:
     files = fmt.IMAGENET32_TRAIN_FILES if split == "train" else fmt.IMAGENET32_TEST_FILES
-    candidates = _candidate_dirs(data_root, ["SMOOTHADV_DATA"])
-    found = _find_dir(candidates, ("imagenet32", "Imagenet32", ""), files)
-    if found is None:
-        raise _not_found(
-            "imagenet32", candidates, files,
-            "download 'Imagenet32' (pickle batches) from https://image-net.org/download-images "
-            "and give its folder with --data-root",
-        )
+    found = _locate(
+        "imagenet32", _candidate_dirs(data_root, ["SMOOTHADV_DATA"]),
+        ("imagenet32", "Imagenet32", ""), files,
+        "download 'Imagenet32' (pickle batches) from https://image-net.org/download-images "
+        "and give its folder with --data-root",
+    )
     images, labels = fmt.read_pickle_batches([found / f for f in files], 1000, label_offset=1)
     return ArrayDataset(images, labels, _small_image_transform(32, split == "train" and augment))
 
 
 def _fashion_mnist(split: str, data_root, download: bool, augment: bool) -> Dataset:
-    files = fmt.FASHION_MNIST_FILES[split]
-    candidates = _candidate_dirs(data_root, ["SMOOTHADV_DATA"], [DEBIAN_FASHION_MNIST])
-    subdirs = ("", "fashion-mnist", "FashionMNIST/raw")
-    found = _find_dir(candidates, subdirs, files)
-    if found is None and download:
-        from torchvision.datasets import FashionMNIST
+    from torchvision.datasets import FashionMNIST
 
-        try:
-            FashionMNIST(str(candidates[0]), train=split == "train", download=True)
-        except Exception as e:
-            raise _not_found("fashion_mnist", candidates, files, f"download failed ({e})") from e
-        found = _find_dir(candidates[:1], subdirs, files)
-    if found is None:
-        raise _not_found(
-            "fashion_mnist", candidates, files,
-            "install Debian's package dataset-fashion-mnist, pass --download, or give the "
-            "folder of the idx .gz files with --data-root",
-        )
+    def fetch(root: Path) -> None:
+        FashionMNIST(str(root), train=split == "train", download=True)
+
+    found = _locate(
+        "fashion_mnist",
+        _candidate_dirs(data_root, ["SMOOTHADV_DATA"], [DEBIAN_FASHION_MNIST]),
+        ("", "fashion-mnist", "FashionMNIST/raw"), fmt.FASHION_MNIST_FILES[split],
+        "install Debian's package dataset-fashion-mnist, pass --download, or give the "
+        "folder of the idx .gz files with --data-root",
+        fetch if download else None,
+    )
     images, labels = fmt.read_fashion_mnist(found, split)
     return ArrayDataset(images, labels)
 

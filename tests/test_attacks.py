@@ -1,0 +1,106 @@
+"""SmoothAdv attacks on a linear base classifier, whose optimal ℓ2 attack direction is −w."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import LinearBinary
+from torch import nn
+
+from trainers.attacks import smoothadv_ddn, smoothadv_pgd, vanilla_pgd
+
+SIGMA = 0.25
+
+
+@pytest.fixture
+def linear_classifier():
+    """The hyperplane w·x = 0.5 with w = e₀, so 0.5 + margin·w lies at signed distance margin."""
+    w = torch.zeros(1, 2, 4)
+    w[0, 0, 0] = 1.0
+    return LinearBinary(w, -0.5)
+
+
+def batch_at(model, margins):
+    """Points 0.5 + margin·w (inside [0,1] for |margin| ≤ 0.5), true class 1 where margin > 0."""
+    w = model.linear.weight.detach().view(1, 2, 4)
+    x = 0.5 + torch.tensor(margins).view(-1, 1, 1) * w
+    return x, (torch.tensor(margins) > 0).long()
+
+
+def noise_for(x, m, seed=0, sigma=SIGMA):
+    g = torch.Generator().manual_seed(seed)
+    return sigma * torch.randn((x.shape[0], m, *x.shape[1:]), generator=g)
+
+
+def cosine_to_minus_w(model, delta):
+    w = model.linear.weight.detach().flatten()
+    return torch.nn.functional.cosine_similarity(delta.flatten(1), -w.expand(len(delta), -1))
+
+
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_pgd_moves_along_the_optimal_direction_and_ends_on_the_sphere(linear_classifier, m):
+    x, y = batch_at(linear_classifier, [0.3, 0.1, 0.45, 0.2, 0.05])  # B=5 is no multiple of m
+    eps = 0.2
+    x_adv = smoothadv_pgd(linear_classifier, x, y, noise_for(x, m), eps, steps=10)
+    delta = x_adv - x
+    assert torch.allclose(delta.flatten(1).norm(dim=1), torch.full((5,), eps), atol=1e-5)
+    assert (cosine_to_minus_w(linear_classifier, delta) > 1 - 1e-5).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_pgd_clamps_to_the_unit_box(linear_classifier):
+    x, y = batch_at(linear_classifier, [0.45])
+    x = x.clone()
+    x[0, 0, 0] = 0.02  # the pixel the attack wants to lower sits near 0
+    x_adv = smoothadv_pgd(linear_classifier, x, y, noise_for(x, 4), 0.5, steps=10)
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv - x).flatten().norm() <= 0.5 + 1e-6
+
+
+def test_gradient_free_pgd_follows_the_direction_without_backward(linear_classifier):
+    x, y = batch_at(linear_classifier, [0.2, 0.1])
+    x_adv = smoothadv_pgd(linear_classifier, x, y, noise_for(x, 4000), 0.2, steps=4,
+                          gradient_free_sigma=SIGMA)
+    assert (cosine_to_minus_w(linear_classifier, x_adv - x) > 0.9).all()
+
+
+def test_vanilla_pgd_on_base_classifier(linear_classifier):
+    x, y = batch_at(linear_classifier, [0.3, 0.2])
+    delta = vanilla_pgd(linear_classifier, x, y, 0.25, steps=5) - x
+    assert (cosine_to_minus_w(linear_classifier, delta) > 1 - 1e-5).all()
+    assert torch.allclose(delta.flatten(1).norm(dim=1), torch.full((2,), 0.25), atol=1e-5)
+
+
+def test_ddn_stays_within_epsilon_and_finds_close_adversaries(linear_classifier):
+    # small noise, so that the majority vote at x itself is right and only moving makes it wrong
+    x, y = batch_at(linear_classifier, [0.1, 0.15, 0.4, 0.45])
+    eps = 0.3
+    x_adv = smoothadv_ddn(linear_classifier, x, y, noise_for(x, 8, sigma=0.02), eps, steps=20)
+    norms = (x_adv - x).flatten(1).norm(dim=1)
+    assert (norms <= eps + 1e-6).all() and x_adv.min() >= 0 and x_adv.max() <= 1
+    # the two points within ε of the boundary are pushed across it along −w
+    assert (linear_classifier(x_adv[:2]).argmax(1) == 0).all()
+    assert (cosine_to_minus_w(linear_classifier, x_adv[:2] - x[:2]) > 0.99).all()
+
+
+def test_attacks_draw_no_noise_and_are_deterministic(linear_classifier):
+    x, y = batch_at(linear_classifier, [0.3, 0.1, 0.2])
+    noise = noise_for(x, 4)
+    state = torch.get_rng_state()
+    for attack in (smoothadv_pgd, smoothadv_ddn):
+        first = attack(linear_classifier, x, y, noise, 0.3, 6)
+        assert torch.equal(first, attack(linear_classifier, x, y, noise, 0.3, 6))
+    assert torch.equal(torch.get_rng_state(), state)  # the given noise is the only noise used
+
+
+def test_model_is_frozen_during_the_attack_and_restored_after():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    model.train()
+    stats = model[2].running_mean.clone()
+    x = torch.rand(6, 1, 2, 4)
+    y = torch.randint(2, (6,))
+    for attack in (smoothadv_pgd, smoothadv_ddn):
+        attack(model, x, y, noise_for(x, 3), 0.5, 3)
+        assert model.training and all(p.requires_grad for p in model.parameters())
+        assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(model[2].running_mean, stats)  # eval mode: BN statistics untouched

@@ -1,0 +1,203 @@
+"""Trial configuration: the keys of ``smoothadv train`` and of a sweep grid, with validation.
+
+A trial config is a flat mapping plus one nested ``certify`` block. Unknown keys and bad values
+are refused with one line naming the key (a UserError), before anything runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from trainers.datasets import DATASETS
+from trainers.errors import UserError
+from trainers.models import ARCHS
+
+METHODS = ("gaussian", "smoothadv", "vanilla_adv")
+ATTACKS = ("pgd", "ddn")
+
+
+@dataclass(frozen=True)
+class CertifyConfig:
+    """CERTIFY settings for a trial's final model (Cohen et al.'s defaults)."""
+
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    batch_size: int = 400
+    skip: int = 1
+    max: int = -1
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One training run. ``epsilon`` is ℓ2 in [0,1] pixel units (the paper's 0.25 … 2.0)."""
+
+    dataset: str = "cifar10"
+    data_root: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    arch: str = "cifar_resnet110"
+    sigma: float = 0.25
+    method: str = "smoothadv"
+    attack: str = "pgd"
+    gradient_free: bool = False
+    epsilon: float = 0.5
+    steps: int = 10
+    m_train: int = 1
+    multi_noise: bool = False
+    warmup_epochs: int = 10
+    epochs: int = 150
+    batch_size: int = 256
+    lr: float = 0.1
+    lr_step: int = 50
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    init_from: str | None = None
+    reinit_head: bool = False
+    extra_data: str | None = None
+    extra_weight: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    certify: CertifyConfig = field(default_factory=CertifyConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_type(key: str, value: Any, annotation: str) -> Any:
+    optional = annotation.endswith("| None")
+    base = annotation.removesuffix(" | None")
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{key}: must be set (got null)")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise UserError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UserError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if base == "str":
+        if not isinstance(value, str):
+            raise UserError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise AssertionError(annotation)
+
+
+def _typed(cls, values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    known = {f.name: f for f in fields(cls)}
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise UserError(f"{name}: unknown key; expected one of {sorted(known)}")
+        annotation = known[key].type
+        if annotation == "CertifyConfig":
+            if not isinstance(value, Mapping):
+                raise UserError(f"{name}: expected a mapping of certification settings")
+            out[key] = CertifyConfig(**_typed(CertifyConfig, value, f"{name}."))
+        else:
+            out[key] = _check_type(name, value, annotation)
+    return out
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise UserError(f"{key}: {message}")
+
+
+def validate(config: TrialConfig) -> TrialConfig:
+    c = config
+    _require(c.dataset in DATASETS, "dataset", f"unknown {c.dataset!r}; one of {sorted(DATASETS)}")
+    _require(c.arch in ARCHS, "arch", f"unknown {c.arch!r}; one of {sorted(ARCHS)}")
+    _require(c.method in METHODS, "method", f"unknown {c.method!r}; one of {list(METHODS)}")
+    _require(c.attack in ATTACKS, "attack", f"unknown {c.attack!r}; one of {list(ATTACKS)}")
+    _require(c.sigma > 0, "sigma", f"must be > 0, got {c.sigma}")
+    _require(c.epsilon >= 0, "epsilon", f"must be ≥ 0, got {c.epsilon}")
+    _require(c.m_train >= 1, "m_train", f"must be ≥ 1, got {c.m_train}")
+    _require(c.steps >= 1, "steps", f"must be ≥ 1, got {c.steps}")
+    _require(c.epochs >= 1, "epochs", f"must be ≥ 1, got {c.epochs}")
+    _require(c.batch_size >= 1, "batch_size", f"must be ≥ 1, got {c.batch_size}")
+    _require(c.warmup_epochs >= 0, "warmup_epochs", f"must be ≥ 0, got {c.warmup_epochs}")
+    _require(c.lr > 0, "lr", f"must be > 0, got {c.lr}")
+    _require(c.lr_step >= 1, "lr_step", f"must be ≥ 1, got {c.lr_step}")
+    _require(0 < c.lr_gamma <= 1, "lr_gamma", f"must lie in (0, 1], got {c.lr_gamma}")
+    _require(0 <= c.momentum < 1, "momentum", f"must lie in [0, 1), got {c.momentum}")
+    _require(c.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {c.weight_decay}")
+    _require(c.extra_weight >= 0, "extra_weight", f"must be ≥ 0, got {c.extra_weight}")
+    for key in ("train_subset", "test_subset"):
+        value = getattr(c, key)
+        _require(value is None or value >= 1, key, f"must be ≥ 1 or null, got {value}")
+    _require(not c.gradient_free or c.attack == "pgd", "gradient_free",
+             "the gradient-free estimator is for attack: pgd only")
+    _require(not c.reinit_head or c.init_from is not None, "reinit_head",
+             "needs init_from (the checkpoint whose head is replaced)")
+    k = c.certify
+    _require(k.n0 >= 1, "certify.n0", f"must be ≥ 1, got {k.n0}")
+    _require(k.n >= 1, "certify.n", f"must be ≥ 1, got {k.n}")
+    _require(0 < k.alpha < 0.5, "certify.alpha", f"must lie in (0, 0.5), got {k.alpha}")
+    _require(k.batch_size >= 1, "certify.batch_size", f"must be ≥ 1, got {k.batch_size}")
+    _require(k.skip >= 1, "certify.skip", f"must be ≥ 1, got {k.skip}")
+    return config
+
+
+def parse_trial_config(values: Mapping[str, Any]) -> TrialConfig:
+    """A validated TrialConfig from a mapping (defaults fill absent keys)."""
+    if not isinstance(values, Mapping):
+        raise UserError("trial config: expected a mapping of keys to values")
+    return validate(TrialConfig(**_typed(TrialConfig, values)))
+
+
+def apply_overrides(values: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key=value`` strings (YAML values; ``certify.n=1000`` for the nested block)."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in values.items()}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: cannot read value {raw!r}") from None
+        head, _, tail = key.partition(".")
+        if tail:
+            out.setdefault(head, {})
+            if not isinstance(out[head], dict):
+                raise UserError(f"--set {key}: {head} is not a mapping")
+            out[head][tail] = value
+        else:
+            out[key] = value
+    return out
+
+
+def load_trial_config(path: str, overrides: Iterable[str] = ()) -> TrialConfig:
+    """Read a YAML trial config, apply ``--set`` overrides, validate."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file does not exist") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: malformed YAML{where}") from None
+    if not isinstance(values, Mapping):
+        raise UserError(f"{path}: expected a mapping of trial keys")
+    try:
+        return parse_trial_config(apply_overrides(values, overrides))
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None

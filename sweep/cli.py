@@ -67,6 +67,17 @@ def _print_summary(path, certifying: bool) -> None:
     print(line)
 
 
+def _run_train(args: argparse.Namespace) -> int:
+    from trainers.config import load_trial_config
+    from trainers.train import train_trial
+
+    config = load_trial_config(args.config, args.set)
+    metrics = train_trial(config, args.out, progress=not args.no_progress)
+    print(f"{args.out}: trained {metrics['epoch'] + 1} epochs, noisy test accuracy "
+          f"{metrics['test_acc_noisy']:.3f}" if metrics else f"{args.out}: already trained")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothadv",
@@ -81,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Classify images with PREDICT (Cohen et al. 2019); resumable.")
     _add_smoothing_args(p, certifying=False)
     p.set_defaults(func=_run_smoothing)
+    p = sub.add_parser("train", help="train one trial without Ray",
+                       description="Train one trial (resumes from OUT/checkpoint.pt).")
+    p.add_argument("config", help="YAML trial config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (certify.n=1000 for the nested block)")
+    p.add_argument("--out", required=True, help="trial folder: checkpoint, metrics, config")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_train)
     return parser
 
 

@@ -1,0 +1,93 @@
+"""The training loop: resume equals uninterrupted, noise reuse, training helps certification."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from certify.runner import Sampling, run_smoothing, select_indices
+from trainers import build_model, load_dataset, model_from_checkpoint
+from trainers import train as train_module
+from trainers.config import parse_trial_config
+from trainers.train import CHECKPOINT, METRICS, train_trial
+
+BASE = {"dataset": "synthetic", "arch": "lenet", "sigma": 0.25, "epsilon": 0.25, "steps": 2,
+        "m_train": 2, "warmup_epochs": 2, "batch_size": 50, "lr": 0.05, "lr_step": 2,
+        "train_subset": 300, "test_subset": 100, "device": "cpu"}
+
+
+def config(**overrides):
+    return parse_trial_config({**BASE, **overrides})
+
+
+@pytest.mark.parametrize("method,attack,multi", [("smoothadv", "pgd", False),
+                                                 ("smoothadv", "ddn", True),
+                                                 ("gaussian", "pgd", False)])
+def test_resume_from_epoch_checkpoint_equals_uninterrupted(tmp_path, method, attack, multi):
+    c = config(method=method, attack=attack, multi_noise=multi, epochs=3)
+    train_trial(c, tmp_path / "straight", progress=False)
+    interrupted = parse_trial_config({**c.to_dict(), "epochs": 1})
+    train_trial(interrupted, tmp_path / "resumed", progress=False)
+    train_trial(c, tmp_path / "resumed", progress=False)  # continues at epoch 1
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)
+    assert b["epoch"] == 3
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    epochs = [json.loads(ln)["epoch"] for ln in (tmp_path / "resumed" / METRICS).open()]
+    assert epochs == [0, 1, 2]
+
+
+def test_epsilon_warmup_is_linear():
+    c = config(epsilon=1.0, warmup_epochs=4)
+    assert [train_module.attack_epsilon(c, e) for e in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
+
+
+def test_the_update_uses_the_attacks_noise(monkeypatch):
+    """Pseudocode 1: x̂ + δ_i in the update uses the δ_i the attack was given."""
+    seen = {}
+
+    def spy_attack(model, x, y, noise, config, epsilon):
+        seen["noise"] = noise.clone()
+        return x + 0.01
+
+    def spy_step(model, optimizer, inputs, targets, stats):
+        seen["inputs"] = inputs.clone()
+
+    monkeypatch.setattr(train_module, "attack_chunk", spy_attack)
+    monkeypatch.setattr(train_module, "_sgd_step", spy_step)
+    x, y = torch.rand(5, 1, 16, 16), torch.randint(4, (5,))
+    model = build_model("lenet", "synthetic")
+    train_module.train_batch(model, None, x, y, config(m_train=1, multi_noise=True), 0.25, {})
+    assert torch.allclose(seen["inputs"], x + 0.01 + seen["noise"][:, 0])
+
+
+def test_batch_not_divisible_by_m_trains_on_every_image(monkeypatch):
+    sizes = []
+    monkeypatch.setattr(train_module, "_sgd_step",
+                        lambda model, opt, inputs, targets, stats: sizes.append(len(targets)))
+    model = build_model("lenet", "synthetic")
+    x, y = torch.rand(7, 1, 16, 16), torch.randint(4, (7,))
+    train_module.train_batch(model, None, x, y, config(m_train=3), 0.1, {})
+    assert sizes == [7]  # one step on all 7 images
+    sizes.clear()
+    train_module.train_batch(model, None, x, y, config(m_train=3, multi_noise=True), 0.1, {})
+    assert sizes == [9, 6, 6]  # chunks of 3, 2, 2 images × 3 noisy copies each
+
+
+def test_short_smoothadv_training_raises_certified_accuracy(tmp_path):
+    c = config(epochs=2, train_subset=600)
+    train_trial(c, tmp_path / "run", progress=False)
+    trained, _ = model_from_checkpoint(tmp_path / "run" / CHECKPOINT)
+    test = load_dataset("synthetic", "test")
+    indices = select_indices(len(test), skip=8)
+    sampling = Sampling(sigma=0.25, n=200, alpha=0.01, n0=20)
+    accuracy = {}
+    for name, model in (("trained", trained), ("untrained", build_model("lenet", "synthetic"))):
+        run_smoothing(model, 4, test, indices, sampling, tmp_path / f"{name}.tsv", progress=False)
+        frame = pd.read_csv(tmp_path / f"{name}.tsv", sep="\t")
+        accuracy[name] = (frame["correct"] & (frame["radius"] >= 0.25)).mean()
+    assert accuracy["trained"] > 0.6 > accuracy["untrained"] + 0.2

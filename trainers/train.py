@@ -1,0 +1,213 @@
+"""One training trial: Gaussian augmentation (Cohen et al.), SmoothAdv (Pseudocode 1) and vanilla
+adversarial training, with the reference script's batching (REFERENCE.md).
+
+Per loader batch of B images, split into m chunks of about B/m images: each chunk, each image
+repeated m times with its own fresh noise, is attacked; with ``multi_noise`` each chunk then takes
+its own SGD step on its B/m × m noisy attacked samples, otherwise the first noisy copy of every
+image is kept and one SGD step is taken on the B images. The noise of a chunk is drawn once and
+used in every attack step and in the update (Pseudocode 1, footnote 4).
+
+Every epoch ends with an atomic checkpoint, then one JSON line of metrics. Each epoch's
+randomness (shuffling, augmentation, noise) is seeded from (seed, epoch), so a run resumed from
+an epoch checkpoint reproduces the uninterrupted run bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Subset
+
+from trainers import attacks
+from trainers.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from trainers.config import TrialConfig
+from trainers.datasets import dataset_info, load_dataset
+from trainers.errors import UserError
+from trainers.models import build_model, reset_head
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def attack_epsilon(config: TrialConfig, epoch: int) -> float:
+    """ε warm-up: in epoch e (0-based) the attack uses min(ε, (e+1)·ε/warmup)."""
+    if config.warmup_epochs == 0:
+        return config.epsilon
+    return min(config.epsilon, (epoch + 1) * config.epsilon / config.warmup_epochs)
+
+
+def attack_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
+                 config: TrialConfig, epsilon: float) -> torch.Tensor:
+    """x̂ for one chunk, per the trial's method (identity for Gaussian augmentation)."""
+    if config.method == "gaussian" or epsilon == 0:
+        return x
+    if config.method == "vanilla_adv":
+        return attacks.vanilla_pgd(model, x, y, epsilon, config.steps)
+    if config.attack == "ddn":
+        return attacks.smoothadv_ddn(model, x, y, noise, epsilon, config.steps)
+    return attacks.smoothadv_pgd(model, x, y, noise, epsilon, config.steps,
+                                 gradient_free_sigma=config.sigma if config.gradient_free else None)
+
+
+def _sgd_step(model, optimizer, inputs, targets, stats) -> None:
+    model.train()
+    logits = model(inputs)
+    loss = F.cross_entropy(logits, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    stats["loss"] += float(loss.detach()) * len(targets)
+    stats["correct"] += int((logits.argmax(1) == targets).sum())
+    stats["samples"] += len(targets)
+
+
+def train_batch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor, config: TrialConfig, epsilon: float, stats: dict) -> None:
+    """One loader batch, batched as in the reference script (module docstring)."""
+    m = config.m_train
+    kept_x, kept_y = [], []
+    for chunk in torch.arange(len(y), device=y.device).tensor_split(m):
+        if len(chunk) == 0:
+            continue
+        xc, yc = x[chunk], y[chunk]
+        noise = config.sigma * torch.randn((len(chunk), m, *x.shape[1:]), device=x.device)
+        x_hat = attack_chunk(model, xc, yc, noise, config, epsilon)
+        noisy = x_hat.unsqueeze(1) + noise  # the same noise as in the attack
+        if config.multi_noise:
+            _sgd_step(model, optimizer, noisy.flatten(0, 1), yc.repeat_interleave(m), stats)
+        else:
+            kept_x.append(noisy[:, 0])
+            kept_y.append(yc)
+    if not config.multi_noise:
+        _sgd_step(model, optimizer, torch.cat(kept_x), torch.cat(kept_y), stats)
+
+
+@torch.no_grad()
+def noisy_accuracy(model: nn.Module, loader: DataLoader, sigma: float,
+                   device: torch.device) -> float:
+    """Accuracy of the base classifier on one noisy copy of each test image."""
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        correct += int((model(x + sigma * torch.randn_like(x)).argmax(1) == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def _subset(dataset, size: int | None):
+    return dataset if size is None else Subset(dataset, range(min(size, len(dataset))))
+
+
+def _initial_model(config: TrialConfig, device: torch.device) -> nn.Sequential:
+    if config.init_from is None:
+        return build_model(config.arch, config.dataset).to(device)
+    model, ckpt = model_from_checkpoint(config.init_from, arch=config.arch, device=device)
+    num_classes = dataset_info(config.dataset).num_classes
+    if config.reinit_head:
+        reset_head(model, num_classes)
+    elif ckpt["num_classes"] != num_classes:
+        raise UserError(f"init_from: {config.init_from} has {ckpt['num_classes']} classes, "
+                        f"{config.dataset} has {num_classes}; set reinit_head: true")
+    fresh = build_model(config.arch, config.dataset)
+    model[0].load_state_dict(fresh[0].state_dict())  # the new dataset's normalization
+    return model
+
+
+def _trim_metrics(path: Path, before_epoch: int) -> None:
+    """Keep only metric lines of epochs that have a checkpoint (a crash may leave later ones)."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines()
+             if ln.strip() and ln.endswith("}") and json.loads(ln)["epoch"] < before_epoch]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def train_trial(config: TrialConfig, out_dir: str | Path,
+                report: Callable[[dict[str, Any], Path], None] | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) one trial in ``out_dir``; returns the last epoch's metrics.
+
+    ``report(metrics, checkpoint_path)`` is called after every epoch (Ray Train's hook).
+    """
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model = _initial_model(config, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, config.lr_gamma)
+    start_epoch = 0
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        if ckpt["arch"] != config.arch or ckpt["dataset"] != config.dataset:
+            raise UserError(f"{ckpt_path}: belongs to {ckpt['arch']} on {ckpt['dataset']}, "
+                            f"not this trial's {config.arch} on {config.dataset}")
+        model.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch = ckpt["epoch"]
+    _trim_metrics(out / METRICS, start_epoch)
+
+    train_set = _subset(load_dataset(config.dataset, "train", config.data_root),
+                        config.train_subset)
+    test_set = _subset(load_dataset(config.dataset, "test", config.data_root, augment=False),
+                       config.test_subset)
+    test_loader = DataLoader(test_set, batch_size=config.batch_size)
+    metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, config.epochs):
+        seed = epoch_seed(config.seed, epoch)
+        torch.manual_seed(seed)
+        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        epsilon = attack_epsilon(config, epoch)
+        stats = {"loss": 0.0, "correct": 0, "samples": 0}
+        lr = optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        for x, y in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                         disable=not progress, leave=False):
+            train_batch(model, optimizer, x.to(device), y.to(device), config, epsilon, stats)
+        scheduler.step()
+        seconds = time.perf_counter() - t0
+        metrics = {
+            "epoch": epoch, "train_loss": stats["loss"] / stats["samples"],
+            "train_acc": stats["correct"] / stats["samples"],
+            "test_acc_noisy": noisy_accuracy(model, test_loader, config.sigma, device),
+            "lr": lr, "epsilon": epsilon, "epoch_seconds": seconds,
+            "samples_per_s": len(train_set) / seconds,
+        }
+        save_checkpoint(ckpt_path, model, arch=config.arch, dataset=config.dataset,
+                        config=config.to_dict(), epoch=epoch + 1, optimizer=optimizer,
+                        scheduler=scheduler)
+        with open(out / METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if report is not None:
+            report(metrics, ckpt_path)
+    return metrics

@@ -53,6 +53,7 @@ def test_yaml_and_overrides(tmp_path):
     ({"certify": {"alpha": 0.6}}, "certify.alpha"),
     ({"certify": 5}, "certify"),
     ({"reinit_head": True}, "reinit_head"),
+    ({"extra_data": "pseudo.pkl"}, "extra_data"),
     ({"attack": "ddn", "gradient_free": True}, "gradient_free"),
 ])
 def test_bad_values_are_refused_naming_the_key(values, key):

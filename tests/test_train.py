@@ -91,3 +91,23 @@ def test_short_smoothadv_training_raises_certified_accuracy(tmp_path):
         frame = pd.read_csv(tmp_path / f"{name}.tsv", sep="\t")
         accuracy[name] = (frame["correct"] & (frame["radius"] >= 0.25)).mean()
     assert accuracy["trained"] > 0.6 > accuracy["untrained"] + 0.2
+
+
+def test_fine_tuning_keeps_the_body_and_replaces_the_head(tmp_path):
+    """ImageNet-32 → CIFAR-10 (Table 2): body weights from the checkpoint, a fresh 10-way head,
+    CIFAR-10's normalization."""
+    from trainers import save_checkpoint
+    from trainers.errors import UserError
+
+    pretrained = build_model("cifar_resnet20", "imagenet32")
+    path = tmp_path / "pre.pt"
+    save_checkpoint(path, pretrained, arch="cifar_resnet20", dataset="imagenet32")
+    c = parse_trial_config({"dataset": "cifar10", "arch": "cifar_resnet20",
+                            "init_from": str(path), "reinit_head": True})
+    model = train_module._initial_model(c, torch.device("cpu"))
+    assert model[1].fc.out_features == 10
+    assert torch.equal(model[1].conv1.weight, pretrained[1].conv1.weight)
+    assert torch.allclose(model[0].mean.flatten(), torch.tensor([0.4914, 0.4822, 0.4465]))
+    with pytest.raises(UserError, match="init_from.*reinit_head"):
+        train_module._initial_model(parse_trial_config({**c.to_dict(), "reinit_head": False}),
+                                    torch.device("cpu"))

@@ -29,11 +29,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
 from trainers import attacks
-from trainers.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from trainers.checkpoint import model_from_checkpoint, save_checkpoint
 from trainers.config import TrialConfig
 from trainers.datasets import dataset_info, load_dataset
 from trainers.errors import UserError
-from trainers.models import build_model, reset_head
+from trainers.models import NormalizeLayer, build_model, reset_head
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -123,14 +123,13 @@ def _initial_model(config: TrialConfig, device: torch.device) -> nn.Sequential:
     if config.init_from is None:
         return build_model(config.arch, config.dataset).to(device)
     model, ckpt = model_from_checkpoint(config.init_from, arch=config.arch, device=device)
-    num_classes = dataset_info(config.dataset).num_classes
+    info = dataset_info(config.dataset)
     if config.reinit_head:
-        reset_head(model, num_classes)
-    elif ckpt["num_classes"] != num_classes:
+        reset_head(model, info.num_classes)
+    elif ckpt["num_classes"] != info.num_classes:
         raise UserError(f"init_from: {config.init_from} has {ckpt['num_classes']} classes, "
-                        f"{config.dataset} has {num_classes}; set reinit_head: true")
-    fresh = build_model(config.arch, config.dataset)
-    model[0].load_state_dict(fresh[0].state_dict())  # the new dataset's normalization
+                        f"{config.dataset} has {info.num_classes}; set reinit_head: true")
+    model[0] = NormalizeLayer(info.mean, info.std).to(device)  # the new dataset's normalization
     return model
 
 
@@ -157,18 +156,18 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model = _initial_model(config, device)
+    ckpt_path = out / CHECKPOINT
+    ckpt = None
+    if ckpt_path.exists():  # resume this trial
+        model, ckpt = model_from_checkpoint(ckpt_path, arch=config.arch, dataset=config.dataset,
+                                            device=device)
+    else:
+        model = _initial_model(config, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, config.lr_gamma)
     start_epoch = 0
-    ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        if ckpt["arch"] != config.arch or ckpt["dataset"] != config.dataset:
-            raise UserError(f"{ckpt_path}: belongs to {ckpt['arch']} on {ckpt['dataset']}, "
-                            f"not this trial's {config.arch} on {config.dataset}")
-        model.load_state_dict(ckpt["state_dict"])
+    if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch = ckpt["epoch"]

@@ -1,19 +1,27 @@
-"""Data, models, checkpoints and (later) the SmoothAdv training loop."""
+"""Data, models, checkpoints, attacks and the SmoothAdv training loop.
 
-from trainers.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from trainers.datasets import DATASETS, DatasetInfo, dataset_info, load_dataset
-from trainers.errors import UserError
-from trainers.models import ARCHS, build_model
+Names are imported on first use, so ``smoothadv --help`` and error paths need not load torch.
+"""
 
-__all__ = [
-    "ARCHS",
-    "DATASETS",
-    "DatasetInfo",
-    "UserError",
-    "build_model",
-    "dataset_info",
-    "load_checkpoint",
-    "load_dataset",
-    "model_from_checkpoint",
-    "save_checkpoint",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "ARCHS": "trainers.models",
+    "build_model": "trainers.models",
+    "DATASETS": "trainers.datasets",
+    "DatasetInfo": "trainers.datasets",
+    "dataset_info": "trainers.datasets",
+    "load_dataset": "trainers.datasets",
+    "load_checkpoint": "trainers.checkpoint",
+    "model_from_checkpoint": "trainers.checkpoint",
+    "save_checkpoint": "trainers.checkpoint",
+    "UserError": "trainers.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'trainers' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
 from trainers import attacks
-from trainers.checkpoint import model_from_checkpoint, save_checkpoint
+from trainers.checkpoint import atomic_write_bytes, model_from_checkpoint, save_checkpoint
 from trainers.config import TrialConfig
 from trainers.datasets import dataset_info, load_dataset
 from trainers.errors import UserError
@@ -139,7 +139,7 @@ def _trim_metrics(path: Path, before_epoch: int) -> None:
         return
     lines = [ln for ln in path.read_text().splitlines()
              if ln.strip() and ln.endswith("}") and json.loads(ln)["epoch"] < before_epoch]
-    path.write_text("".join(ln + "\n" for ln in lines))
+    atomic_write_bytes(path, lambda f: f.write("".join(ln + "\n" for ln in lines).encode()))
 
 
 def train_trial(config: TrialConfig, out_dir: str | Path,
@@ -153,7 +153,8 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
+    atomic_write_bytes(out / "config.yaml", lambda f: f.write(config_yaml))
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     ckpt_path = out / CHECKPOINT

@@ -4,14 +4,15 @@ The columns start with those of Cohen et al.'s scripts (``idx label predict radi
 time``), so their analysis tools read our files. The settings that produced the rows live beside
 the file in ``FILE.meta.json``; re-opening with other settings is refused, re-opening with the
 same settings resumes after the last complete row. A torn last line (a crash mid-write) is cut
-off, never duplicated.
+off, never duplicated. Rows are keyed by ``idx`` unless the writer names other key columns (the
+empirical attack keys them by ``(idx, epsilon)``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,24 @@ def _format(value: Any) -> str:
 
 
 class ResultsFile:
-    """An open TSV results file; ``done`` holds the ``idx`` of every complete row."""
+    """An open TSV results file; ``done`` holds the key of every complete row.
 
-    def __init__(self, path: str | Path, columns: Sequence[str], settings: Mapping[str, Any]):
+    ``key_columns`` maps each key column to the parser of its text (default ``{"idx": int}``).
+    With one key column a key is that column's value (``12``), with several a tuple of them
+    (``(12, 0.5)``).
+    """
+
+    def __init__(self, path: str | Path, columns: Sequence[str], settings: Mapping[str, Any],
+                 key_columns: Mapping[str, Callable[[str], Any]] | None = None):
         self.path = Path(path)
         self.columns = tuple(columns)
         self.settings = dict(settings)
+        self.key_columns = dict(key_columns or {"idx": int})
+        unknown = set(self.key_columns) - set(self.columns)
+        if unknown:
+            raise ValueError(f"key columns {sorted(unknown)} are not among {self.columns}")
         self.repaired_torn_line = False
-        self.done: set[int] = set()
+        self.done: set[Any] = set()
         if self.path.exists() and self.path.stat().st_size > 0:
             self._check_settings()
             self._load_existing()
@@ -53,6 +64,11 @@ class ResultsFile:
     @staticmethod
     def _line(values: Sequence[Any]) -> bytes:
         return ("\t".join(_format(v) for v in values) + "\n").encode()
+
+    def _key(self, text: Mapping[str, str]) -> Any:
+        """The key of a row given as its fields' text (raises ValueError when unparsable)."""
+        key = tuple(parse(text[c]) for c, parse in self.key_columns.items())
+        return key[0] if len(key) == 1 else key
 
     def _check_settings(self) -> None:
         meta = meta_path(self.path)
@@ -91,16 +107,22 @@ class ResultsFile:
             )
         for number, line in enumerate(lines[1:], start=2):
             fields = line.split("\t")
-            if len(fields) != len(self.columns) or not fields[0].isdigit():
+            key = None
+            if len(fields) == len(self.columns) and fields[0].isdigit():
+                try:
+                    key = self._key(dict(zip(self.columns, fields, strict=True)))
+                except ValueError:
+                    pass
+            if key is None:
                 raise UserError(f"{self.path}: line {number} is malformed: {line[:80]!r}")
-            self.done.add(int(fields[0]))
+            self.done.add(key)
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Write one complete row and make it durable before returning."""
         self._file.write(self._line([row[c] for c in self.columns]).decode())
         self._file.flush()
         os.fsync(self._file.fileno())
-        self.done.add(int(row[self.columns[0]]))
+        self.done.add(self._key({c: _format(row[c]) for c in self.key_columns}))
 
     def close(self) -> None:
         self._file.close()

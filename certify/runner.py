@@ -135,10 +135,20 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def smooth_checkpoint(
+@dataclass
+class Evaluation:
+    """A checkpoint's model with the images it is evaluated on and the identity recorded
+    beside the results (checkpoint hash, dataset, split)."""
+
+    model: torch.nn.Module
+    num_classes: int
+    images: Dataset
+    indices: list[int]
+    identity: dict
+
+
+def load_evaluation(
     checkpoint: str | Path,
-    sampling: Sampling,
-    out: str | Path,
     *,
     dataset: str | None = None,
     data_root: str | None = None,
@@ -147,20 +157,33 @@ def smooth_checkpoint(
     max_index: int = -1,
     start: int = 0,
     stop: int | None = None,
-    batch_size: int = 400,
     device: str | None = None,
     download: bool = False,
-    progress: bool = True,
-) -> ResultsFile:
-    """Load ``checkpoint`` and the images it was trained for, then run :func:`run_smoothing`."""
+) -> Evaluation:
+    """Load ``checkpoint`` (weights only) and the split of the dataset it was trained for
+    (or ``dataset``), with the image indices selected by skip/max/start/stop."""
     from trainers.checkpoint import model_from_checkpoint
     from trainers.datasets import load_dataset
 
-    sampling.validate()
     model, ckpt = model_from_checkpoint(checkpoint, device=device or default_device())
     name = dataset or ckpt["dataset"]
     images = load_dataset(name, split, data_root, augment=False, download=download)
     indices = select_indices(len(images), skip, max_index, start, stop)
     identity = {"checkpoint_sha256": file_sha256(checkpoint), "dataset": name, "split": split}
-    return run_smoothing(model, ckpt["num_classes"], images, indices, sampling, out,
-                         batch_size=batch_size, identity=identity, progress=progress)
+    return Evaluation(model, ckpt["num_classes"], images, indices, identity)
+
+
+def smooth_checkpoint(
+    checkpoint: str | Path,
+    sampling: Sampling,
+    out: str | Path,
+    *,
+    batch_size: int = 400,
+    progress: bool = True,
+    **selection,
+) -> ResultsFile:
+    """:func:`run_smoothing` on a checkpoint; ``selection`` goes to :func:`load_evaluation`."""
+    sampling.validate()
+    ev = load_evaluation(checkpoint, **selection)
+    return run_smoothing(ev.model, ev.num_classes, ev.images, ev.indices, sampling, out,
+                         batch_size=batch_size, identity=ev.identity, progress=progress)

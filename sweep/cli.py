@@ -22,7 +22,7 @@ def _add_smoothing_args(p: argparse.ArgumentParser, certifying: bool) -> None:
         p.add_argument("--n0", type=int, default=100, help="samples to choose the top class")
     p.add_argument("--n", type=int, default=100_000,
                    help="samples to estimate the class probability" if certifying
-                   else "samples for the binomial test")
+                   else "samples for the binomial test (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
     p.add_argument("--batch", type=int, default=400, help="noisy samples per forward pass")
     p.add_argument("--skip", type=int, default=1, help="use every SKIP-th image")
@@ -67,6 +67,26 @@ def _print_summary(path, certifying: bool) -> None:
     print(line)
 
 
+def _run_attack(args: argparse.Namespace) -> int:
+    from certify.attack import AttackSettings, attack_checkpoint, empirical_accuracy
+
+    settings = AttackSettings(sigma=args.sigma, epsilons=tuple(args.epsilon), steps=args.steps,
+                              m_test=args.m_test, n=args.n, alpha=args.alpha, seed=args.seed)
+    results = attack_checkpoint(
+        args.checkpoint, settings, args.out, dataset=args.dataset, data_root=args.data_root,
+        split=args.split, skip=args.skip, max_index=args.max_index, start=args.start,
+        stop=args.stop, batch_size=args.batch, device=args.device, download=args.download,
+        progress=not args.no_progress,
+    )
+    accuracy = empirical_accuracy(results.path)
+    if accuracy.empty:
+        print(f"{results.path}: no images selected")
+    for epsilon, row in accuracy.iterrows():
+        print(f"eps {epsilon:g}: empirical accuracy {row['accuracy']:.3f} "
+              f"({int(row['images'])} images)")
+    return 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from trainers.config import load_trial_config
     from trainers.train import train_trial
@@ -76,6 +96,105 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"{args.out}: trained {metrics['epoch'] + 1} epochs, noisy test accuracy "
           f"{metrics['test_acc_noisy']:.3f}" if metrics else f"{args.out}: already trained")
     return 0
+
+
+def _run_pseudo_label(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from trainers.self_training import pseudo_label
+
+    labels = pseudo_label(args.teacher, args.images, args.out, limit=args.limit,
+                          data_root=args.data_root, batch_size=args.batch, device=args.device,
+                          progress=not args.no_progress)
+    counts = np.bincount(labels)
+    shown = (" ".join(f"{c}:{n}" for c, n in enumerate(counts)) if len(counts) <= 20
+             else f"{np.count_nonzero(counts)} classes, {counts.min()}..{counts.max()} each")
+    print(f"{args.out}: {len(labels)} images, label counts {shown}")
+    return 0
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from analysis.published import parse_references
+    from analysis.report import Options, build_report
+
+    options = Options(radii=tuple(args.radii), selection=args.selection,
+                      references=parse_references(args.reference),
+                      representative=tuple(args.representative), rho=args.rho)
+    report = build_report(args.sweep_dirs, args.logs, args.out, options)
+    print("\n".join(report.summary))
+    return 0
+
+
+def _run_sweep_plan(args: argparse.Namespace) -> int:
+    from sweep.spec import load_spec
+    from sweep.status import format_plan
+
+    print(format_plan(load_spec(args.spec, args.set)))
+    return 0
+
+
+def _run_sweep_run(args: argparse.Namespace) -> int:
+    from sweep.run import run_sweep
+
+    errors = run_sweep(args.spec, args.set, address=args.address, storage=args.storage,
+                       max_concurrent=args.max_concurrent, verbose=args.verbose)
+    return 1 if errors else 0
+
+
+def _run_sweep_resume(args: argparse.Namespace) -> int:
+    from sweep.run import resume_sweep
+
+    errors = resume_sweep(args.sweep_dir, restart_errored=args.restart_errored,
+                          address=args.address, verbose=args.verbose)
+    return 1 if errors else 0
+
+
+def _run_sweep_status(args: argparse.Namespace) -> int:
+    from sweep.status import format_status
+
+    print(format_status(args.sweep_dir))
+    return 0
+
+
+def _add_sweep_parser(sub) -> None:
+    sweep = sub.add_parser("sweep", help="plan, run, resume and inspect Ray Tune sweeps",
+                           description="Sweeps over a grid of trials on Ray (see configs/).")
+    commands = sweep.add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
+    p = commands.add_parser("plan", help="list the trials of a spec and what they request",
+                            description="List a spec's trials (no Ray started).")
+    p.add_argument("spec", help="YAML sweep spec")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a default (resources.KEY for resources)")
+    p.set_defaults(func=_run_sweep_plan)
+    ray_help = "Ray address (default: RAY_ADDRESS, else start Ray locally on 127.0.0.1)"
+    p = commands.add_parser("run", help="run a sweep on Ray",
+                            description="Run every trial of a spec: train, certify, report.")
+    p.add_argument("spec", help="YAML sweep spec")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a default, e.g. init_from=PATH (resources.KEY for resources)")
+    p.add_argument("--address", help=ray_help)
+    p.add_argument("--storage", default="sweeps",
+                   help="folder holding the sweep folder STORAGE/NAME (shared on clusters)")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once (default: as "
+                   "many as resources allow)")
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
+                   help="Tune's console output level")
+    p.set_defaults(func=_run_sweep_run)
+    p = commands.add_parser("resume", help="continue an interrupted or failed sweep",
+                            description="Continue a sweep: unfinished trials go on from their "
+                            "checkpoints, errored ones resume (or restart), finished ones stay.")
+    p.add_argument("sweep_dir", help="the sweep folder (STORAGE/NAME)")
+    p.add_argument("--restart-errored", action="store_true",
+                   help="start errored trials from scratch (old outputs move to errored/)")
+    p.add_argument("--address", help=ray_help)
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
+                   help="Tune's console output level")
+    p.set_defaults(func=_run_sweep_resume)
+    p = commands.add_parser("status", help="one line per trial: state, epoch, certification",
+                            description="Show each trial's state, epoch, certification "
+                            "progress and first error line.")
+    p.add_argument("sweep_dir", help="the sweep folder (STORAGE/NAME)")
+    p.set_defaults(func=_run_sweep_status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Classify images with PREDICT (Cohen et al. 2019); resumable.")
     _add_smoothing_args(p, certifying=False)
     p.set_defaults(func=_run_smoothing)
+    p = sub.add_parser("attack", help="SmoothAdv-PGD attack, then PREDICT (empirical accuracy)",
+                       description="Attack images with SmoothAdv-PGD (Salman et al. 2019, "
+                       "Section 4.3) at each ε and classify them with PREDICT; resumable.")
+    _add_smoothing_args(p, certifying=False)
+    p.add_argument("--epsilon", type=float, nargs="+", required=True,
+                   help="ℓ2 attack radii in [0,1] pixel units, e.g. 0.25 0.5 1.0")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps (step size 2ε/steps)")
+    p.add_argument("--m-test", type=int, default=128,
+                   help="noise samples in the attack's objective, drawn once per image and ε")
+    p.set_defaults(func=_run_attack)
     p = sub.add_parser("train", help="train one trial without Ray",
                        description="Train one trial (resumes from OUT/checkpoint.pt).")
     p.add_argument("config", help="YAML trial config")
@@ -100,6 +229,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="trial folder: checkpoint, metrics, config")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run_train)
+    p = sub.add_parser("pseudo-label", help="label unlabelled images with a teacher model",
+                       description="Write a pseudo-labelled set for self-training (Carmon et "
+                       "al. 2019; trial key extra_data): the teacher's base-classifier argmax "
+                       "on each clean image.")
+    p.add_argument("--teacher", required=True, help="model checkpoint written by smoothadv")
+    p.add_argument("--images", required=True, metavar="SOURCE",
+                   help="DATASET:SPLIT (e.g. cifar10:train; labels ignored), a .npy file "
+                   "(uint8 N×H×W×C), or a pickle with 'data' (Carmon et al.'s format)")
+    p.add_argument("--out", required=True, help="output pickle: data, extrapolated_targets")
+    p.add_argument("--limit", type=int, help="label only the first LIMIT images")
+    p.add_argument("--batch", type=int, default=256, help="images per forward pass")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--data-root", help="folder holding the dataset files (DATASET:SPLIT)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_pseudo_label)
+    p = sub.add_parser("analyze", help="certified-accuracy envelopes, figures and tables",
+                       description="Gather the certification of sweeps (and of logs made "
+                       "elsewhere) into results.parquet, envelope CSVs, the paper's Figure 1/2 "
+                       "panels and Tables 1-2, 3 and 7-15.")
+    p.add_argument("sweep_dirs", nargs="*", metavar="SWEEP_DIR", help="sweep folder")
+    p.add_argument("--logs", metavar="MAPPING.csv", help="CSV with a path column (relative to "
+                   "the CSV) naming certify logs, and trial-value columns (sigma, attack, "
+                   "epsilon, m_train, steps, method, dataset, alpha; label names the trial)")
+    p.add_argument("-o", "--out", required=True, metavar="REPORT_DIR", help="report folder")
+    p.add_argument("--radii", type=float, nargs="+", default=[],
+                   help="extra radii for certified_accuracy.csv (besides every 0.25)")
+    p.add_argument("--selection", choices=["max", "holdout"], default="max",
+                   help="envelope: best trial per radius (max, as in the paper) or chosen on "
+                   "half the images and measured on the other half (holdout)")
+    p.add_argument("--reference", metavar="NAMES",
+                   help="published rows to draw, comma-separated: cohen,smoothadv,smoothadv_both")
+    p.add_argument("--representative", nargs="+", default=[], metavar="NAME",
+                   help="trials for representative_per_sigma (default: largest ACR per σ)")
+    p.add_argument("--rho", type=float, default=0.001,
+                   help="failure probability of Cohen's high-probability accuracy bound")
+    p.set_defaults(func=_run_analyze)
+    _add_sweep_parser(sub)
     return parser
 
 

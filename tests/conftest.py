@@ -61,3 +61,26 @@ def synthetic_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "lenet_synthetic.pt"
     save_checkpoint(path, model, arch="lenet", dataset="synthetic", config={"sigma": 0.25})
     return path
+
+
+FAULT_TRIAL = "seed424242"  # the one trial name the injected faults below target
+
+
+@pytest.fixture(scope="session")
+def local_ray(tmp_path_factory):
+    """One local Ray cluster shared by every test that runs sweeps (start-up costs seconds).
+
+    Faults are injected through SMOOTHADV_FAULTS, which must be set before Ray starts its
+    worker processes; they fire once, and only in trials named FAULT_TRIAL.
+    """
+    import os
+
+    import ray
+
+    markers = tmp_path_factory.mktemp("fault-markers")
+    os.environ["SMOOTHADV_FAULTS"] = f"after_epoch:0:{FAULT_TRIAL}:{markers}"
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2,
+             log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+    del os.environ["SMOOTHADV_FAULTS"]

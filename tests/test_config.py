@@ -53,7 +53,9 @@ def test_yaml_and_overrides(tmp_path):
     ({"certify": {"alpha": 0.6}}, "certify.alpha"),
     ({"certify": 5}, "certify"),
     ({"reinit_head": True}, "reinit_head"),
-    ({"extra_data": "pseudo.pkl"}, "extra_data"),
+    ({"extra_data": "pseudo.pkl", "dataset": "imagenet"}, "extra_data"),
+    ({"extra_data": "pseudo.pkl", "batch_size": 255}, "batch_size"),
+    ({"extra_weight": -0.5}, "extra_weight"),
     ({"attack": "ddn", "gradient_free": True}, "gradient_free"),
 ])
 def test_bad_values_are_refused_naming_the_key(values, key):

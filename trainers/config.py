@@ -146,8 +146,11 @@ def validate(config: TrialConfig) -> TrialConfig:
              "the gradient-free estimator is for attack: pgd only")
     _require(not c.reinit_head or c.init_from is not None, "reinit_head",
              "needs init_from (the checkpoint whose head is replaced)")
-    _require(c.extra_data is None, "extra_data",
-             "self-training is not implemented yet (issue #3); remove the key")
+    _require(c.extra_data is None or c.dataset != "imagenet", "extra_data",
+             "self-training reads in-memory image arrays; not supported for dataset imagenet")
+    _require(c.extra_data is None or c.batch_size % 2 == 0, "batch_size",
+             f"must be even with extra_data (half labelled, half pseudo-labelled), "
+             f"got {c.batch_size}")
     k = c.certify
     _require(k.n0 >= 1, "certify.n0", f"must be ≥ 1, got {k.n0}")
     _require(k.n >= 1, "certify.n", f"must be ≥ 1, got {k.n}")

@@ -10,6 +10,7 @@ import gzip
 import pickle
 import zlib
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -27,17 +28,65 @@ FASHION_MNIST_FILES = {
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _unpickle(path: Path) -> dict:
-    # CIFAR-10 and ImageNet-32 are published as Python pickles; there is no other way to read
-    # them. Only files in a directory the user pointed us to are read.
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as Python 3 uses it to pickle bytes at protocol ≤ 2 (latin-1 only)."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The globals a pickle of numpy arrays in plain containers refers to, under the module
+    names of numpy 1.x (``numpy.core``) and 2.x (``numpy._core``), resolved to this numpy's
+    functions (taken from its own reductions, not from the names in the file)."""
+    array = np.zeros(1, np.uint8)
+    table: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        table[(f"{core}.multiarray", "_reconstruct")] = array.__reduce__()[0]
+        table[(f"{core}.multiarray", "scalar")] = np.int64(0).__reduce__()[0]
+        table[(f"{core}.numeric", "_frombuffer")] = array.__reduce_ex__(5)[0]
+    return table
+
+
+_ALLOWED_GLOBALS = _allowed_globals()
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that builds only numpy arrays, dtypes, scalars and plain containers.
+
+    Pickles run code through the globals they name (``os.system``, ``builtins.exec`` …);
+    ``find_class`` resolves only the names in ``_ALLOWED_GLOBALS`` and refuses any other with a
+    UserError naming ``path``, so a file the user did not write cannot execute code when read.
+    """
+
+    def __init__(self, file: BinaryIO, path: Path):
+        super().__init__(file, encoding="latin1")  # Python 2 pickles (CIFAR-10) hold str arrays
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise UserError(f"{self.path}: refused to unpickle global {module}.{name} "
+                            "(only numpy arrays and plain containers are read)") from None
+
+
+def read_pickle_dict(path: Path) -> dict:
+    """A pickled dict read with SafeUnpickler; bytes keys (Python 2 pickles) become str."""
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+            obj = SafeUnpickler(f, path).load()
+    except UserError:
+        raise
     except Exception as e:  # a damaged pickle can raise almost any exception type
-        raise UserError(f"{path}: cannot read pickle batch ({type(e).__name__}: {e})") from e
-    if not isinstance(batch, dict):
-        raise UserError(f"{path}: expected a pickled dict with 'data' and 'labels'")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+        raise UserError(f"{path}: cannot read pickle ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 def _rows_to_hwc(data: np.ndarray, side: int, path: Path) -> np.ndarray:
@@ -55,7 +104,7 @@ def read_pickle_batches(
     must then lie in [0, num_classes)."""
     images, labels = [], []
     for path in files:
-        batch = _unpickle(path)
+        batch = read_pickle_dict(path)
         if "data" not in batch or "labels" not in batch:
             raise UserError(f"{path}: pickle batch lacks 'data' or 'labels'")
         batch_images = _rows_to_hwc(batch["data"], side, path)

@@ -7,9 +7,18 @@ its own SGD step on its B/m × m noisy attacked samples, otherwise the first noi
 image is kept and one SGD step is taken on the B images. The noise of a chunk is drawn once and
 used in every attack step and in the update (Pseudocode 1, footnote 4).
 
+Self-training (``extra_data``, Carmon et al. 2019): each loader batch is half labelled, half
+pseudo-labelled (trainers.self_training.mixed_batches); both halves are attacked alike and the
+loss weights each example, 1 labelled and ``extra_weight`` pseudo-labelled (see _sgd_step).
+
 Every epoch ends with an atomic checkpoint, then one JSON line of metrics. Each epoch's
 randomness (shuffling, augmentation, noise) is seeded from (seed, epoch), so a run resumed from
 an epoch checkpoint reproduces the uninterrupted run bit for bit on CPU.
+
+Under DDP (a torch process group of W ranks, as Ray Train sets up) ``batch_size`` stays the
+global batch: each rank takes batch_size/W images of a shared shuffled order
+(DistributedSampler), draws its own noise, attacks with the plain model and updates through the
+DDP wrapper, whose all-reduce averages the gradients. Rank 0 writes checkpoints and metrics.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import torch
 import yaml
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from trainers import attacks
 from trainers.checkpoint import atomic_write_bytes, model_from_checkpoint, save_checkpoint
@@ -34,13 +43,29 @@ from trainers.config import TrialConfig
 from trainers.datasets import dataset_info, load_dataset
 from trainers.errors import UserError
 from trainers.models import NormalizeLayer, build_model, reset_head
+from trainers.self_training import load_extra_data, mixed_batches
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch's randomness on one DDP rank (rank 0: that of a single process)."""
+    words = [seed, epoch] + ([rank] if rank else [])
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless a torch process group is set up
+    (Ray Train's TorchTrainer sets one up for multi-worker trials)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a DistributedDataParallel wrapper."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def resolve_device(device: str) -> torch.device:
@@ -58,9 +83,13 @@ def attack_epsilon(config: TrialConfig, epoch: int) -> float:
 
 def attack_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
                  config: TrialConfig, epsilon: float) -> torch.Tensor:
-    """x̂ for one chunk, per the trial's method (identity for Gaussian augmentation)."""
+    """x̂ for one chunk, per the trial's method (identity for Gaussian augmentation).
+
+    Under DDP the attack runs on the plain model: its passes never enter DDP's forward, so
+    they neither trigger collectives nor touch the gradient reducer's bookkeeping."""
     if config.method == "gaussian" or epsilon == 0:
         return x
+    model = unwrap(model)
     if config.method == "vanilla_adv":
         return attacks.vanilla_pgd(model, x, y, epsilon, config.steps)
     if config.attack == "ddn":
@@ -69,10 +98,17 @@ def attack_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torc
                                  gradient_free_sigma=config.sigma if config.gradient_free else None)
 
 
-def _sgd_step(model, optimizer, inputs, targets, stats) -> None:
+def _sgd_step(model, optimizer, inputs, targets, stats,
+              weights: torch.Tensor | None = None) -> None:
+    """One SGD step on cross-entropy; with per-example ``weights`` w_i the loss is
+    (1/n) Σ_i w_i·CE_i over the n inputs (Carmon et al.'s robust self-training code: weight 1
+    for labelled, ``extra_weight`` for pseudo-labelled examples, normalized by batch size)."""
     model.train()
     logits = model(inputs)
-    loss = F.cross_entropy(logits, targets)
+    if weights is None:
+        loss = F.cross_entropy(logits, targets)
+    else:
+        loss = (weights * F.cross_entropy(logits, targets, reduction="none")).sum() / len(targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -82,10 +118,12 @@ def _sgd_step(model, optimizer, inputs, targets, stats) -> None:
 
 
 def train_batch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, config: TrialConfig, epsilon: float, stats: dict) -> None:
-    """One loader batch, batched as in the reference script (module docstring)."""
+                y: torch.Tensor, config: TrialConfig, epsilon: float, stats: dict,
+                weights: torch.Tensor | None = None) -> None:
+    """One loader batch, batched as in the reference script (module docstring); ``weights``
+    are per-example loss weights (self-training), following each image into its chunk."""
     m = config.m_train
-    kept_x, kept_y = [], []
+    kept_x, kept_y, kept_w = [], [], []
     for chunk in torch.arange(len(y), device=y.device).tensor_split(m):
         if len(chunk) == 0:
             continue
@@ -93,13 +131,17 @@ def train_batch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
         noise = config.sigma * torch.randn((len(chunk), m, *x.shape[1:]), device=x.device)
         x_hat = attack_chunk(model, xc, yc, noise, config, epsilon)
         noisy = x_hat.unsqueeze(1) + noise  # the same noise as in the attack
+        wc = [] if weights is None else [weights[chunk]]
         if config.multi_noise:
-            _sgd_step(model, optimizer, noisy.flatten(0, 1), yc.repeat_interleave(m), stats)
+            _sgd_step(model, optimizer, noisy.flatten(0, 1), yc.repeat_interleave(m), stats,
+                      *(w.repeat_interleave(m) for w in wc))
         else:
             kept_x.append(noisy[:, 0])
             kept_y.append(yc)
+            kept_w += wc
     if not config.multi_noise:
-        _sgd_step(model, optimizer, torch.cat(kept_x), torch.cat(kept_y), stats)
+        _sgd_step(model, optimizer, torch.cat(kept_x), torch.cat(kept_y), stats,
+                  *([torch.cat(kept_w)] if kept_w else []))
 
 
 @torch.no_grad()
@@ -153,18 +195,22 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
-    atomic_write_bytes(out / "config.yaml", lambda f: f.write(config_yaml))
+    rank, world = distributed_rank()
+    if rank == 0:
+        config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
+        atomic_write_bytes(out / "config.yaml", lambda f: f.write(config_yaml))
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     ckpt_path = out / CHECKPOINT
     ckpt = None
     if ckpt_path.exists():  # resume this trial
-        model, ckpt = model_from_checkpoint(ckpt_path, arch=config.arch, dataset=config.dataset,
-                                            device=device)
+        net, ckpt = model_from_checkpoint(ckpt_path, arch=config.arch, dataset=config.dataset,
+                                          device=device)
     else:
-        model = _initial_model(config, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+        net = _initial_model(config, device)
+    model = net if world == 1 else nn.parallel.DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, config.lr_gamma)
     start_epoch = 0
@@ -172,42 +218,65 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch = ckpt["epoch"]
-    _trim_metrics(out / METRICS, start_epoch)
+    if rank == 0:
+        _trim_metrics(out / METRICS, start_epoch)
 
     train_set = _subset(load_dataset(config.dataset, "train", config.data_root),
                         config.train_subset)
     test_set = _subset(load_dataset(config.dataset, "test", config.data_root, augment=False),
                        config.test_subset)
     test_loader = DataLoader(test_set, batch_size=config.batch_size)
+    extra_set = None
+    if config.extra_data is not None:  # the labelled set's augmentation for both halves
+        labelled = train_set.dataset if isinstance(train_set, Subset) else train_set
+        extra_set = load_extra_data(config.extra_data, config.dataset, labelled.transform)
+    labelled_batch = config.batch_size if extra_set is None else config.batch_size // 2
+    labelled_batch = max(1, labelled_batch // world)
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, config.epochs):
         seed = epoch_seed(config.seed, epoch)
-        torch.manual_seed(seed)
-        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(epoch_seed(config.seed, epoch, rank))
+        if world == 1:
+            loader = DataLoader(train_set, batch_size=labelled_batch, shuffle=True,
+                                generator=torch.Generator().manual_seed(seed))
+        else:  # one shuffled order shared by all ranks, each taking its own equal share
+            sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=seed)
+            loader = DataLoader(train_set, batch_size=labelled_batch, sampler=sampler)
+        batches = (((x, y, None) for x, y in loader) if extra_set is None
+                   else mixed_batches(loader, extra_set, config.extra_weight,
+                                      epoch_seed(config.seed, epoch, rank)))
         epsilon = attack_epsilon(config, epoch)
         stats = {"loss": 0.0, "correct": 0, "samples": 0}
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        for x, y in tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-                         disable=not progress, leave=False):
-            train_batch(model, optimizer, x.to(device), y.to(device), config, epsilon, stats)
+        for x, y, w in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                            total=len(loader), disable=not progress or rank != 0, leave=False):
+            train_batch(model, optimizer, x.to(device), y.to(device), config, epsilon, stats,
+                        None if w is None else w.to(device))
         scheduler.step()
         seconds = time.perf_counter() - t0
+        if world > 1:  # every rank's samples count in the epoch's loss and accuracy
+            totals = torch.tensor([stats["loss"], stats["correct"], stats["samples"]],
+                                  dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(totals)
+            stats = dict(zip(("loss", "correct", "samples"), totals.tolist(), strict=True))
         metrics = {
             "epoch": epoch, "train_loss": stats["loss"] / stats["samples"],
             "train_acc": stats["correct"] / stats["samples"],
-            "test_acc_noisy": noisy_accuracy(model, test_loader, config.sigma, device),
+            "test_acc_noisy": (noisy_accuracy(net, test_loader, config.sigma, device)
+                               if rank == 0 else None),
             "lr": lr, "epsilon": epsilon, "epoch_seconds": seconds,
-            "samples_per_s": len(train_set) / seconds,
+            "samples_per_s": len(train_set) * (1 if extra_set is None else 2) / seconds,
+            "world_size": world,
         }
-        save_checkpoint(ckpt_path, model, arch=config.arch, dataset=config.dataset,
-                        config=config.to_dict(), epoch=epoch + 1, optimizer=optimizer,
-                        scheduler=scheduler)
-        with open(out / METRICS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if rank == 0:
+            save_checkpoint(ckpt_path, net, arch=config.arch, dataset=config.dataset,
+                            config=config.to_dict(), epoch=epoch + 1, optimizer=optimizer,
+                            scheduler=scheduler)
+            with open(out / METRICS, "a", encoding="utf-8") as f:
+                f.write(json.dumps(metrics) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         if report is not None:
             report(metrics, ckpt_path)
     return metrics

@@ -1,0 +1,34 @@
+"""Fault injection for the reliability tests: real failures at chosen points of a trial.
+
+``SMOOTHADV_FAULTS`` holds ``point:value:trial:marker_dir`` entries separated by ``;``. At
+``maybe_fail(point, value, trial)`` a matching entry raises :class:`InjectedFault` once (the
+marker file ``marker_dir/<point>-<value>-<trial>`` records that it fired), so a retried or
+resumed trial then runs through. Unset in normal use; the check costs one lookup.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by a test through SMOOTHADV_FAULTS."""
+
+
+def maybe_fail(point: str, value: object, trial: str) -> None:
+    spec = os.environ.get("SMOOTHADV_FAULTS")
+    if not spec:
+        return
+    for entry in spec.split(";"):
+        name, wanted, target, marker_dir = (entry.split(":", 3) + ["", "", ""])[:4]
+        if (name, wanted, target) != (point, str(value), trial):
+            continue
+        marker = Path(marker_dir) / f"{point}-{value}-{trial}"
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            with open(marker, "x"):
+                pass
+        except FileExistsError:
+            continue
+        raise InjectedFault(f"injected fault at {point}={value} (SMOOTHADV_FAULTS)")

@@ -1,0 +1,265 @@
+"""Run and resume a sweep on Ray: Tune expands the trials; each trial's driver runs a Ray Train
+``TorchTrainer`` (V2) whose workers train, certify and report (sweep.trial_worker).
+
+Ray facts relied on (REFERENCE.md, Ray 2.60): Train resumes a run when ``fit()`` is called again
+with the same (storage_path, name), so the Train run is named after the Tune trial id;
+``Tuner.restore(resume_errored=True)`` keeps trial ids, ``restart_errored=True`` makes new ones.
+The Tune function takes a small CPU fraction so the workers' resources are the real budget.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweep import layout
+from sweep.spec import SweepSpec, load_spec, parse_spec
+from trainers.checkpoint import atomic_write_bytes
+from trainers.errors import UserError
+
+DRIVER_CPUS = 0.01  # the Tune function only waits on its Train run
+OBJECT_STORE_BYTES = 256 * 1024**2  # trials pass configs and metrics only
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
+    """One Tune trial (``param["trial"]`` names it): build and fit its TorchTrainer on the
+    trial's config from the sweep's spec; record the outcome in state.json."""
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from sweep.trial_worker import train_and_certify
+
+    folder = Path(sweep_dir)
+    spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
+    trial = next(t for t in spec.trials() if t.name == param["trial"])
+    res = spec.resources
+    trial_id = tune.get_context().get_trial_id()
+    sweep_dir = folder
+    folder = layout.trial_dir(sweep_dir, trial.name)
+    layout.write_json(folder / layout.TRIAL_INFO, {"name": trial.name, "params": trial.params})
+    layout.write_json(folder / layout.STATE, {"state": "RUNNING", "trial_id": trial_id})
+    gpus = res.gpus_per_worker
+    trainer = TorchTrainer(
+        train_and_certify,
+        train_loop_config={"config": trial.config.to_dict(), "trial_dir": str(folder),
+                           "attack_eval": spec.to_dict().get("attack_eval")},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.workers, use_gpu=gpus > 0,
+            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": gpus} if gpus else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{trial.name}-{trial_id}",
+            storage_path=str(sweep_dir / layout.TRAIN),
+            failure_config=ray.train.FailureConfig(max_failures=res.worker_retries,
+                                                   controller_failure_limit=3),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    try:
+        trainer.fit()
+    except BaseException as e:
+        layout.write_json(folder / layout.STATE, {"state": "ERROR", "trial_id": trial_id,
+                                                  "error": _first_line(_root_cause(e))})
+        raise
+    layout.write_json(folder / layout.STATE, {"state": "TERMINATED", "trial_id": trial_id})
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost cause of a Train failure (the worker's exception, not Ray's wrapper)."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "worker_failures", None) or {}
+        inner = next(iter(inner.values()), None) if isinstance(inner, dict) else None
+        inner = inner or error.__cause__
+        if inner is None:
+            break
+        error = inner
+    return error
+
+
+def init_ray(address: str | None) -> None:
+    """Join ``address`` (or RAY_ADDRESS); with neither, start Ray locally on 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():  # e.g. a test session sharing one local cluster
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as e:
+            raise UserError(f"--address {address or os.environ['RAY_ADDRESS']}: cannot "
+                            f"connect to a Ray cluster ({_first_line(e)})") from None
+        return
+    ray.init(dashboard_host="127.0.0.1", object_store_memory=OBJECT_STORE_BYTES,
+             log_to_driver=False, include_dashboard=True)
+
+
+def check_storage(storage: Path) -> None:
+    """On a multi-node cluster every node must see ``storage``: probe it from each node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    marker = storage / f".storage-probe-{os.getpid()}"
+    marker.write_text(socket.gethostname())
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        return os.path.exists(path)
+
+    try:
+        probes = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes]
+        blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, ray.get(probes), strict=True)
+                 if not ok]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise UserError(f"--storage {storage}: a local path not visible on nodes {blind}; "
+                        "multi-node sweeps need storage every node mounts (e.g. NFS)")
+
+
+def check_fits(spec: SweepSpec) -> None:
+    """Refuse a trial larger than the whole cluster (Train would wait for it forever); on an
+    autoscaling cluster the total can grow, so this only refuses what no node set offers now."""
+    import ray
+
+    res = spec.resources
+    total = ray.cluster_resources()
+    needs = {"CPU": res.workers * res.cpus_per_worker + DRIVER_CPUS,
+             "GPU": res.workers * res.gpus_per_worker}
+    for kind, need in needs.items():
+        if need > total.get(kind, 0) + 1e-9:
+            raise UserError(
+                f"resources: one trial needs {need:g} {kind}s ({res.workers} workers, plus "
+                f"{DRIVER_CPUS:g} CPU for the trial driver) but this Ray cluster has "
+                f"{total.get(kind, 0):g}; lower resources.{kind.lower()}s_per_worker or workers")
+
+
+def _storage_dir(storage: str) -> Path:
+    if "://" in storage:
+        raise UserError(f"--storage {storage}: object-store URIs are not supported for trial "
+                        "outputs yet; mount shared storage (NFS) and give its path")
+    return Path(storage).expanduser().resolve()
+
+
+def _tuner_trainable(sweep_dir: Path):
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(trial_driver, sweep_dir=str(sweep_dir)),
+                               {"CPU": DRIVER_CPUS})
+
+
+def _run_config(sweep_dir: Path, spec: SweepSpec, verbose: int):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=layout.TUNE, storage_path=str(sweep_dir), verbose=verbose,
+        failure_config=tune.FailureConfig(max_failures=spec.resources.trial_retries),
+    )
+
+
+def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, storage: str,
+              max_concurrent: int | None, verbose: int = 1) -> int:
+    """Validate the spec, write it into the sweep folder, run every trial; returns the number
+    of errored trials."""
+    spec = load_spec(spec_path, overrides)
+    trials = spec.trials()
+    sweep_dir = _storage_dir(storage) / spec.name
+    if (sweep_dir / layout.TUNE).exists():
+        raise UserError(f"{sweep_dir}: a sweep already ran here; continue it with "
+                        f"`smoothadv sweep resume {sweep_dir}` or give another --storage/name")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise UserError(f"--max-concurrent: must be ≥ 1, got {max_concurrent}")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    spec_yaml = yaml.safe_dump(spec.to_dict(), sort_keys=False).encode()
+    atomic_write_bytes(sweep_dir / layout.SPEC, lambda f: f.write(spec_yaml))
+
+    from ray import tune
+
+    init_ray(address)
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        check_fits(spec)
+    check_storage(sweep_dir)
+    tuner = tune.Tuner(
+        _tuner_trainable(sweep_dir),
+        param_space={"trial": tune.grid_search([t.name for t in trials])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent,
+            trial_name_creator=lambda t: t.config["trial"],
+            trial_dirname_creator=lambda t: t.config["trial"],
+        ),
+        run_config=_run_config(sweep_dir, spec, verbose),
+    )
+    return _fit(tuner, sweep_dir)
+
+
+def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
+                 verbose: int = 1) -> int:
+    """Continue a sweep: unfinished trials go on, errored ones resume from their checkpoint
+    (or restart from scratch), finished ones are untouched; returns the number errored."""
+    folder = Path(sweep_dir).expanduser().resolve()
+    if not (folder / layout.SPEC).exists():
+        raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC})")
+    spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
+    from ray import tune
+
+    tune_dir = folder / layout.TUNE
+    if not tune.Tuner.can_restore(str(tune_dir)):
+        raise UserError(f"{folder}: no Ray Tune state to resume under {layout.TUNE}/; "
+                        f"start it with `smoothadv sweep run`")
+    init_ray(address)
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        check_fits(spec)
+    check_storage(folder)
+    tuner = tune.Tuner.restore(str(tune_dir), _tuner_trainable(folder),
+                               resume_errored=not restart_errored,
+                               restart_errored=restart_errored)
+    if restart_errored:
+        _clear_errored(folder)
+    return _fit(tuner, folder)
+
+
+def _clear_errored(folder: Path) -> None:
+    """Restarting errored trials from scratch: move their old outputs to errored/ (kept)."""
+    for state_file in sorted((folder / layout.TRIALS).glob(f"*/{layout.STATE}")):
+        state = layout.read_json(state_file) or {}
+        if state.get("state") == "ERROR":
+            trial = state_file.parent
+            n = 1
+            while (aside := folder / layout.ERRORED / f"{trial.name}.{n}").exists():
+                n += 1
+            aside.parent.mkdir(exist_ok=True)
+            trial.rename(aside)
+
+
+def _fit(tuner, sweep_dir: Path) -> int:
+    layout.write_json(sweep_dir / layout.DRIVER, {"pid": os.getpid(),
+                                                  "host": socket.gethostname()})
+    try:
+        results = tuner.fit()
+    except Exception:
+        traceback.print_exc()
+        raise
+    finally:
+        (sweep_dir / layout.DRIVER).unlink(missing_ok=True)
+    errors = results.num_errors
+    print(f"{sweep_dir}: {len(results)} trials, {errors} errored"
+          + (f"; see `smoothadv sweep status {sweep_dir}`" if errors else ""))
+    return errors

@@ -1,0 +1,285 @@
+"""Sweep specs: trial-config defaults + resources + a grid, expanded into named trials.
+
+A spec is a YAML mapping::
+
+    name: cifar10_paper          # the sweep's folder name
+    defaults: {...}              # trial-config keys (those of ``smoothadv train``)
+    resources: {workers: 1, gpus_per_worker: 1, cpus_per_worker: 4, worker_retries: 2,
+                trial_retries: 1}
+    grid:                        # key → list of values (cartesian product), or a list of such
+      sigma: [0.25, 0.5]         # mappings (their union, duplicates dropped)
+    exclude: [{attack: ddn, m_train: 8}]   # drop trials matching every key of an entry
+    attack_eval: {epsilons: [0.25, 0.5], steps: 20, m_test: 128, n: 1000, alpha: 0.001,
+                  skip: 20, max: -1}       # optional empirical attack after certification
+
+Every trial's config is validated before anything starts; errors are one line naming the key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainers.config import TrialConfig, apply_overrides, parse_trial_config
+from trainers.errors import UserError
+
+SPEC_KEYS = ("name", "defaults", "resources", "grid", "exclude", "attack_eval")
+# Order and short forms of the paper's axes in trial names: pgd-T10-m4-eps0.5-sigma0.25.
+_NAME_PARTS = {"method": "", "attack": "", "steps": "T", "m_train": "m", "epsilon": "eps",
+               "sigma": "sigma"}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks Ray for: Train workers (DDP ranks) and each worker's share."""
+
+    workers: int = 1
+    gpus_per_worker: float = 0.0  # fractions let several small trials share one GPU
+    cpus_per_worker: float = 1.0
+    worker_retries: int = 2  # worker-group failures retried inside the trial (Train)
+    trial_retries: int = 0  # trial errors retried by Tune
+
+    def validate(self) -> Resources:
+        if self.workers < 1:
+            raise UserError(f"resources.workers: must be ≥ 1, got {self.workers}")
+        if self.gpus_per_worker < 0 or (self.gpus_per_worker > 1
+                                        and self.gpus_per_worker != int(self.gpus_per_worker)):
+            raise UserError("resources.gpus_per_worker: must be a fraction in [0, 1] or a whole "
+                            f"number, got {self.gpus_per_worker}")
+        if self.cpus_per_worker <= 0:
+            raise UserError(f"resources.cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
+        for key in ("worker_retries", "trial_retries"):
+            if getattr(self, key) < 0:
+                raise UserError(f"resources.{key}: must be ≥ 0, got {getattr(self, key)}")
+        return self
+
+
+@dataclass(frozen=True)
+class AttackEval:
+    """The empirical attack run on each trial's final model (paper Section 4.3)."""
+
+    epsilons: tuple[float, ...] = (0.25, 0.5, 1.0)
+    steps: int = 20
+    m_test: int = 128
+    n: int = 1000
+    alpha: float = 0.001
+    skip: int = 1
+    max: int = -1
+
+    def validate(self) -> AttackEval:
+        if not self.epsilons or any(e < 0 for e in self.epsilons):
+            raise UserError(f"attack_eval.epsilons: expected a list of values ≥ 0, "
+                            f"got {list(self.epsilons)}")
+        for key in ("steps", "m_test", "n", "skip"):
+            if getattr(self, key) < 1:
+                raise UserError(f"attack_eval.{key}: must be ≥ 1, got {getattr(self, key)}")
+        if not 0 < self.alpha < 0.5:
+            raise UserError(f"attack_eval.alpha: must lie in (0, 0.5), got {self.alpha}")
+        return self
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One point of the grid: its name, gridded values and full validated config."""
+
+    name: str
+    params: dict[str, Any]
+    config: TrialConfig
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    defaults: dict[str, Any]
+    resources: Resources
+    grid: list[dict[str, list[Any]]]
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    attack_eval: AttackEval | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"name": self.name, "defaults": self.defaults,
+               "resources": asdict(self.resources), "grid": self.grid, "exclude": self.exclude}
+        if self.attack_eval is not None:
+            out["attack_eval"] = {**asdict(self.attack_eval),
+                                  "epsilons": list(self.attack_eval.epsilons)}
+        return out
+
+    def trials(self) -> list[Trial]:
+        return expand(self)
+
+
+def _number(key: str, value: Any, kind: type) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            kind is int and not isinstance(value, int)) or not math.isfinite(value):
+        raise UserError(f"{key}: expected {'an integer' if kind is int else 'a number'}, "
+                        f"got {value!r}")
+    return kind(value)
+
+
+def _block(cls, values: Any, key: str):
+    if not isinstance(values, Mapping):
+        raise UserError(f"{key}: expected a mapping")
+    known = {f.name: f for f in fields(cls)}
+    typed = {}
+    for k, v in values.items():
+        if k not in known:
+            raise UserError(f"{key}.{k}: unknown key; expected one of {sorted(known)}")
+        if k == "epsilons":
+            if not isinstance(v, list):
+                raise UserError(f"{key}.epsilons: expected a list of numbers, got {v!r}")
+            typed[k] = tuple(_number(f"{key}.epsilons", e, float) for e in v)
+        else:
+            typed[k] = _number(f"{key}.{k}", v, type(known[k].default))
+    return cls(**typed).validate()
+
+
+def _grid(values: Any) -> list[dict[str, list[Any]]]:
+    parts = values if isinstance(values, list) else [values]
+    if not parts:
+        raise UserError("grid: empty; give at least one key with a list of values")
+    grid = []
+    for i, part in enumerate(parts):
+        where = "grid" if not isinstance(values, list) else f"grid[{i}]"
+        if not isinstance(part, Mapping) or not part:
+            raise UserError(f"{where}: expected a non-empty mapping of key → list of values")
+        axes = {}
+        for key, options in part.items():
+            if not isinstance(key, str) or key == "certify":
+                raise UserError(f"{where}.{key}: cannot be gridded")
+            if key not in TrialConfig.__dataclass_fields__:
+                raise UserError(f"{where}.{key}: unknown key; expected one of "
+                                f"{sorted(TrialConfig.__dataclass_fields__)}")
+            options = options if isinstance(options, list) else [options]
+            if not options:
+                raise UserError(f"{where}.{key}: empty list of values")
+            axes[key] = options
+        grid.append(axes)
+    return grid
+
+
+def parse_spec(values: Any, overrides: Iterable[str] = ()) -> SweepSpec:
+    """A validated spec; ``overrides`` are ``--set key=value`` on the defaults (or
+    ``resources.key=value``); a gridded key cannot be overridden."""
+    if not isinstance(values, Mapping):
+        raise UserError("spec: expected a mapping with keys name, defaults, resources, grid")
+    for key in values:
+        if key not in SPEC_KEYS:
+            raise UserError(f"{key}: unknown key; expected one of {list(SPEC_KEYS)}")
+    name = values.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise UserError(f"name: expected a folder-safe name (letters, digits, . _ -), got {name!r}")
+    if "grid" not in values:
+        raise UserError("grid: missing; give at least one key with a list of values")
+    grid = _grid(values["grid"])
+    defaults = values.get("defaults") or {}
+    if not isinstance(defaults, Mapping):
+        raise UserError("defaults: expected a mapping of trial-config keys")
+    resources = dict(values.get("resources") or {})
+    overrides = list(overrides)
+    res_overrides = [o.removeprefix("resources.") for o in overrides
+                     if o.startswith("resources.")]
+    trial_overrides = [o for o in overrides if not o.startswith("resources.")]
+    gridded = {k for part in grid for k in part}
+    for item in trial_overrides:
+        key = item.partition("=")[0]
+        if key in gridded:
+            raise UserError(f"--set {key}: the key is gridded; edit the spec's grid instead")
+    defaults = apply_overrides(defaults, trial_overrides)
+    resources = apply_overrides(resources, res_overrides)
+    exclude = values.get("exclude") or []
+    if not isinstance(exclude, list) or not all(isinstance(e, Mapping) for e in exclude):
+        raise UserError("exclude: expected a list of mappings key → value (or list of values)")
+    attack_eval = values.get("attack_eval")
+    spec = SweepSpec(
+        name=name, defaults=dict(defaults), resources=_block(Resources, resources, "resources"),
+        grid=grid, exclude=[dict(e) for e in exclude],
+        attack_eval=None if attack_eval is None else _block(AttackEval, attack_eval,
+                                                            "attack_eval"),
+    )
+    parse_trial_config(spec.defaults)  # bad defaults are named even if every trial overrides
+    if not expand(spec):
+        raise UserError("grid: every trial is excluded; nothing to run")
+    return spec
+
+
+def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> SweepSpec:
+    """Read a YAML spec file; errors are one line starting with the file name."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: spec file does not exist") from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the spec ({type(e).__name__})") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: malformed YAML{where}") from None
+    try:
+        return parse_spec(values, overrides)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, str):
+        text = Path(value).stem if "/" in value else value
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9.+_-]", "_", text)
+
+
+def trial_name(params: Mapping[str, Any]) -> str:
+    """A readable name from gridded values: the paper's axes first (pgd-T10-m4-eps0.5-sigma0.25),
+    then any other key as key+value; ``method: smoothadv`` is implied by an attack name."""
+    parts = []
+    for key, short in _NAME_PARTS.items():
+        if key in params and not (key == "method" and params[key] == "smoothadv"):
+            parts.append(f"{short}{_value_text(params[key])}")
+    parts += [f"{key}{_value_text(params[key])}" for key in sorted(params)
+              if key not in _NAME_PARTS]
+    return "-".join(parts) or "trial"
+
+
+def _excluded(params: Mapping[str, Any], exclude: list[dict[str, Any]]) -> bool:
+    def matches(key, wanted):
+        options = wanted if isinstance(wanted, list) else [wanted]
+        return key in params and params[key] in options
+
+    return any(all(matches(k, v) for k, v in entry.items()) for entry in exclude)
+
+
+def expand(spec: SweepSpec) -> list[Trial]:
+    """The union of each grid part's cartesian product, minus excluded points, each validated."""
+    trials: dict[str, Trial] = {}
+    seen: set[tuple] = set()
+    for part in spec.grid:
+        keys = list(part)
+        for combo in itertools.product(*(part[k] for k in keys)):
+            params = dict(zip(keys, combo, strict=True))
+            if _excluded(params, spec.exclude):
+                continue
+            identity = tuple(sorted((k, repr(v)) for k, v in params.items()))
+            if identity in seen:
+                continue
+            seen.add(identity)
+            name = trial_name(params)
+            try:
+                config = parse_trial_config({**spec.defaults, **params})
+            except UserError as e:
+                raise UserError(f"trial {name}: {e}") from None
+            if name in trials:
+                raise UserError(f"grid: trials {params} and {trials[name].params} share the "
+                                f"name {name!r}; make their gridded values distinct")
+            trials[name] = Trial(name, params, config)
+    return list(trials.values())

@@ -1,0 +1,110 @@
+"""``sweep plan`` and ``sweep status``: tables read from the spec and the sweep folder only
+(no Ray started, so both answer in well under a second)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from sweep import layout
+from sweep.spec import SweepSpec, parse_spec
+from trainers.errors import UserError
+
+
+def plan_table(spec: SweepSpec) -> pd.DataFrame:
+    """One row per trial: name, gridded values, epochs and what it requests from Ray."""
+    res = spec.resources
+    trials = spec.trials()
+    gridded = list(dict.fromkeys(k for t in trials for k in t.params))
+    rows = [{"trial": t.name, **{k: t.params.get(k, "") for k in gridded},
+             "epochs": t.config.epochs, "workers": res.workers,
+             "gpus": res.workers * res.gpus_per_worker, "cpus": res.workers * res.cpus_per_worker}
+            for t in trials]
+    return pd.DataFrame(rows, dtype=object)
+
+
+def format_plan(spec: SweepSpec) -> str:
+    table = plan_table(spec)
+    total_gpus = table["gpus"].sum()
+    epochs = table["epochs"].sum()
+    lines = [table.to_string(index=False), "",
+             f"each trial: {spec.resources.workers} worker(s) × "
+             f"({spec.resources.gpus_per_worker:g} GPU, {spec.resources.cpus_per_worker:g} CPU); "
+             f"all trials at once would need {total_gpus:g} GPUs and {table['cpus'].sum():g} CPUs",
+             f"{epochs} trial-epochs in all: GPU-hours ≈ {epochs} × (hours per epoch of one "
+             f"trial) × {spec.resources.workers * spec.resources.gpus_per_worker:g} GPUs per "
+             "trial, plus certification",
+             f"{len(table)} trials"]
+    return "\n".join(lines)
+
+
+def _count_rows(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return max(sum(1 for line in f if line.endswith(b"\n")) - 1, 0)
+    except FileNotFoundError:
+        return 0
+
+
+def _last_epoch(path: Path) -> int | None:
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.endswith("}")]
+    except FileNotFoundError:
+        return None
+    return json.loads(lines[-1])["epoch"] + 1 if lines else None
+
+
+def driver_alive(sweep_dir: Path) -> bool:
+    """Whether the sweep's driver process still runs (judged on this host only)."""
+    info = layout.read_json(sweep_dir / layout.DRIVER)
+    if info is None:
+        return False
+    if info.get("host") != socket.gethostname():
+        return True  # cannot tell from here; trust the record
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (ProcessLookupError, ValueError, KeyError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status_table(sweep_dir: str | Path) -> tuple[pd.DataFrame, SweepSpec]:
+    folder = Path(sweep_dir)
+    if not (folder / layout.SPEC).is_file():
+        raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC}); "
+                        "give the folder `smoothadv sweep run` printed")
+    spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
+    alive = driver_alive(folder)
+    rows = []
+    for trial in spec.trials():
+        tdir = layout.trial_dir(folder, trial.name)
+        state = layout.read_json(tdir / layout.STATE) or {}
+        status = state.get("state", "PENDING")
+        if status == "RUNNING" and not alive:
+            status = "INTERRUPTED"
+        plan = layout.read_json(tdir / layout.CERTIFY_PLAN) or {}
+        done = _count_rows(tdir / layout.CERTIFY)
+        epoch = _last_epoch(tdir / "metrics.jsonl")
+        rows.append({
+            "trial": trial.name, "state": status,
+            "epoch": f"{epoch or 0}/{trial.config.epochs}",
+            "certified": f"{done}/{plan['planned']}" if "planned" in plan else f"{done}/?",
+            "error": state.get("error", ""),
+        })
+    return pd.DataFrame(rows), spec
+
+
+def format_status(sweep_dir: str | Path) -> str:
+    table, _ = status_table(sweep_dir)
+    counts = Counter(table["state"])
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    shown = table if table["error"].astype(bool).any() else table.drop(columns="error")
+    return "\n".join([shown.to_string(index=False), f"{len(table)} trials: {summary}"])

@@ -1,0 +1,164 @@
+"""The Ray Train worker loop of one trial: train (resuming), certify, optionally attack.
+
+Runs on every rank of the trial's worker group. Training reports each epoch with a checkpoint
+(a Ray Train ``report``, a barrier: every rank calls it equally often). After the last epoch
+the test images selected by the ``certify`` block are split across ranks; each rank certifies
+its share into its own resumable file, rank 0 merges them into ``certify.tsv`` and reports
+certified accuracy at a few radii and the ACR as the trial's final metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from certify.runner import Evaluation, Sampling, load_evaluation, run_smoothing
+from sweep import faults, layout
+from trainers.checkpoint import atomic_write_bytes
+from trainers.config import TrialConfig, parse_trial_config
+from trainers.train import CHECKPOINT, train_trial
+
+REPORT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def certified_summary(rows: pd.DataFrame, radii=REPORT_RADII) -> dict[str, float]:
+    """Certified accuracy at ``radii`` (correct and radius ≥ r), ACR and abstention rate."""
+    if rows.empty:
+        return {}
+    correct = rows["correct"].astype(bool)
+    out = {f"cert_acc_{r:g}": float((correct & (rows["radius"] >= r)).mean()) for r in radii}
+    out["acr"] = float((rows["radius"] * correct).mean())
+    out["abstain"] = float((rows["predict"] < 0).mean())
+    out["certified_images"] = len(rows)
+    return out
+
+
+def _shard_path(trial_dir: Path, name: str, rank: int, world: int) -> Path:
+    if world == 1:
+        return trial_dir / name
+    stem, _, ext = name.partition(".")
+    return trial_dir / f"{stem}.part{rank}of{world}.{ext}"
+
+
+def merge_shards(trial_dir: Path, name: str, world: int) -> None:
+    """Rank 0: write ``name`` (and its settings record) from the ranks' shard files, rows
+    sorted by image index; the shards stay, so a re-run can resume and merge again."""
+    header, rows = None, {}
+    for r in range(world):
+        shard = _shard_path(trial_dir, name, r, world)
+        lines = shard.read_text(encoding="utf-8").splitlines()
+        header = lines[0]
+        columns = header.split("\t")
+        extra = [columns.index("epsilon")] if "epsilon" in columns else []  # attack rows
+        for line in lines[1:]:
+            fields = line.split("\t")
+            rows[(int(fields[0]), *(float(fields[i]) for i in extra))] = line
+    meta = Path(f"{_shard_path(trial_dir, name, 0, world)}.meta.json").read_bytes()
+    body = "".join(rows[k] + "\n" for k in sorted(rows))
+    atomic_write_bytes(trial_dir / f"{name}.meta.json", lambda f: f.write(meta))
+    atomic_write_bytes(trial_dir / name, lambda f: f.write(f"{header}\n{body}".encode()))
+
+
+def _final_model(config: TrialConfig, trial_dir: Path, skip: int, max_index: int,
+                 device: torch.device) -> Evaluation:
+    return load_evaluation(trial_dir / CHECKPOINT, dataset=config.dataset,
+                           data_root=config.data_root, skip=skip, max_index=max_index,
+                           device=str(device))
+
+
+def certify_trial(config: TrialConfig, trial_dir: Path, rank: int, world: int,
+                  device: torch.device) -> dict[str, float]:
+    """CERTIFY this rank's share of the selected test images; rank 0 merges and summarizes."""
+    c = config.certify
+    ev = _final_model(config, trial_dir, c.skip, c.max, device)
+    sampling = Sampling(sigma=config.sigma, n=c.n, alpha=c.alpha, n0=c.n0, seed=config.seed)
+    if rank == 0:
+        layout.write_json(trial_dir / layout.CERTIFY_PLAN, {"planned": len(ev.indices)})
+    out = _shard_path(trial_dir, layout.CERTIFY, rank, world)
+    run_smoothing(ev.model, ev.num_classes, ev.images, ev.indices[rank::world], sampling, out,
+                  batch_size=c.batch_size, identity=ev.identity, progress=False)
+    if world > 1:
+        torch.distributed.barrier()
+        if rank == 0:
+            merge_shards(trial_dir, layout.CERTIFY, world)
+    if rank != 0:
+        return {}
+    return certified_summary(pd.read_csv(trial_dir / layout.CERTIFY, sep="\t"))
+
+
+def attack_trial(config: TrialConfig, attack_eval: dict[str, Any], trial_dir: Path, rank: int,
+                 world: int, device: torch.device) -> dict[str, float]:
+    """The spec's empirical attack (paper Section 4.3) on this rank's share of the images;
+    rank 0 merges and returns the empirical accuracy per ε."""
+    from certify.attack import AttackSettings, empirical_accuracy, run_attack
+
+    ev = _final_model(config, trial_dir, attack_eval["skip"], attack_eval["max"], device)
+    settings = AttackSettings(sigma=config.sigma, epsilons=tuple(attack_eval["epsilons"]),
+                              steps=attack_eval["steps"], m_test=attack_eval["m_test"],
+                              n=attack_eval["n"], alpha=attack_eval["alpha"], seed=config.seed)
+    out = _shard_path(trial_dir, layout.ATTACK, rank, world)
+    run_attack(ev.model, ev.num_classes, ev.images, ev.indices[rank::world], settings, out,
+               batch_size=config.certify.batch_size, identity=ev.identity, progress=False)
+    if world > 1:
+        torch.distributed.barrier()
+        if rank == 0:
+            merge_shards(trial_dir, layout.ATTACK, world)
+    if rank != 0:
+        return {}
+    accuracy = empirical_accuracy(trial_dir / layout.ATTACK)
+    return {f"attack_acc_{eps:g}": float(row["accuracy"]) for eps, row in accuracy.iterrows()}
+
+
+def _restore_from_ray(trial_dir: Path) -> None:
+    """If the trial folder lost its checkpoint but Ray Train kept one, put it back."""
+    import ray.train
+
+    ray_ckpt = ray.train.get_checkpoint()
+    if ray_ckpt is None or (trial_dir / CHECKPOINT).exists():
+        return
+    with ray_ckpt.as_directory() as d:
+        if (Path(d) / CHECKPOINT).exists():
+            shutil.copy2(Path(d) / CHECKPOINT, trial_dir / CHECKPOINT)
+
+
+def train_and_certify(loop_config: dict[str, Any]) -> None:
+    """Ray Train ``train_loop_per_worker``: ``loop_config`` holds ``config`` (a trial-config
+    dict), ``trial_dir`` and ``attack_eval`` (the spec's block, or None)."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    config = parse_trial_config(loop_config["config"])
+    if config.device == "auto":
+        config = dataclasses.replace(config, device=str(ray.train.torch.get_device()))
+    trial_dir = Path(loop_config["trial_dir"])
+    if rank == 0:
+        _restore_from_ray(trial_dir)
+
+    def report(metrics: dict[str, Any], ckpt_path: Path) -> None:
+        faults.maybe_fail("after_epoch", metrics["epoch"], trial_dir.name)
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            try:
+                os.link(ckpt_path, Path(d) / CHECKPOINT)
+            except OSError:
+                shutil.copy2(ckpt_path, Path(d) / CHECKPOINT)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    train_trial(config, trial_dir, report=report, progress=False)
+    device = torch.device(config.device)
+    final = certify_trial(config, trial_dir, rank, world, device)
+    if loop_config.get("attack_eval"):
+        final.update(attack_trial(config, loop_config["attack_eval"], trial_dir, rank, world,
+                                  device))
+    ray.train.report(final)  # (never a "done" key: Tune would stop the trial on it)

@@ -1,0 +1,165 @@
+"""Sweep specs, plans and status without Ray: expansion, names, validation, presets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sweep import layout
+from sweep.cli import main
+from sweep.spec import load_spec, parse_spec, trial_name
+from sweep.status import format_status
+from trainers.errors import UserError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+TINY = {"name": "tiny", "defaults": {"dataset": "synthetic", "arch": "lenet", "epochs": 1},
+        "grid": {"sigma": [0.25, 0.5]}}
+
+
+def write_spec(tmp_path: Path, values, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values) if not isinstance(values, str) else values)
+    return path
+
+
+@pytest.mark.parametrize("preset,count", [("cifar10_paper", 640), ("imagenet_paper", 24),
+                                          ("cifar10_cohen", 4), ("imagenet_cohen", 3),
+                                          ("imagenet32_pretrain", 4), ("quickstart", 10)])
+def test_plan_counts_the_presets(preset, count, capsys):
+    assert main(["sweep", "plan", str(CONFIGS / f"{preset}.yaml")]) == 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"{count} trials"
+
+
+def test_finetune_preset_needs_a_pretrained_checkpoint(capsys):
+    spec = str(CONFIGS / "cifar10_finetune.yaml")
+    assert main(["sweep", "plan", spec]) == 2
+    assert "init_from" in capsys.readouterr().err
+    assert main(["sweep", "plan", spec, "--set", "init_from=/pretrained.pt"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("160 trials")
+
+
+def test_paper_grid_names_and_configs():
+    spec = load_spec(CONFIGS / "cifar10_paper.yaml")
+    trials = {t.name: t for t in spec.trials()}
+    trial = trials["pgd-T10-m4-eps0.5-sigma0.25"]
+    assert trial.params == {"m_train": 4, "sigma": 0.25, "epsilon": 0.5, "attack": "pgd",
+                            "steps": 10}
+    assert (trial.config.arch, trial.config.epochs, trial.config.certify.n) == (
+        "cifar_resnet110", 150, 100_000)
+    assert len(set(trials)) == 640
+
+
+def test_union_exclude_and_duplicates():
+    spec = parse_spec({"name": "u", "defaults": {"dataset": "synthetic", "arch": "lenet"},
+                       "grid": [{"method": ["gaussian"], "sigma": [0.25, 0.5]},
+                                {"attack": ["pgd", "ddn"], "m_train": [1, 2], "sigma": [0.25]},
+                                {"method": ["gaussian"], "sigma": [0.25]}],  # a duplicate
+                       "exclude": [{"attack": "ddn", "m_train": [2]}]})
+    names = [t.name for t in spec.trials()]
+    assert names == ["gaussian-sigma0.25", "gaussian-sigma0.5", "pgd-m1-sigma0.25",
+                     "pgd-m2-sigma0.25", "ddn-m1-sigma0.25"]
+    config = {t.name: t.config for t in spec.trials()}["ddn-m1-sigma0.25"]
+    assert (config.method, config.attack, config.m_train) == ("smoothadv", "ddn", 1)
+
+
+def test_names_are_readable_and_safe():
+    assert trial_name({"sigma": 1.0, "epsilon": 2.0}) == "eps2-sigma1"
+    assert trial_name({"method": "vanilla_adv", "lr": 0.01}) == "vanilla_adv-lr0.01"
+    assert trial_name({"init_from": "/a/b/pre trained.pt"}) == "init_frompre_trained"
+
+
+def test_overrides_apply_to_defaults_and_resources():
+    spec = parse_spec(TINY, ["epochs=3", "certify.n=500", "resources.workers=2"])
+    assert {t.config.epochs for t in spec.trials()} == {3}
+    assert spec.trials()[0].config.certify.n == 500
+    assert spec.resources.workers == 2
+
+
+@pytest.mark.parametrize("values,needle", [
+    ({**TINY, "grid": {"sigmaa": [0.25]}}, "grid.sigmaa: unknown key"),
+    ({**TINY, "grid": {"sigma": [0.25, -1.0]}}, "trial sigma-1: sigma: must be > 0"),
+    ({**TINY, "grid": {}}, "grid: expected a non-empty mapping"),
+    ({**TINY, "grid": []}, "grid: empty"),
+    ({**TINY, "grid": {"sigma": []}}, "grid.sigma: empty list"),
+    ({k: v for k, v in TINY.items() if k != "grid"}, "grid: missing"),
+    ({**TINY, "grid": {"certify": [{}]}}, "grid.certify: cannot be gridded"),
+    ({**TINY, "exclude": [{"sigma": [0.25, 0.5]}]}, "every trial is excluded"),
+    ({**TINY, "defaults": {"epochs": "three"}}, "epochs: expected an integer"),
+    ({**TINY, "resources": {"workers": 0}}, "resources.workers: must be ≥ 1"),
+    ({**TINY, "resources": {"gpus_per_worker": 1.5}}, "resources.gpus_per_worker"),
+    ({**TINY, "resources": {"gpu": 1}}, "resources.gpu: unknown key"),
+    ({**TINY, "attack_eval": {"epsilons": [-0.5]}}, "attack_eval.epsilons"),
+    ({**TINY, "name": "a/b"}, "name: expected a folder-safe name"),
+    ({**TINY, "trials": 3}, "trials: unknown key"),
+    ("- just\n- a list\n", "spec: expected a mapping"),
+])
+def test_bad_specs_are_one_line_naming_the_key(tmp_path, capsys, values, needle):
+    spec = write_spec(tmp_path, values)
+    storage = tmp_path / "sweeps"
+    assert main(["sweep", "run", str(spec), "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"smoothadv: error: {spec}: ")
+    assert needle in err
+    assert not storage.exists()  # nothing started, nothing written
+
+
+def test_malformed_yaml_and_missing_file(tmp_path, capsys):
+    assert main(["sweep", "plan", str(write_spec(tmp_path, "grid: [1, 2\n"))]) == 2
+    assert "malformed YAML at line" in capsys.readouterr().err
+    assert main(["sweep", "plan", str(tmp_path / "nope.yaml")]) == 2
+    assert "spec file does not exist" in capsys.readouterr().err
+
+
+def test_a_gridded_key_cannot_be_set(tmp_path, capsys):
+    assert main(["sweep", "plan", str(write_spec(tmp_path, TINY)), "--set", "sigma=1"]) == 2
+    assert "--set sigma: the key is gridded" in capsys.readouterr().err
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 300) | st.floats(-2, 2)
+    | st.sampled_from(["pgd", "ddn", "gaussian", "synthetic", "lenet", "x"]),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["sigma", "epsilon", "steps", "m_train", "attack",
+                                       "method", "workers", "epochs", "n"]), inner, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(["name", "defaults", "grid", "exclude", "resources",
+                                        "attack_eval", "sigmaa"]), _values, max_size=5))
+def test_any_spec_parses_or_gets_a_user_error(values):
+    try:
+        spec = parse_spec(values)
+    except UserError as e:
+        assert "\n" not in str(e)
+    else:
+        assert spec.trials()
+
+
+def test_status_of_a_partial_sweep(tmp_path, capsys):
+    sweep_dir = tmp_path / "tiny"
+    sweep_dir.mkdir()
+    (sweep_dir / layout.SPEC).write_text(yaml.safe_dump(TINY))
+    done = layout.trial_dir(sweep_dir, "sigma0.25")
+    done.mkdir(parents=True)
+    layout.write_json(done / layout.STATE, {"state": "ERROR", "error": "ValueError: boom"})
+    layout.write_json(done / layout.CERTIFY_PLAN, {"planned": 4})
+    (done / "metrics.jsonl").write_text(json.dumps({"epoch": 0}) + "\n")
+    (done / layout.CERTIFY).write_text("idx\tlabel\n0\t1\n4\t2\n8\t")  # a torn last line
+    assert main(["sweep", "status", str(sweep_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "2 trials: 1 error, 1 pending"
+    row = next(line for line in lines if line.lstrip().startswith("sigma0.25"))
+    assert row.split()[:4] == ["sigma0.25", "ERROR", "1/1", "2/4"]
+    assert row.endswith("ValueError: boom")
+    assert "0/1" in format_status(sweep_dir).splitlines()[2]
+
+
+def test_status_refuses_a_folder_that_is_not_a_sweep(tmp_path, capsys):
+    assert main(["sweep", "status", str(tmp_path)]) == 2
+    assert "not a sweep folder" in capsys.readouterr().err

@@ -1,14 +1,15 @@
 # Set-up and checks. Every target installs what it needs by itself.
+#   make quickstart  venv + package + Fashion-MNIST, the quickstart sweep on local Ray, plots
 #   make test        venv + package (editable, dev extra) + pytest
 #   make lint        ruff
-#   make benchmark   benchmarks/certify_speed.py
+#   make benchmark   benchmarks/certify_speed.py and train_step_speed.py
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 # This machine carries these two releases on disk; elsewhere override, e.g. `make test TORCH_PIN=`.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install data test lint benchmark
+.PHONY: install data quickstart test lint benchmark
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,17 @@ data: install
 	  $(PY) -c "from trainers import load_dataset as l; [l('fashion_mnist', s, download=True) for s in ('train', 'test')]"; \
 	fi
 
+# The main job: a small real SmoothAdv sweep (configs/quickstart.yaml) on the embedded local Ray,
+# then the analysis report. Re-running continues an interrupted sweep instead of starting over.
+SWEEPS ?= sweeps
+quickstart: data
+	if [ -d $(SWEEPS)/quickstart/tune ]; then \
+	  $(VENV)/bin/smoothadv sweep resume $(SWEEPS)/quickstart; \
+	else \
+	  $(VENV)/bin/smoothadv sweep run configs/quickstart.yaml --storage $(SWEEPS) --max-concurrent 2; \
+	fi
+	$(VENV)/bin/smoothadv analyze $(SWEEPS)/quickstart -o $(SWEEPS)/quickstart/report
+
 test: install
 	-@$(MAKE) --no-print-directory data
 	$(PY) -m pytest -q
@@ -40,3 +52,4 @@ lint: install
 
 benchmark: install
 	$(PY) benchmarks/certify_speed.py
+	$(PY) benchmarks/train_step_speed.py

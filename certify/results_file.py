@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainers.checkpoint import atomic_write_bytes
+from trainers.atomic import atomic_write_bytes
 from trainers.errors import UserError
 
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainers.checkpoint import atomic_write_bytes
+from trainers.atomic import atomic_write_bytes
 
 SPEC = "sweep.yaml"
 DRIVER = "driver.json"

@@ -19,7 +19,7 @@ import yaml
 
 from sweep import layout
 from sweep.spec import SweepSpec, load_spec, parse_spec
-from trainers.checkpoint import atomic_write_bytes
+from trainers.atomic import atomic_write_bytes
 from trainers.errors import UserError
 
 DRIVER_CPUS = 0.01  # the Tune function only waits on its Train run

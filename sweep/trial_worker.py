@@ -21,7 +21,7 @@ import torch
 
 from certify.runner import Evaluation, Sampling, load_evaluation, run_smoothing
 from sweep import faults, layout
-from trainers.checkpoint import atomic_write_bytes
+from trainers.atomic import atomic_write_bytes
 from trainers.config import TrialConfig, parse_trial_config
 from trainers.train import CHECKPOINT, train_trial
 

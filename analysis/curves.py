@@ -1,0 +1,209 @@
+"""Certified-accuracy curves, upper envelopes (plain max and held-out selection) and Cohen et
+al.'s high-probability bound.
+
+Certified accuracy of a trial at ℓ2 radius r over its m certified images (Cohen et al. 2019,
+Section 4): acc(r) = (1/m) Σ_i 1[correct_i ∧ radius_i ≥ r], abstentions counting as wrong.
+ACR = (1/m) Σ_i radius_i·correct_i. The upper envelope (Salman et al. 2019, Fig. 1 left) takes
+at each radius the best trial; ties go to the higher clean accuracy, then to the name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+CURVE_STEP = 0.01  # radius step of the envelope files and figures
+TABLE_STEP = 0.25  # radius step of the default columns of certified_accuracy.csv
+HOLDOUT_SEED = 2019  # fixes the split of image indices for --selection holdout
+SELECTIONS = ("max", "holdout")
+
+
+def radius_grid(largest: float, step: float) -> np.ndarray:
+    """0, step, 2·step, … up to ``largest`` (inclusive), each rounded to 10 decimals so that a
+    certified radius of exactly 0.25 counts at the grid point 0.25."""
+    count = int(math.floor(largest / step + 1e-9)) + 1 if largest > 0 else 1
+    return np.round(np.arange(count) * step, 10)
+
+
+def certified_images(rows: pd.DataFrame) -> np.ndarray:
+    """Whether each row is certified correct: predicted (not abstained) and right."""
+    return (rows["correct"].to_numpy() == 1) & (rows["predict"].to_numpy() >= 0)
+
+
+def accuracy_at(radius: np.ndarray, ok: np.ndarray, radii: Sequence[float]) -> np.ndarray:
+    """(1/m) Σ_i 1[ok_i ∧ radius_i ≥ r] for every r of ``radii``; NaN when m = 0."""
+    radii = np.asarray(radii, dtype=float)
+    if len(radius) == 0:
+        return np.full(len(radii), np.nan)
+    good = np.sort(np.asarray(radius, dtype=float)[ok])
+    return (len(good) - np.searchsorted(good, radii, side="left")) / len(radius)
+
+
+def _certify_rows(results: pd.DataFrame) -> pd.DataFrame:
+    return results[results["kind"] == "certify"]
+
+
+def _trial_order(rows: pd.DataFrame) -> list[str]:
+    trials = rows["trial"]
+    if isinstance(trials.dtype, pd.CategoricalDtype):
+        present = set(trials.unique())
+        return [t for t in trials.cat.categories if t in present]
+    return list(dict.fromkeys(trials))
+
+
+def _codes(trials: pd.Series, order: list[str]) -> np.ndarray:
+    """Position of each row's trial in ``order`` (-1 if absent), without per-row strings."""
+    if isinstance(trials.dtype, pd.CategoricalDtype):
+        recode = pd.Index(order).get_indexer(trials.cat.categories)
+        codes = trials.cat.codes.to_numpy()
+        return np.where(codes >= 0, recode[codes], -1)
+    return pd.Index(order).get_indexer(trials)
+
+
+def trial_curves(results: pd.DataFrame, radii: Sequence[float],
+                 images: np.ndarray | None = None) -> pd.DataFrame:
+    """Certified accuracy (index: radius, columns: trial). With ``images``, only the rows whose
+    ``idx`` is among them count; a trial with none of them gets NaN."""
+    rows = _certify_rows(results)
+    order = _trial_order(rows)
+    if images is not None:
+        rows = rows[rows["idx"].isin(images)]
+    codes = _codes(rows["trial"], order)
+    sort = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[sort], np.arange(len(order) + 1))
+    radius = rows["radius"].to_numpy(dtype=float)[sort]
+    ok = certified_images(rows)[sort]
+    columns = {trial: accuracy_at(radius[a:b], ok[a:b], radii)
+               for trial, a, b in zip(order, bounds[:-1], bounds[1:], strict=True)}
+    return pd.DataFrame(columns, index=pd.Index(np.asarray(radii, dtype=float), name="radius"))
+
+
+def trial_summary(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame:
+    """Per trial: certified accuracy at each radius (columns ``acc@r``), ``acr``,
+    ``abstain_rate``, ``clean_accuracy`` (radius 0) and ``images``."""
+    rows = _certify_rows(results)
+    curves = trial_curves(results, radii)
+    out = curves.T
+    out.columns = [f"acc@{r:g}" for r in curves.index]
+    ok = certified_images(rows)
+    by_trial = pd.DataFrame({"trial": rows["trial"].astype(str).to_numpy(),
+                             "acr": rows["radius"].to_numpy() * ok,
+                             "abstain": rows["predict"].to_numpy() < 0, "ok": ok})
+    stats = by_trial.groupby("trial", sort=False).agg(
+        acr=("acr", "mean"), abstain_rate=("abstain", "mean"), clean_accuracy=("ok", "mean"),
+        images=("ok", "size"))
+    out = out.join(stats.reindex(out.index))
+    out.index.name = "trial"
+    return out
+
+
+def _best(curves: pd.DataFrame, clean: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``curves`` the best column and its value; ties go to the higher ``clean``,
+    then to the earlier name."""
+    order = sorted(curves.columns, key=lambda t: (-np.nan_to_num(clean[t], nan=-1.0), t))
+    values = curves[order].to_numpy(dtype=float)
+    filled = np.where(np.isnan(values), -np.inf, values)
+    j = np.argmax(filled, axis=1)
+    return np.asarray(order, dtype=object)[j], values[np.arange(len(values)), j]
+
+
+def holdout_split(idx: Sequence[int], seed: int = HOLDOUT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Split the distinct image indices by a seeded permutation into a selection half (the
+    larger when odd) and an evaluation half; the same for every trial."""
+    distinct = np.unique(np.asarray(idx, dtype=np.int64))
+    shuffled = np.random.default_rng(seed).permutation(distinct)
+    k = (len(distinct) + 1) // 2
+    return np.sort(shuffled[:k]), np.sort(shuffled[k:])
+
+
+def envelope(results: pd.DataFrame, radii: Sequence[float], selection: str = "max",
+             seed: int = HOLDOUT_SEED) -> pd.DataFrame:
+    """The upper envelope: columns ``radius``, ``accuracy``, ``trial``, ``images``.
+
+    ``max``: the largest certified accuracy over trials at each radius (what the paper plots;
+    biased upwards, being a maximum of noisy estimates). ``holdout``: the trial is chosen on the
+    selection half of the images and its accuracy measured on the evaluation half, which then
+    is an unbiased estimate for the chosen trial. ``images`` is the m behind each accuracy.
+    """
+    rows = _certify_rows(results)
+    radii = np.asarray(radii, dtype=float)
+    if selection == "max":
+        curves = trial_curves(rows, radii)
+        counts = rows.groupby("trial", observed=True, sort=False).size()
+        trial, accuracy = _best(curves, trial_curves(rows, [0.0]).iloc[0])
+        m = counts.reindex(trial).to_numpy()
+    elif selection == "holdout":
+        choose, measure = holdout_split(rows["idx"].to_numpy(), seed)
+        picked = trial_curves(rows, radii, choose)
+        trial, _ = _best(picked, trial_curves(rows, [0.0], choose).iloc[0])
+        measured = trial_curves(rows, radii, measure)
+        accuracy = np.array([measured.at[r, t] for r, t in zip(radii, trial, strict=True)])
+        in_half = rows[rows["idx"].isin(measure)]
+        m = in_half.groupby("trial", observed=True, sort=False).size().reindex(trial)
+        m = m.fillna(0).to_numpy()
+    else:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    return pd.DataFrame({"radius": radii, "accuracy": accuracy, "trial": trial,
+                         "images": np.asarray(m, dtype=np.int64)})
+
+
+def envelope_per_sigma(results: pd.DataFrame, trials: pd.DataFrame, radii: Sequence[float],
+                       selection: str = "max") -> pd.DataFrame:
+    """``envelope`` over the trials of each σ: columns ``sigma`` + those of ``envelope``."""
+    rows = _certify_rows(results)
+    parts = []
+    for sigma, group in trials.groupby("sigma", sort=True):
+        own = rows[rows["trial"].isin(group["trial"])]
+        if len(own):
+            parts.append(envelope(own, radii, selection).assign(sigma=sigma))
+    columns = ["sigma", "radius", "accuracy", "trial", "images"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def cohen_lower_bound(accuracy: np.ndarray, m: np.ndarray, alpha: np.ndarray | float,
+                      rho: float = 0.001) -> np.ndarray:
+    """Cohen et al.'s (2019, Appendix) high-probability lower bound on the true certified
+    accuracy of one fixed classifier from its estimate over m images, each certified with
+    failure probability α: acc − α − sqrt(α(1−α)·ln(1/ρ)/m) − ln(1/ρ)/(3m), holding with
+    probability ≥ 1 − ρ; clipped at 0."""
+    accuracy = np.asarray(accuracy, dtype=float)
+    m = np.asarray(m, dtype=float)
+    alpha = np.asarray(alpha, dtype=float)
+    log = math.log(1 / rho)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = accuracy - alpha - np.sqrt(alpha * (1 - alpha) * log / m) - log / (3 * m)
+    return np.where(m > 0, np.maximum(bound, 0.0), np.nan)
+
+
+def representatives(summary: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Per σ the trial with the largest ACR (ties: higher clean accuracy, then name):
+    columns ``sigma``, ``trial``."""
+    table = summary.join(trials.set_index("trial")["sigma"])
+    table = table.reset_index().sort_values(["sigma", "acr", "clean_accuracy", "trial"],
+                                            ascending=[True, False, False, True])
+    return table.groupby("sigma", sort=True).head(1)[["sigma", "trial"]].reset_index(drop=True)
+
+
+def empirical_accuracy(results: pd.DataFrame) -> pd.DataFrame:
+    """The paper's empirical accuracy under attack: per trial and attack ε, the fraction of
+    attacked images still classified correctly (abstentions wrong). Columns ``trial``,
+    ``epsilon``, ``accuracy``, ``images``."""
+    rows = results[results["kind"] == "attack"]
+    frame = pd.DataFrame({"trial": rows["trial"].astype(str).to_numpy(),
+                          "epsilon": rows["attack_epsilon"].to_numpy(),
+                          "ok": certified_images(rows)})
+    out = frame.groupby(["trial", "epsilon"], sort=True).agg(
+        accuracy=("ok", "mean"), images=("ok", "size")).reset_index()
+    return out
+
+
+def empirical_envelope(empirical: pd.DataFrame) -> pd.DataFrame:
+    """Per attack ε the best trial's empirical accuracy (ties: name): columns ``epsilon``,
+    ``accuracy``, ``trial``."""
+    ordered = empirical.sort_values(["epsilon", "accuracy", "trial"],
+                                    ascending=[True, False, True])
+    return ordered.groupby("epsilon").head(1)[["epsilon", "accuracy", "trial"]].reset_index(
+        drop=True)

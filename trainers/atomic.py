@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: str | Path, write: Any) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, then rename."""
+def atomic_write_bytes(path: str | Path, write: Any, keep_previous: Path | None = None) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, then rename.
+
+    With ``keep_previous`` the file being replaced is first renamed there, once the new one is
+    complete on disk: at every instant a complete newest or previous file exists."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -18,6 +21,8 @@ def atomic_write_bytes(path: str | Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

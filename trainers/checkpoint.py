@@ -60,8 +60,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     extra: dict[str, Any] | None = None,
+    keep_previous: bool = False,
 ) -> None:
-    """Atomically write a checkpoint of ``model`` (unwrapped from DDP) and its training state."""
+    """Atomically write a checkpoint of ``model`` (unwrapped from DDP) and its training state;
+    ``keep_previous`` keeps the replaced one at :func:`previous_path` as a fallback."""
     info = dataset_info(dataset)
     model = getattr(model, "module", model)
     normalize = model[0]
@@ -81,7 +83,18 @@ def save_checkpoint(
         "rng": rng_state(),
         **(extra or {}),
     }
-    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+    atomic_write_bytes(path, lambda f: torch.save(payload, f),
+                       keep_previous=previous_path(path) if keep_previous else None)
+
+
+class CheckpointMismatch(UserError):
+    """A readable checkpoint of another architecture or dataset than the one asked for."""
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where save_checkpoint(keep_previous=True) keeps the checkpoint it replaced."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -112,7 +125,8 @@ def model_from_checkpoint(
     ckpt = load_checkpoint(path)
     for key, want in (("arch", arch), ("dataset", dataset)):
         if want is not None and ckpt[key] != want:
-            raise UserError(f"{path}: checkpoint {key} is {ckpt[key]!r}, expected {want!r}")
+            raise CheckpointMismatch(f"{path}: checkpoint {key} is {ckpt[key]!r}, "
+                                     f"expected {want!r}")
     try:
         model = build_model(ckpt["arch"], ckpt["dataset"])
     except UserError as e:

@@ -38,7 +38,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from trainers import attacks
-from trainers.checkpoint import atomic_write_bytes, model_from_checkpoint, save_checkpoint
+from trainers.checkpoint import (
+    CheckpointMismatch,
+    atomic_write_bytes,
+    model_from_checkpoint,
+    previous_path,
+    save_checkpoint,
+)
 from trainers.config import TrialConfig
 from trainers.datasets import dataset_info, load_dataset
 from trainers.errors import UserError
@@ -175,6 +181,34 @@ def _initial_model(config: TrialConfig, device: torch.device) -> nn.Sequential:
     return model
 
 
+def resume_point(ckpt_path: Path, config: TrialConfig, device: torch.device,
+                 say: Callable[[str], None] | None = print) -> tuple[nn.Module, dict] | None:
+    """The model and checkpoint to resume from: the newest readable of ``ckpt_path`` and the
+    previous one kept beside it (saying so when falling back); None when neither exists.
+
+    A checkpoint of another architecture or dataset is never skipped over: that is a wrong
+    folder, not a damaged file."""
+    candidates = [p for p in (ckpt_path, previous_path(ckpt_path)) if p.exists()]
+    failures = []
+    for path in candidates:
+        try:
+            model, ckpt = model_from_checkpoint(path, arch=config.arch, dataset=config.dataset,
+                                                device=device)
+        except CheckpointMismatch:
+            raise
+        except UserError as e:
+            failures.append(str(e))
+            continue
+        if failures and say is not None:
+            say(f"{failures[0]}; resuming from the previous checkpoint {path} "
+                f"(epoch {ckpt['epoch']})")
+        return model, ckpt
+    if failures:
+        raise UserError(f"{failures[0]}; no readable checkpoint left to resume from"
+                        + (f" ({failures[1]})" if len(failures) > 1 else ""))
+    return None
+
+
 def _trim_metrics(path: Path, before_epoch: int) -> None:
     """Keep only metric lines of epochs that have a checkpoint (a crash may leave later ones)."""
     if not path.exists():
@@ -202,12 +236,8 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     ckpt_path = out / CHECKPOINT
-    ckpt = None
-    if ckpt_path.exists():  # resume this trial
-        net, ckpt = model_from_checkpoint(ckpt_path, arch=config.arch, dataset=config.dataset,
-                                          device=device)
-    else:
-        net = _initial_model(config, device)
+    resumed = resume_point(ckpt_path, config, device, say=print if rank == 0 else None)
+    net, ckpt = resumed if resumed is not None else (_initial_model(config, device), None)
     model = net if world == 1 else nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
@@ -272,7 +302,7 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
         if rank == 0:
             save_checkpoint(ckpt_path, net, arch=config.arch, dataset=config.dataset,
                             config=config.to_dict(), epoch=epoch + 1, optimizer=optimizer,
-                            scheduler=scheduler)
+                            scheduler=scheduler, keep_previous=True)
             with open(out / METRICS, "a", encoding="utf-8") as f:
                 f.write(json.dumps(metrics) + "\n")
                 f.flush()

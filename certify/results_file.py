@@ -118,14 +118,21 @@ class ResultsFile:
             self.done.add(key)
 
     def append(self, row: Mapping[str, Any]) -> None:
-        """Write one complete row and make it durable before returning."""
-        self._file.write(self._line([row[c] for c in self.columns]).decode())
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Write one complete row and make it durable before returning. A failed write (a full
+        or read-only disk) names this file; a torn row it leaves is cut off on resume."""
+        try:
+            self._file.write(self._line([row[c] for c in self.columns]).decode())
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
         self.done.add(self._key({c: _format(row[c]) for c in self.key_columns}))
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the failed append already reported it; its rows up to then are on disk
 
     def __enter__(self) -> ResultsFile:
         return self

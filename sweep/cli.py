@@ -137,7 +137,8 @@ def _run_sweep_run(args: argparse.Namespace) -> int:
     from sweep.run import run_sweep
 
     errors = run_sweep(args.spec, args.set, address=args.address, storage=args.storage,
-                       max_concurrent=args.max_concurrent, verbose=args.verbose)
+                       max_concurrent=args.max_concurrent, verbose=args.verbose,
+                       dashboard=args.dashboard)
     return 1 if errors else 0
 
 
@@ -145,8 +146,16 @@ def _run_sweep_resume(args: argparse.Namespace) -> int:
     from sweep.run import resume_sweep
 
     errors = resume_sweep(args.sweep_dir, restart_errored=args.restart_errored,
-                          address=args.address, verbose=args.verbose)
+                          address=args.address, verbose=args.verbose,
+                          dashboard=args.dashboard)
     return 1 if errors else 0
+
+
+def _run_sweep_stop(args: argparse.Namespace) -> int:
+    from sweep.run import stop_sweep
+
+    stop_sweep(args.sweep_dir)
+    return 0
 
 
 def _run_sweep_status(args: argparse.Namespace) -> int:
@@ -166,6 +175,8 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a default (resources.KEY for resources)")
     p.set_defaults(func=_run_sweep_plan)
+    dashboard_help = ("with local Ray, also start its dashboard on 127.0.0.1:8265 (off by "
+                      "default: a dozen processes on a small machine)")
     ray_help = "Ray address (default: RAY_ADDRESS, else start Ray locally on 127.0.0.1)"
     p = commands.add_parser("run", help="run a sweep on Ray",
                             description="Run every trial of a spec: train, certify, report.")
@@ -179,6 +190,7 @@ def _add_sweep_parser(sub) -> None:
                    "many as resources allow)")
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                    help="Tune's console output level")
+    p.add_argument("--dashboard", action="store_true", help=dashboard_help)
     p.set_defaults(func=_run_sweep_run)
     p = commands.add_parser("resume", help="continue an interrupted or failed sweep",
                             description="Continue a sweep: unfinished trials go on from their "
@@ -189,12 +201,18 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--address", help=ray_help)
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                    help="Tune's console output level")
+    p.add_argument("--dashboard", action="store_true", help=dashboard_help)
     p.set_defaults(func=_run_sweep_resume)
     p = commands.add_parser("status", help="one line per trial: state, epoch, certification",
                             description="Show each trial's state, epoch, certification "
                             "progress and first error line.")
     p.add_argument("sweep_dir", help="the sweep folder (STORAGE/NAME)")
     p.set_defaults(func=_run_sweep_status)
+    p = commands.add_parser("stop", help="stop a running sweep and end its Ray processes",
+                            description="Stop a sweep's driver as Ctrl-C would (state and "
+                            "checkpoints are kept), then end any Ray process it left behind.")
+    p.add_argument("sweep_dir", help="the sweep folder (STORAGE/NAME)")
+    p.set_defaults(func=_run_sweep_stop)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"smoothadv: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full or read-only disk, a vanished mount
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"smoothadv: error: {where}{e.strerror or e}; everything written before it is "
+              "kept", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("smoothadv: interrupted; finished rows and checkpoints are kept", file=sys.stderr)
         return 130

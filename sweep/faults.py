@@ -3,12 +3,14 @@
 ``SMOOTHADV_FAULTS`` holds ``point:value:trial:marker_dir`` entries separated by ``;``. At
 ``maybe_fail(point, value, trial)`` a matching entry raises :class:`InjectedFault` once (the
 marker file ``marker_dir/<point>-<value>-<trial>`` records that it fired), so a retried or
-resumed trial then runs through. Unset in normal use; the check costs one lookup.
+resumed trial then runs through. Points named ``kill_…`` SIGKILL the calling process instead
+of raising (a worker process dying for real). Unset in normal use; the check costs one lookup.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 
@@ -31,4 +33,6 @@ def maybe_fail(point: str, value: object, trial: str) -> None:
                 pass
         except FileExistsError:
             continue
+        if point.startswith("kill_"):
+            os.kill(os.getpid(), signal.SIGKILL)
         raise InjectedFault(f"injected fault at {point}={value} (SMOOTHADV_FAULTS)")

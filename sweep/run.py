@@ -10,19 +10,27 @@ The Tune function takes a small CPU fraction so the workers' resources are the r
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sweep import layout
-from sweep.spec import SweepSpec, load_spec, parse_spec
+from sweep import layout, processes
+from sweep.spec import Resources, SweepSpec, load_spec, parse_spec
 from trainers.atomic import atomic_write_bytes
 from trainers.errors import UserError
 
 DRIVER_CPUS = 0.01  # the Tune function only waits on its Train run
+
+
+def worker_cpus(res: Resources) -> float:
+    """Each worker's CPU request: the spec's share less its part of the driver's, so a trial
+    costs exactly workers × cpus_per_worker (2 one-CPU trials fit 2 cores)."""
+    return res.cpus_per_worker - DRIVER_CPUS / res.workers
 OBJECT_STORE_BYTES = 256 * 1024**2  # trials pass configs and metrics only
 
 
@@ -54,10 +62,11 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     trainer = TorchTrainer(
         train_and_certify,
         train_loop_config={"config": trial.config.to_dict(), "trial_dir": str(folder),
+                           "threads": max(1, round(res.cpus_per_worker)),
                            "attack_eval": spec.to_dict().get("attack_eval")},
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers, use_gpu=gpus > 0,
-            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": gpus} if gpus else {})},
+            resources_per_worker={"CPU": worker_cpus(res), **({"GPU": gpus} if gpus else {})},
         ),
         run_config=ray.train.RunConfig(
             name=f"{trial.name}-{trial_id}",
@@ -91,21 +100,26 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
-def init_ray(address: str | None) -> None:
-    """Join ``address`` (or RAY_ADDRESS); with neither, start Ray locally on 127.0.0.1."""
+def init_ray(address: str | None, dashboard: bool = False) -> list[processes.Process]:
+    """Join ``address`` (or RAY_ADDRESS); with neither, start Ray locally on 127.0.0.1 (its
+    dashboard only when asked: it costs a dozen processes on a small machine). Returns the Ray
+    processes this call started (to end them if this driver dies)."""
     import ray
 
     if ray.is_initialized():  # e.g. a test session sharing one local cluster
-        return
+        return []
     if address or os.environ.get("RAY_ADDRESS"):
         try:
             ray.init(address=address, log_to_driver=False)
         except ConnectionError as e:
             raise UserError(f"--address {address or os.environ['RAY_ADDRESS']}: cannot "
                             f"connect to a Ray cluster ({_first_line(e)})") from None
-        return
+        return []
+    # One machine has no spot preemption to watch: spare each trial that actor process.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(dashboard_host="127.0.0.1", object_store_memory=OBJECT_STORE_BYTES,
-             log_to_driver=False, include_dashboard=True)
+             log_to_driver=False, include_dashboard=dashboard)
+    return processes.descendants(os.getpid())
 
 
 def check_storage(storage: Path) -> None:
@@ -142,14 +156,13 @@ def check_fits(spec: SweepSpec) -> None:
 
     res = spec.resources
     total = ray.cluster_resources()
-    needs = {"CPU": res.workers * res.cpus_per_worker + DRIVER_CPUS,
-             "GPU": res.workers * res.gpus_per_worker}
+    needs = {"CPU": res.workers * res.cpus_per_worker, "GPU": res.workers * res.gpus_per_worker}
     for kind, need in needs.items():
         if need > total.get(kind, 0) + 1e-9:
             raise UserError(
-                f"resources: one trial needs {need:g} {kind}s ({res.workers} workers, plus "
-                f"{DRIVER_CPUS:g} CPU for the trial driver) but this Ray cluster has "
-                f"{total.get(kind, 0):g}; lower resources.{kind.lower()}s_per_worker or workers")
+                f"resources: one trial needs {need:g} {kind}s ({res.workers} workers) but this "
+                f"Ray cluster has {total.get(kind, 0):g}; lower resources.workers or "
+                f"resources.{kind.lower()}s_per_worker")
 
 
 def _storage_dir(storage: str) -> Path:
@@ -176,7 +189,7 @@ def _run_config(sweep_dir: Path, spec: SweepSpec, verbose: int):
 
 
 def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, storage: str,
-              max_concurrent: int | None, verbose: int = 1) -> int:
+              max_concurrent: int | None, verbose: int = 1, dashboard: bool = False) -> int:
     """Validate the spec, write it into the sweep folder, run every trial; returns the number
     of errored trials."""
     spec = load_spec(spec_path, overrides)
@@ -193,7 +206,7 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
 
     from ray import tune
 
-    init_ray(address)
+    started = init_ray(address, dashboard)
     if address is None and not os.environ.get("RAY_ADDRESS"):
         check_fits(spec)
     check_storage(sweep_dir)
@@ -207,11 +220,11 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
         ),
         run_config=_run_config(sweep_dir, spec, verbose),
     )
-    return _fit(tuner, sweep_dir)
+    return _fit(tuner, sweep_dir, started)
 
 
 def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
-                 verbose: int = 1) -> int:
+                 verbose: int = 1, dashboard: bool = False) -> int:
     """Continue a sweep: unfinished trials go on, errored ones resume from their checkpoint
     (or restart from scratch), finished ones are untouched; returns the number errored."""
     folder = Path(sweep_dir).expanduser().resolve()
@@ -224,7 +237,8 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
     if not tune.Tuner.can_restore(str(tune_dir)):
         raise UserError(f"{folder}: no Ray Tune state to resume under {layout.TUNE}/; "
                         f"start it with `smoothadv sweep run`")
-    init_ray(address)
+    end_leftovers(folder)
+    started = init_ray(address, dashboard)
     if address is None and not os.environ.get("RAY_ADDRESS"):
         check_fits(spec)
     check_storage(folder)
@@ -233,7 +247,7 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
                                restart_errored=restart_errored)
     if restart_errored:
         _clear_errored(folder)
-    return _fit(tuner, folder)
+    return _fit(tuner, folder, started)
 
 
 def _clear_errored(folder: Path) -> None:
@@ -249,9 +263,53 @@ def _clear_errored(folder: Path) -> None:
             trial.rename(aside)
 
 
-def _fit(tuner, sweep_dir: Path) -> int:
+def end_leftovers(sweep_dir: Path) -> None:
+    """Before resuming: end the Ray processes a dead driver of this sweep left behind; refuse
+    while that driver still runs."""
+    from sweep.status import driver_alive
+
+    info = layout.read_json(sweep_dir / layout.DRIVER)
+    if info is None:
+        return
+    if driver_alive(sweep_dir):
+        raise UserError(f"{sweep_dir}: its driver (pid {info.get('pid')} on {info.get('host')}) "
+                        "is still running; stop it first with `smoothadv sweep stop`")
+    ended = processes.end([tuple(p) for p in info.get("ray_processes", [])])
+    if ended:
+        print(f"{sweep_dir}: ended {ended} Ray processes left by the interrupted driver")
+    (sweep_dir / layout.DRIVER).unlink(missing_ok=True)
+
+
+def stop_sweep(sweep_dir: str, grace_s: float = 30.0) -> None:
+    """Stop a running sweep as Ctrl-C would (Tune saves its state, trials keep their
+    checkpoints), then end any Ray process its driver leaves behind."""
+    from sweep.status import driver_alive
+
+    folder = Path(sweep_dir).expanduser().resolve()
+    if not (folder / layout.SPEC).exists():
+        raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC})")
+    info = layout.read_json(folder / layout.DRIVER)
+    if info is None:
+        print(f"{folder}: no driver is running")
+        return
+    if info.get("host") != socket.gethostname():
+        raise UserError(f"{folder}: its driver runs on {info.get('host')}; run `smoothadv sweep "
+                        "stop` there")
+    driver = (int(info["pid"]), processes.start_time(int(info["pid"])))
+    if driver_alive(folder):
+        os.kill(driver[0], signal.SIGINT)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and processes.alive(driver):
+            time.sleep(0.5)
+        processes.end([driver])
+    end_leftovers(folder)
+    print(f"{folder}: stopped; continue with `smoothadv sweep resume {folder}`")
+
+
+def _fit(tuner, sweep_dir: Path, started: list[processes.Process]) -> int:
     layout.write_json(sweep_dir / layout.DRIVER, {"pid": os.getpid(),
-                                                  "host": socket.gethostname()})
+                                                  "host": socket.gethostname(),
+                                                  "ray_processes": started})
     try:
         results = tuner.fit()
     except Exception:

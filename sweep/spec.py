@@ -53,8 +53,9 @@ class Resources:
                                         and self.gpus_per_worker != int(self.gpus_per_worker)):
             raise UserError("resources.gpus_per_worker: must be a fraction in [0, 1] or a whole "
                             f"number, got {self.gpus_per_worker}")
-        if self.cpus_per_worker <= 0:
-            raise UserError(f"resources.cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
+        if self.cpus_per_worker < 0.1:
+            raise UserError("resources.cpus_per_worker: must be ≥ 0.1, got "
+                            f"{self.cpus_per_worker}")
         for key in ("worker_retries", "trial_retries"):
             if getattr(self, key) < 0:
                 raise UserError(f"resources.{key}: must be ≥ 0, got {getattr(self, key)}")

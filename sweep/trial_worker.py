@@ -134,6 +134,7 @@ def train_and_certify(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    torch.set_num_threads(loop_config["threads"])  # Ray rounds a fractional CPU share down
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     config = parse_trial_config(loop_config["config"])
@@ -145,6 +146,7 @@ def train_and_certify(loop_config: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, Any], ckpt_path: Path) -> None:
         faults.maybe_fail("after_epoch", metrics["epoch"], trial_dir.name)
+        faults.maybe_fail("kill_after_epoch", metrics["epoch"], trial_dir.name)
         if rank != 0:
             ray.train.report(metrics)
             return

@@ -63,7 +63,8 @@ def synthetic_checkpoint(tmp_path_factory):
     return path
 
 
-FAULT_TRIAL = "seed424242"  # the one trial name the injected faults below target
+FAULT_TRIAL = "seed424242"  # raises after epoch 0 (once)
+KILL_TRIAL = "seed434343"  # its worker process is SIGKILLed after epoch 0 (once)
 
 
 @pytest.fixture(scope="session")
@@ -71,16 +72,17 @@ def local_ray(tmp_path_factory):
     """One local Ray cluster shared by every test that runs sweeps (start-up costs seconds).
 
     Faults are injected through SMOOTHADV_FAULTS, which must be set before Ray starts its
-    worker processes; they fire once, and only in trials named FAULT_TRIAL.
+    worker processes; they fire once, and only in trials named FAULT_TRIAL or KILL_TRIAL.
     """
     import os
 
     import ray
 
     markers = tmp_path_factory.mktemp("fault-markers")
-    os.environ["SMOOTHADV_FAULTS"] = f"after_epoch:0:{FAULT_TRIAL}:{markers}"
+    os.environ["SMOOTHADV_FAULTS"] = (f"after_epoch:0:{FAULT_TRIAL}:{markers};"
+                                      f"kill_after_epoch:0:{KILL_TRIAL}:{markers}")
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2,
              log_to_driver=False, configure_logging=False)
-    yield
+    yield markers  # a fault that fired left its marker file here
     ray.shutdown()
     del os.environ["SMOOTHADV_FAULTS"]

@@ -12,6 +12,7 @@ from torch import nn
 
 from trainers import UserError, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from trainers.checkpoint import FORMAT_VERSION, REQUIRED_KEYS, atomic_write_bytes, set_rng_state
+from trainers.models import place
 
 DOCUMENTED_KEYS = set(REQUIRED_KEYS) | {
     "input_shape", "config", "epoch", "optimizer", "scheduler", "rng",
@@ -62,6 +63,7 @@ def test_round_trip_model_optimizer_scheduler(tmp_path):
 
     restored, ckpt2 = model_from_checkpoint(path, arch="lenet", dataset="synthetic")
     assert ckpt2["epoch"] == 3
+    model = place(model, "cpu")  # the layout model_from_checkpoint gives on CPU
     model.eval()
     restored.eval()
     x = torch.rand(5, 1, 16, 16)
@@ -118,7 +120,7 @@ def test_wrapped_model_is_saved_unwrapped(tmp_path):
     restored, _ = model_from_checkpoint(path)
     x = torch.rand(2, 1, 16, 16)
     with torch.no_grad():
-        assert torch.equal(inner.eval()(x), restored.eval()(x))
+        assert torch.equal(place(inner, "cpu").eval()(x), restored.eval()(x))
 
 
 def test_rng_state_restores_next_draws(tmp_path):
@@ -310,4 +312,4 @@ def test_stored_normalization_wins(tmp_path):
     assert not torch.equal(restored[0].mean, fresh[0].mean)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(model.eval()(x), restored.eval()(x))
+        assert torch.equal(place(model, "cpu").eval()(x), restored.eval()(x))

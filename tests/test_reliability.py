@@ -1,7 +1,16 @@
-"""Faults that must never cost finished work (issue "Reliability"): damaged checkpoints."""
+"""Faults that must never cost finished work: damaged checkpoints, a killed certification, a
+full disk."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
 import pytest
 import torch
 
@@ -53,3 +62,68 @@ def test_a_checkpoint_of_another_arch_is_refused_not_skipped(tmp_path):
     with pytest.raises(UserError, match="checkpoint arch is 'lenet', expected 'cifar_resnet20'"):
         train_trial(parse_trial_config({**TINY, "arch": "cifar_resnet20", "epochs": 2}), trial,
                     progress=False)
+
+
+def certify_command(ckpt, out, *extra):
+    return [sys.executable, "-m", "sweep.cli", "certify", str(ckpt), "--sigma", "0.25", "--n0",
+            "20", "--n", "2000", "--alpha", "0.01", "--batch", "500", "--skip", "8", "--out",
+            str(out), "--device", "cpu", "--no-progress", *extra]
+
+
+def rows(path) -> list[list[str]]:
+    """Complete rows without the time column."""
+    lines = Path(path).read_text().splitlines()
+    return [line.split("\t")[:5] + line.split("\t")[6:] for line in lines]
+
+
+def test_certification_sigkilled_mid_run_resumes_at_the_next_image(synthetic_checkpoint,
+                                                                   tmp_path):
+    out = tmp_path / "killed.tsv"
+    run = subprocess.Popen(certify_command(synthetic_checkpoint, out),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not out.exists() or out.read_text().count("\n") < 4:  # header + 3 rows
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    done = out.read_text().count("\n") - 1
+    assert done < 64, "killed too late to prove anything"
+    subprocess.run(certify_command(synthetic_checkpoint, out), check=True,
+                   stdout=subprocess.DEVNULL)
+    reference = tmp_path / "reference.tsv"
+    subprocess.run(certify_command(synthetic_checkpoint, reference), check=True,
+                   stdout=subprocess.DEVNULL)
+    assert rows(out) == rows(reference)  # exactly one complete row per image, same numbers
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root and mount); skipped where it cannot be made."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_clear_error_and_earlier_rows_stay(synthetic_checkpoint, tiny_disk):
+    out = tiny_disk / "certify.tsv"
+    free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
+    (tiny_disk / "filler").write_bytes(b"\0" * (free - 2 * 4096))  # two pages left
+    result = subprocess.run(certify_command(synthetic_checkpoint, out, "--n", "100"),
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and str(out) in err[0]
+    written = out.read_text().splitlines(keepends=True)
+    complete = [line for line in written if line.endswith("\n")]
+    assert len(complete) > 10  # the rows written before the disk filled are all there
+    (tiny_disk / "filler").unlink()  # free space, re-run: it resumes and completes
+    subprocess.run(certify_command(synthetic_checkpoint, out, "--n", "100"), check=True,
+                   stdout=subprocess.DEVNULL)
+    final = pd.read_csv(out, sep="\t")
+    assert list(final["idx"]) == list(range(0, 512, 8))

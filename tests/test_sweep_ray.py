@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from conftest import FAULT_TRIAL
+from conftest import FAULT_TRIAL, KILL_TRIAL
 
 from sweep import layout
 from sweep.cli import main
@@ -66,10 +66,10 @@ def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capsys
 
 def test_a_trial_larger_than_the_local_cluster_is_refused(local_ray, tmp_path, capsys):
     spec = {"name": "huge", "defaults": TINY_DEFAULTS, "grid": {"sigma": [0.25]},
-            "resources": {"workers": 2, "cpus_per_worker": 1}}
+            "resources": {"workers": 3, "cpus_per_worker": 1}}
     code, _ = run_spec(tmp_path, spec)
     assert code == 2
-    assert "resources: one trial needs 2.01 CPUs" in capsys.readouterr().err
+    assert "resources: one trial needs 3 CPUs" in capsys.readouterr().err
 
 
 def test_failed_trial_resumes_from_its_checkpoint(local_ray, tmp_path, capsys):
@@ -96,7 +96,7 @@ def test_failed_trial_resumes_from_its_checkpoint(local_ray, tmp_path, capsys):
 
 def test_two_worker_trial_trains_with_ddp_and_shards_certification(local_ray, tmp_path):
     spec = {"name": "ddp", "defaults": {**TINY_DEFAULTS, "m_train": 2, "multi_noise": True},
-            "resources": {"workers": 2, "cpus_per_worker": 0.9},  # + the driver's 0.01 CPU
+            "resources": {"workers": 2, "cpus_per_worker": 1},
             "grid": {"attack": ["pgd"]}}
     code, sweep_dir = run_spec(tmp_path, spec)
     assert code == 0
@@ -106,3 +106,17 @@ def test_two_worker_trial_trains_with_ddp_and_shards_certification(local_ray, tm
     assert list(rows["idx"]) == list(range(0, 512, 64))  # merged from both ranks' shards
     shards = [pd.read_csv(trial / f"certify.part{r}of2.tsv", sep="\t") for r in range(2)]
     assert [list(s["idx"]) for s in shards] == [[0, 128, 256, 384], [64, 192, 320, 448]]
+
+
+def test_a_killed_worker_is_replaced_and_the_trial_resumes_by_itself(local_ray, tmp_path):
+    spec = {"name": "killed-worker", "defaults": {**TINY_DEFAULTS, "epochs": 2},
+            "resources": {"workers": 1, "cpus_per_worker": 1, "worker_retries": 1},
+            "grid": {"seed": [434343]}}
+    code, sweep_dir = run_spec(tmp_path, spec)
+    assert code == 0  # no user action: Train restarted the worker group from the checkpoint
+    assert (local_ray / f"kill_after_epoch-0-{KILL_TRIAL}").exists()  # the worker did die
+    trial = layout.trial_dir(sweep_dir, KILL_TRIAL)
+    lines = (trial / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+    assert json.loads((trial / layout.STATE).read_text())["state"] == "TERMINATED"
+    assert len(pd.read_csv(trial / layout.CERTIFY, sep="\t")) == 8

@@ -19,7 +19,7 @@ from torch import nn
 from trainers.atomic import atomic_write_bytes
 from trainers.datasets import dataset_info
 from trainers.errors import UserError
-from trainers.models import build_model
+from trainers.models import build_model, place
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "arch", "dataset", "num_classes", "mean", "std", "state_dict")
@@ -136,4 +136,4 @@ def model_from_checkpoint(
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise UserError(f"{path}: weights do not fit arch {ckpt['arch']!r} ({first})") from e
-    return model.to(device), ckpt
+    return place(model, device), ckpt

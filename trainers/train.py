@@ -48,7 +48,7 @@ from trainers.checkpoint import (
 from trainers.config import TrialConfig
 from trainers.datasets import dataset_info, load_dataset
 from trainers.errors import UserError
-from trainers.models import NormalizeLayer, build_model, reset_head
+from trainers.models import NormalizeLayer, build_model, place, reset_head
 from trainers.self_training import load_extra_data, mixed_batches
 
 CHECKPOINT = "checkpoint.pt"
@@ -238,6 +238,7 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
     ckpt_path = out / CHECKPOINT
     resumed = resume_point(ckpt_path, config, device, say=print if rank == 0 else None)
     net, ckpt = resumed if resumed is not None else (_initial_model(config, device), None)
+    net = place(net, device)
     model = net if world == 1 else nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,

@@ -1,0 +1,88 @@
+"""The sweep driver is SIGKILLed mid-training: `sweep resume` ends the Ray processes it left
+behind, continues the trial from its last epoch checkpoint, and the final weights equal an
+uninterrupted run's (CPU, one thread, as in the Ray worker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from sweep import layout, processes
+from sweep.spec import parse_spec
+from trainers.train import CHECKPOINT, train_trial
+
+SPEC = {"name": "killed",
+        "defaults": {"dataset": "synthetic", "arch": "lenet", "train_subset": 768,
+                     "test_subset": 32, "epochs": 4, "batch_size": 64, "lr": 0.05,
+                     "steps": 1, "epsilon": 0.25, "warmup_epochs": 1, "device": "cpu",
+                     "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 128}},
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "grid": {"attack": ["pgd"]}}
+
+
+def smoothadv(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sweep.cli", *args], **kwargs)
+
+
+def test_sigkilled_driver_then_resume(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    env = {k: v for k, v in os.environ.items() if k != "SMOOTHADV_FAULTS"}
+    driver = smoothadv("sweep", "run", str(spec), "--storage", str(tmp_path), "--verbose", "0",
+                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sweep_dir, trial = tmp_path / "killed", tmp_path / "killed" / "trials" / "pgd"
+    deadline = time.monotonic() + 240
+    while not (trial / "metrics.jsonl").exists() or not (trial / "metrics.jsonl").read_text():
+        assert driver.poll() is None and time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    first_epoch = (trial / "metrics.jsonl").read_text().splitlines()[0]
+    recorded = [tuple(p) for p in json.loads((sweep_dir / layout.DRIVER).read_text())
+                ["ray_processes"]]
+    time.sleep(3)
+    left = [p for p in recorded if processes.alive(p)]
+    assert left, "expected Ray processes left behind by the killed driver"
+
+    status = subprocess.run([sys.executable, "-m", "sweep.cli", "sweep", "status",
+                             str(sweep_dir)], capture_output=True, text=True, env=env)
+    assert "INTERRUPTED" in status.stdout
+
+    resumed = subprocess.run([sys.executable, "-m", "sweep.cli", "sweep", "resume",
+                              str(sweep_dir), "--verbose", "0"], capture_output=True,
+                             text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Ray processes left by the interrupted driver" in resumed.stdout
+    assert not any(processes.alive(p) for p in left)
+    lines = (trial / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2, 3]
+    assert lines[0] == first_epoch  # epoch 0 was not trained again
+    assert len((trial / layout.CERTIFY).read_text().splitlines()) == 1 + 4
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = parse_spec(SPEC).trials()[0].config
+        train_trial(config, tmp_path / "uninterrupted", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    final = torch.load(trial / CHECKPOINT, weights_only=True)["state_dict"]
+    expected = torch.load(tmp_path / "uninterrupted" / CHECKPOINT,
+                          weights_only=True)["state_dict"]
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_stop_without_a_running_driver(tmp_path):
+    (tmp_path / layout.SPEC).write_text(yaml.safe_dump(SPEC))
+    out = subprocess.run([sys.executable, "-m", "sweep.cli", "sweep", "stop", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "no driver is running" in out.stdout
+    assert not Path(tmp_path / layout.DRIVER).exists()

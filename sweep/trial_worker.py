@@ -66,6 +66,16 @@ def merge_shards(trial_dir: Path, name: str, world: int) -> None:
     atomic_write_bytes(trial_dir / name, lambda f: f.write(f"{header}\n{body}".encode()))
 
 
+def gathered(trial_dir: Path, name: str, rank: int, world: int) -> bool:
+    """Once every rank has written its shard of ``name``, rank 0 merges them; True on rank 0
+    (the one rank that reads the merged file)."""
+    if world > 1:
+        torch.distributed.barrier()
+        if rank == 0:
+            merge_shards(trial_dir, name, world)
+    return rank == 0
+
+
 def _final_model(config: TrialConfig, trial_dir: Path, skip: int, max_index: int,
                  device: torch.device) -> Evaluation:
     return load_evaluation(trial_dir / CHECKPOINT, dataset=config.dataset,
@@ -84,11 +94,7 @@ def certify_trial(config: TrialConfig, trial_dir: Path, rank: int, world: int,
     out = _shard_path(trial_dir, layout.CERTIFY, rank, world)
     run_smoothing(ev.model, ev.num_classes, ev.images, ev.indices[rank::world], sampling, out,
                   batch_size=c.batch_size, identity=ev.identity, progress=False)
-    if world > 1:
-        torch.distributed.barrier()
-        if rank == 0:
-            merge_shards(trial_dir, layout.CERTIFY, world)
-    if rank != 0:
+    if not gathered(trial_dir, layout.CERTIFY, rank, world):
         return {}
     return certified_summary(pd.read_csv(trial_dir / layout.CERTIFY, sep="\t"))
 
@@ -106,11 +112,7 @@ def attack_trial(config: TrialConfig, attack_eval: dict[str, Any], trial_dir: Pa
     out = _shard_path(trial_dir, layout.ATTACK, rank, world)
     run_attack(ev.model, ev.num_classes, ev.images, ev.indices[rank::world], settings, out,
                batch_size=config.certify.batch_size, identity=ev.identity, progress=False)
-    if world > 1:
-        torch.distributed.barrier()
-        if rank == 0:
-            merge_shards(trial_dir, layout.ATTACK, world)
-    if rank != 0:
+    if not gathered(trial_dir, layout.ATTACK, rank, world):
         return {}
     accuracy = empirical_accuracy(trial_dir / layout.ATTACK)
     return {f"attack_acc_{eps:g}": float(row["accuracy"]) for eps, row in accuracy.iterrows()}

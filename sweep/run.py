@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from sweep import layout, processes
+from sweep.inputs import check_inputs, with_absolute_paths
 from sweep.spec import Resources, SweepSpec, load_spec, parse_spec
 from trainers.atomic import atomic_write_bytes
 from trainers.errors import UserError
@@ -192,8 +193,14 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
               max_concurrent: int | None, verbose: int = 1, dashboard: bool = False) -> int:
     """Validate the spec, write it into the sweep folder, run every trial; returns the number
     of errored trials."""
-    spec = load_spec(spec_path, overrides)
+    spec = with_absolute_paths(load_spec(spec_path, overrides))
     trials = spec.trials()
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    if local:  # on a cluster the data lives on the workers' nodes, not necessarily here
+        try:
+            check_inputs(trials)
+        except UserError as e:
+            raise UserError(f"{spec_path}: {e}") from None
     sweep_dir = _storage_dir(storage) / spec.name
     if (sweep_dir / layout.TUNE).exists():
         raise UserError(f"{sweep_dir}: a sweep already ran here; continue it with "
@@ -207,7 +214,7 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
     from ray import tune
 
     started = init_ray(address, dashboard)
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    if local:
         check_fits(spec)
     check_storage(sweep_dir)
     tuner = tune.Tuner(

@@ -139,3 +139,9 @@ def test_reset_head(arch, dataset):
     after = model.state_dict()
     for k, v in other.items():
         assert torch.equal(after[k], v), k
+
+
+def test_the_torch_free_registry_names_every_architecture_built():
+    from trainers.registry import ARCH_NAMES
+
+    assert sorted(ARCH_NAMES) == sorted(ARCHS)

@@ -1,8 +1,9 @@
 """Faults that must never cost finished work: damaged checkpoints, a killed certification, a
-full disk."""
+full disk, a disk that turns read-only."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from trainers.checkpoint import previous_path
 from trainers.config import parse_trial_config
@@ -97,17 +99,28 @@ def test_certification_sigkilled_mid_run_resumes_at_the_next_image(synthetic_che
     assert rows(out) == rows(reference)  # exactly one complete row per image, same numbers
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 64 KiB tmpfs (needs root and mount); skipped where it cannot be made."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+def mounted_tmpfs(folder: Path, size: str):
+    """A tmpfs of ``size`` at ``folder`` (needs root and mount); skips the test where it cannot
+    be made, unmounts afterwards."""
+    folder.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                           capture_output=True)
     if made.returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs."""
+    yield from mounted_tmpfs(tmp_path / "disk", "64k")
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A 64 MiB tmpfs that a test can remount read-only."""
+    yield from mounted_tmpfs(tmp_path / "disk", "64m")
 
 
 def test_a_full_disk_is_one_clear_error_and_earlier_rows_stay(synthetic_checkpoint, tiny_disk):
@@ -127,3 +140,41 @@ def test_a_full_disk_is_one_clear_error_and_earlier_rows_stay(synthetic_checkpoi
                    stdout=subprocess.DEVNULL)
     final = pd.read_csv(out, sep="\t")
     assert list(final["idx"]) == list(range(0, 512, 8))
+
+
+def remount(folder: Path, mode: str) -> None:
+    """Remount ``folder`` ``ro`` or ``rw``; a file open for writing makes the kernel refuse
+    (EBUSY) for a moment, so retry briefly."""
+    deadline = time.monotonic() + 30
+    while subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)],
+                         capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, f"cannot remount {folder} {mode}"
+        time.sleep(0.01)
+
+
+def test_a_disk_turned_read_only_mid_training_is_one_clear_error_and_keeps_the_epochs(disk,
+                                                                                       tmp_path):
+    config = tmp_path / "trial.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "train_subset": 2048, "method": "smoothadv",
+                                      "m_train": 2, "steps": 2, "epochs": 3}))
+    trial = disk / "trial"
+    command = [sys.executable, "-m", "sweep.cli", "train", str(config), "--out", str(trial),
+               "--no-progress"]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (trial / "metrics.jsonl").exists() or not (trial / "metrics.jsonl").read_text():
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    remount(disk, "ro")  # during epoch 1: its checkpoint cannot be written
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Read-only file system" in lines[0]
+    assert str(trial / CHECKPOINT) in lines[0]
+    assert torch.load(trial / CHECKPOINT, weights_only=True)["epoch"] == 1  # epoch 0 done
+    assert [json.loads(line)["epoch"] for line in
+            (trial / "metrics.jsonl").read_text().splitlines()] == [0]
+    remount(disk, "rw")  # the disk is back: the same command resumes at epoch 1 and finishes
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    assert [json.loads(line)["epoch"] for line in
+            (trial / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]

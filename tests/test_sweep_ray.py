@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from conftest import FAULT_TRIAL, KILL_TRIAL
+from conftest import FAULT_TRIAL, KILL_TRIAL, RESTART_TRIAL
 
 from sweep import layout
 from sweep.cli import main
@@ -92,6 +92,29 @@ def test_failed_trial_resumes_from_its_checkpoint(local_ray, tmp_path, capsys):
     assert (trial / "metrics.jsonl").read_text().startswith(first_epoch)
     assert len(pd.read_csv(trial / layout.CERTIFY, sep="\t")) == 8
     assert json.loads((trial / layout.STATE).read_text())["state"] == "TERMINATED"
+
+
+def test_restart_errored_starts_the_failed_trial_afresh_and_leaves_the_others(local_ray,
+                                                                              tmp_path):
+    spec = {"name": "restart", "defaults": {**TINY_DEFAULTS, "epochs": 2},
+            "resources": {"workers": 1, "cpus_per_worker": 1, "worker_retries": 0},
+            "grid": {"seed": [454545, 1]}}
+    code, sweep_dir = run_spec(tmp_path, spec, "--max-concurrent", "2")
+    assert code == 1
+    failed, other = (layout.trial_dir(sweep_dir, name) for name in (RESTART_TRIAL, "seed1"))
+    old_id = json.loads((failed / layout.STATE).read_text())["trial_id"]
+    finished = {f: (other / f).read_bytes()
+                for f in ("checkpoint.pt", "metrics.jsonl", layout.CERTIFY, layout.STATE)}
+
+    assert main(["sweep", "resume", str(sweep_dir), "--restart-errored", "--verbose", "0"]) == 0
+    aside = sweep_dir / layout.ERRORED / f"{RESTART_TRIAL}.1"  # the failed run's outputs, kept
+    assert json.loads((aside / layout.STATE).read_text())["state"] == "ERROR"
+    assert [m["epoch"] for m in metrics_lines(aside)] == [0]
+    state = json.loads((failed / layout.STATE).read_text())
+    assert state["state"] == "TERMINATED" and state["trial_id"] != old_id  # a new Tune trial
+    assert [m["epoch"] for m in metrics_lines(failed)] == [0, 1]  # epoch 0 trained again
+    assert len(pd.read_csv(failed / layout.CERTIFY, sep="\t")) == 8
+    assert {f: (other / f).read_bytes() for f in finished} == finished  # untouched
 
 
 def test_two_worker_trial_trains_with_ddp_and_shards_certification(local_ray, tmp_path):

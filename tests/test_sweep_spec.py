@@ -96,6 +96,13 @@ def test_overrides_apply_to_defaults_and_resources():
     ({**TINY, "attack_eval": {"epsilons": [-0.5]}}, "attack_eval.epsilons"),
     ({**TINY, "name": "a/b"}, "name: expected a folder-safe name"),
     ({**TINY, "trials": 3}, "trials: unknown key"),
+    ({**TINY, "defaults": {**TINY["defaults"], "sigmaa": 0.5}}, "sigmaa: unknown key"),
+    ({**TINY, "defaults": {**TINY["defaults"], "lr": -0.1}}, "lr: must be > 0"),
+    ({**TINY, "defaults": {**TINY["defaults"], "dataset": "cifar10",
+                           "data_root": "/nonexistent/cifar"}},
+     "trial sigma0.25: data_root: dataset 'cifar10' not found: looked for data_batch_1"),
+    ({**TINY, "defaults": {**TINY["defaults"], "init_from": "/nonexistent/pretrained.pt"}},
+     "trial sigma0.25: init_from: /nonexistent/pretrained.pt does not exist"),
     ("- just\n- a list\n", "spec: expected a mapping"),
 ])
 def test_bad_specs_are_one_line_naming_the_key(tmp_path, capsys, values, needle):
@@ -163,3 +170,18 @@ def test_status_of_a_partial_sweep(tmp_path, capsys):
 def test_status_refuses_a_folder_that_is_not_a_sweep(tmp_path, capsys):
     assert main(["sweep", "status", str(tmp_path)]) == 2
     assert "not a sweep folder" in capsys.readouterr().err
+
+
+def test_relative_input_paths_become_absolute_against_the_working_directory(tmp_path,
+                                                                            monkeypatch):
+    from sweep.inputs import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    spec = with_absolute_paths(parse_spec({
+        **TINY, "defaults": {**TINY["defaults"], "data_root": "data", "init_from": "~/p.pt"},
+        "grid": {"extra_data": ["extra.pkl", "/abs/extra.pkl"]},
+        "exclude": [{"extra_data": "extra.pkl"}]}))
+    assert spec.defaults["data_root"] == str(tmp_path / "data")
+    assert spec.defaults["init_from"] == str(Path.home() / "p.pt")
+    assert spec.grid == [{"extra_data": [str(tmp_path / "extra.pkl"), "/abs/extra.pkl"]}]
+    assert [t.params for t in spec.trials()] == [{"extra_data": "/abs/extra.pkl"}]

@@ -8,9 +8,9 @@ from importlib import import_module
 _EXPORTS = {
     "ARCHS": "trainers.models",
     "build_model": "trainers.models",
-    "DATASETS": "trainers.datasets",
-    "DatasetInfo": "trainers.datasets",
-    "dataset_info": "trainers.datasets",
+    "DATASETS": "trainers.registry",
+    "DatasetInfo": "trainers.registry",
+    "dataset_info": "trainers.registry",
     "load_dataset": "trainers.datasets",
     "load_checkpoint": "trainers.checkpoint",
     "model_from_checkpoint": "trainers.checkpoint",

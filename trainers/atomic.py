@@ -12,8 +12,18 @@ def atomic_write_bytes(path: str | Path, write: Any, keep_previous: Path | None 
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, then rename.
 
     With ``keep_previous`` the file being replaced is first renamed there, once the new one is
-    complete on disk: at every instant a complete newest or previous file exists."""
+    complete on disk: at every instant a complete newest or previous file exists. A failure
+    (full or read-only disk) is an OSError naming ``path``, not the temporary file."""
     path = Path(path)
+    try:
+        _replace(path, write, keep_previous)
+    except OSError as e:
+        if e.filename == str(path):
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
+def _replace(path: Path, write: Any, keep_previous: Path | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

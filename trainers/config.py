@@ -13,9 +13,8 @@ from typing import Any
 
 import yaml
 
-from trainers.datasets import DATASETS
 from trainers.errors import UserError
-from trainers.models import ARCHS
+from trainers.registry import ARCH_NAMES, DATASETS
 
 METHODS = ("gaussian", "smoothadv", "vanilla_adv")
 ATTACKS = ("pgd", "ddn")
@@ -123,7 +122,7 @@ def _require(ok: bool, key: str, message: str) -> None:
 def validate(config: TrialConfig) -> TrialConfig:
     c = config
     _require(c.dataset in DATASETS, "dataset", f"unknown {c.dataset!r}; one of {sorted(DATASETS)}")
-    _require(c.arch in ARCHS, "arch", f"unknown {c.arch!r}; one of {sorted(ARCHS)}")
+    _require(c.arch in ARCH_NAMES, "arch", f"unknown {c.arch!r}; one of {sorted(ARCH_NAMES)}")
     _require(c.method in METHODS, "method", f"unknown {c.method!r}; one of {list(METHODS)}")
     _require(c.attack in ATTACKS, "attack", f"unknown {c.attack!r}; one of {list(ATTACKS)}")
     _require(c.sigma > 0, "sigma", f"must be > 0, got {c.sigma}")

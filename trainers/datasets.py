@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,41 +17,10 @@ from torchvision.transforms import v2
 
 from trainers import data_formats as fmt
 from trainers.errors import UserError
+from trainers.registry import DATASETS, DatasetInfo, dataset_info  # noqa: F401 (re-exported)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "test")
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about a dataset."""
-
-    name: str
-    input_shape: tuple[int, int, int]  # C, H, W as the model sees it
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    info.name: info
-    for info in (
-        DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-        DatasetInfo("imagenet", (3, 224, 224), 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        DatasetInfo("imagenet32", (3, 32, 32), 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        DatasetInfo("fashion_mnist", (1, 28, 28), 10, (0.2860,), (0.3530,)),
-        DatasetInfo("synthetic", (1, 16, 16), 4, (0.5,), (0.25,)),
-    )
-}
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise UserError(
-            f"dataset: unknown dataset {name!r}; expected one of {sorted(DATASETS)}"
-        ) from None
 
 
 class ArrayDataset(Dataset):
@@ -132,44 +100,52 @@ def _locate(
     return found
 
 
-def _cifar10(split: str, data_root, download: bool, augment: bool) -> Dataset:
+def _cifar10_dir(split: str, data_root, download: bool) -> Path:
     from torchvision.datasets import CIFAR10
-
-    files = fmt.CIFAR10_TRAIN_FILES if split == "train" else fmt.CIFAR10_TEST_FILES
 
     def fetch(root: Path) -> None:
         CIFAR10(str(root), train=split == "train", download=True)
 
-    found = _locate(
+    return _locate(
         "cifar10", _candidate_dirs(data_root, ["SMOOTHADV_DATA"]), ("cifar-10-batches-py", ""),
-        files,
+        fmt.CIFAR10_TRAIN_FILES if split == "train" else fmt.CIFAR10_TEST_FILES,
         "get the python version from https://www.cs.toronto.edu/~kriz/cifar.html "
         "(or pass --download) and give its folder with --data-root",
         fetch if download else None,
     )
+
+
+def _cifar10(split: str, data_root, download: bool, augment: bool) -> Dataset:
+    found = _cifar10_dir(split, data_root, download)
+    files = fmt.CIFAR10_TRAIN_FILES if split == "train" else fmt.CIFAR10_TEST_FILES
     images, labels = fmt.read_pickle_batches([found / f for f in files], 10)
     return ArrayDataset(images, labels, _small_image_transform(32, split == "train" and augment))
 
 
-def _imagenet32(split: str, data_root, download: bool, augment: bool) -> Dataset:
-    files = fmt.IMAGENET32_TRAIN_FILES if split == "train" else fmt.IMAGENET32_TEST_FILES
-    found = _locate(
+def _imagenet32_dir(split: str, data_root, download: bool) -> Path:
+    return _locate(
         "imagenet32", _candidate_dirs(data_root, ["SMOOTHADV_DATA"]),
-        ("imagenet32", "Imagenet32", ""), files,
+        ("imagenet32", "Imagenet32", ""),
+        fmt.IMAGENET32_TRAIN_FILES if split == "train" else fmt.IMAGENET32_TEST_FILES,
         "download 'Imagenet32' (pickle batches) from https://image-net.org/download-images "
         "and give its folder with --data-root",
     )
+
+
+def _imagenet32(split: str, data_root, download: bool, augment: bool) -> Dataset:
+    found = _imagenet32_dir(split, data_root, download)
+    files = fmt.IMAGENET32_TRAIN_FILES if split == "train" else fmt.IMAGENET32_TEST_FILES
     images, labels = fmt.read_pickle_batches([found / f for f in files], 1000, label_offset=1)
     return ArrayDataset(images, labels, _small_image_transform(32, split == "train" and augment))
 
 
-def _fashion_mnist(split: str, data_root, download: bool, augment: bool) -> Dataset:
+def _fashion_mnist_dir(split: str, data_root, download: bool) -> Path:
     from torchvision.datasets import FashionMNIST
 
     def fetch(root: Path) -> None:
         FashionMNIST(str(root), train=split == "train", download=True)
 
-    found = _locate(
+    return _locate(
         "fashion_mnist",
         _candidate_dirs(data_root, ["SMOOTHADV_DATA"], [DEBIAN_FASHION_MNIST]),
         ("", "fashion-mnist", "FashionMNIST/raw"), fmt.FASHION_MNIST_FILES[split],
@@ -177,13 +153,14 @@ def _fashion_mnist(split: str, data_root, download: bool, augment: bool) -> Data
         "folder of the idx .gz files with --data-root",
         fetch if download else None,
     )
-    images, labels = fmt.read_fashion_mnist(found, split)
+
+
+def _fashion_mnist(split: str, data_root, download: bool, augment: bool) -> Dataset:
+    images, labels = fmt.read_fashion_mnist(_fashion_mnist_dir(split, data_root, download), split)
     return ArrayDataset(images, labels)
 
 
-def _imagenet(split: str, data_root, download: bool, augment: bool) -> Dataset:
-    from torchvision.datasets import ImageFolder
-
+def _imagenet_dir(split: str, data_root, download: bool) -> Path:
     sub = "train" if split == "train" else "val"
     candidates = _candidate_dirs(data_root, ["IMAGENET_DIR"])
     candidates = [c for c in candidates if c != Path("data")] or candidates
@@ -194,6 +171,13 @@ def _imagenet(split: str, data_root, download: bool, augment: bool) -> Dataset:
             "give the ImageNet root (holding train/ and val/ class folders) with --data-root "
             "or $IMAGENET_DIR",
         )
+    return found
+
+
+def _imagenet(split: str, data_root, download: bool, augment: bool) -> Dataset:
+    from torchvision.datasets import ImageFolder
+
+    found = _imagenet_dir(split, data_root, download)
     to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if split == "train" and augment:
         tf = v2.Compose([v2.RandomResizedCrop(224), v2.RandomHorizontalFlip(), *to_float])
@@ -226,6 +210,13 @@ def _synthetic(split: str, data_root, download: bool, augment: bool) -> Dataset:
     return ArrayDataset(*synthetic_arrays(split))
 
 
+_LOCATORS: dict[str, Callable[[str, object, bool], Path]] = {
+    "cifar10": _cifar10_dir,
+    "imagenet": _imagenet_dir,
+    "imagenet32": _imagenet32_dir,
+    "fashion_mnist": _fashion_mnist_dir,
+}
+
 _LOADERS = {
     "cifar10": _cifar10,
     "imagenet": _imagenet,
@@ -253,3 +244,14 @@ def load_dataset(
     if split not in SPLITS:
         raise UserError(f"split: unknown split {split!r}; expected one of {list(SPLITS)}")
     return _LOADERS[name](split, data_root, download, augment)
+
+
+def locate_dataset(name: str, split: str, data_root: str | Path | None = None, *,
+                   download: bool = False) -> Path | None:
+    """The folder the split of ``name`` would be read from (None for in-memory synthetic data),
+    without reading it; a missing dataset raises the UserError :func:`load_dataset` would."""
+    dataset_info(name)
+    if split not in SPLITS:
+        raise UserError(f"split: unknown split {split!r}; expected one of {list(SPLITS)}")
+    locator = _LOCATORS.get(name)
+    return None if locator is None else locator(split, data_root, download)

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from trainers.datasets import DatasetInfo, dataset_info
 from trainers.errors import UserError
+from trainers.registry import DatasetInfo, dataset_info
 
 
 class NormalizeLayer(nn.Module):

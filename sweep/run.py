@@ -227,7 +227,7 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
         ),
         run_config=_run_config(sweep_dir, spec, verbose),
     )
-    return _fit(tuner, sweep_dir, started)
+    return _fit(tuner, sweep_dir, started, len(trials))
 
 
 def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
@@ -254,7 +254,7 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
                                restart_errored=restart_errored)
     if restart_errored:
         _clear_errored(folder)
-    return _fit(tuner, folder, started)
+    return _fit(tuner, folder, started, len(spec.trials()))
 
 
 def _clear_errored(folder: Path) -> None:
@@ -313,7 +313,23 @@ def stop_sweep(sweep_dir: str, grace_s: float = 30.0) -> None:
     print(f"{folder}: stopped; continue with `smoothadv sweep resume {folder}`")
 
 
-def _fit(tuner, sweep_dir: Path, started: list[processes.Process]) -> int:
+def _reconcile_states(sweep_dir: Path, errored: set[str]) -> int:
+    """After Tune returns: a trial recorded ERROR or RUNNING that Tune did not see fail was cut
+    short by the sweep being stopped (its Train run dies with the Ray actors), so it is marked
+    INTERRUPTED, never ERROR (``--restart-errored`` would discard its progress). Returns the
+    number of finished trials."""
+    finished = 0
+    for path in (sweep_dir / layout.TRIALS).glob(f"*/{layout.STATE}"):
+        state = layout.read_json(path) or {}
+        finished += state.get("state") == "TERMINATED"
+        if state.get("state") in ("ERROR", "RUNNING") and path.parent.name not in errored:
+            layout.write_json(path, {"state": "INTERRUPTED", "trial_id": state.get("trial_id")})
+    return finished
+
+
+def _fit(tuner, sweep_dir: Path, started: list[processes.Process], planned: int) -> int:
+    """Run the Tuner; returns the number of errored trials. Stopped early (Ctrl-C, `sweep
+    stop`), Tune saves its state and returns: that raises KeyboardInterrupt after the summary."""
     layout.write_json(sweep_dir / layout.DRIVER, {"pid": os.getpid(),
                                                   "host": socket.gethostname(),
                                                   "ray_processes": started})
@@ -325,6 +341,12 @@ def _fit(tuner, sweep_dir: Path, started: list[processes.Process]) -> int:
     finally:
         (sweep_dir / layout.DRIVER).unlink(missing_ok=True)
     errors = results.num_errors
-    print(f"{sweep_dir}: {len(results)} trials, {errors} errored"
+    finished = _reconcile_states(sweep_dir, {r.config["trial"] for r in results
+                                             if r.error is not None})
+    if finished + errors < planned:
+        print(f"{sweep_dir}: interrupted with {finished} of {planned} trials finished, {errors} "
+              f"errored; continue with `smoothadv sweep resume {sweep_dir}`")
+        raise KeyboardInterrupt
+    print(f"{sweep_dir}: {planned} trials, {errors} errored"
           + (f"; see `smoothadv sweep status {sweep_dir}`" if errors else ""))
     return errors

@@ -80,6 +80,33 @@ def test_sigkilled_driver_then_resume(tmp_path):
     assert all(torch.equal(final[k], expected[k]) for k in expected)
 
 
+def test_sweep_stop_interrupts_the_driver_and_leaves_no_ray_process(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    env = {k: v for k, v in os.environ.items() if k != "SMOOTHADV_FAULTS"}
+    driver = smoothadv("sweep", "run", str(spec), "--storage", str(tmp_path), "--verbose", "0",
+                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep_dir, trial = tmp_path / "killed", tmp_path / "killed" / "trials" / "pgd"
+    deadline = time.monotonic() + 240
+    while not (trial / "metrics.jsonl").exists() or not (trial / "metrics.jsonl").read_text():
+        assert driver.poll() is None and time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    recorded = [tuple(p) for p in json.loads((sweep_dir / layout.DRIVER).read_text())
+                ["ray_processes"]]
+    stop = subprocess.run([sys.executable, "-m", "sweep.cli", "sweep", "stop", str(sweep_dir)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert stop.returncode == 0 and "stopped; continue with" in stop.stdout
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130  # as after Ctrl-C: not a finished sweep
+    assert "interrupted with 0 of 1 trials finished" in out
+    assert not any(processes.alive(p) for p in recorded)
+    assert not (sweep_dir / layout.DRIVER).exists()
+    assert torch.load(trial / CHECKPOINT, weights_only=True)["epoch"] >= 1  # kept for resume
+    status = subprocess.run([sys.executable, "-m", "sweep.cli", "sweep", "status",
+                             str(sweep_dir)], capture_output=True, text=True, env=env)
+    assert "INTERRUPTED" in status.stdout
+
+
 def test_stop_without_a_running_driver(tmp_path):
     (tmp_path / layout.SPEC).write_text(yaml.safe_dump(SPEC))
     out = subprocess.run([sys.executable, "-m", "sweep.cli", "sweep", "stop", str(tmp_path)],

@@ -110,7 +110,8 @@ def _cifar10_dir(split: str, data_root, download: bool) -> Path:
         "cifar10", _candidate_dirs(data_root, ["SMOOTHADV_DATA"]), ("cifar-10-batches-py", ""),
         fmt.CIFAR10_TRAIN_FILES if split == "train" else fmt.CIFAR10_TEST_FILES,
         "get the python version from https://www.cs.toronto.edu/~kriz/cifar.html "
-        "(or pass --download) and give its folder with --data-root",
+        "(or pass --download) and give its folder with --data-root "
+        "(config key data_root)",
         fetch if download else None,
     )
 
@@ -128,7 +129,7 @@ def _imagenet32_dir(split: str, data_root, download: bool) -> Path:
         ("imagenet32", "Imagenet32", ""),
         fmt.IMAGENET32_TRAIN_FILES if split == "train" else fmt.IMAGENET32_TEST_FILES,
         "download 'Imagenet32' (pickle batches) from https://image-net.org/download-images "
-        "and give its folder with --data-root",
+        "and give its folder with --data-root (config key data_root)",
     )
 
 
@@ -150,7 +151,7 @@ def _fashion_mnist_dir(split: str, data_root, download: bool) -> Path:
         _candidate_dirs(data_root, ["SMOOTHADV_DATA"], [DEBIAN_FASHION_MNIST]),
         ("", "fashion-mnist", "FashionMNIST/raw"), fmt.FASHION_MNIST_FILES[split],
         "install Debian's package dataset-fashion-mnist, pass --download, or give the "
-        "folder of the idx .gz files with --data-root",
+        "folder of the idx .gz files with --data-root (config key data_root)",
         fetch if download else None,
     )
 
@@ -169,7 +170,7 @@ def _imagenet_dir(split: str, data_root, download: bool) -> Path:
         raise _not_found(
             "imagenet", candidates, [f"{sub}/"],
             "give the ImageNet root (holding train/ and val/ class folders) with --data-root "
-            "or $IMAGENET_DIR",
+            "(config key data_root) or $IMAGENET_DIR",
         )
     return found
 

@@ -21,6 +21,8 @@ from trainers.registry import DATASETS, DatasetInfo, dataset_info  # noqa: F401 
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "test")
+_CIFAR10_FILES = {"train": fmt.CIFAR10_TRAIN_FILES, "test": fmt.CIFAR10_TEST_FILES}
+_IMAGENET32_FILES = {"train": fmt.IMAGENET32_TRAIN_FILES, "test": fmt.IMAGENET32_TEST_FILES}
 
 
 class ArrayDataset(Dataset):
@@ -108,7 +110,7 @@ def _cifar10_dir(split: str, data_root, download: bool) -> Path:
 
     return _locate(
         "cifar10", _candidate_dirs(data_root, ["SMOOTHADV_DATA"]), ("cifar-10-batches-py", ""),
-        fmt.CIFAR10_TRAIN_FILES if split == "train" else fmt.CIFAR10_TEST_FILES,
+        _CIFAR10_FILES[split],
         "get the python version from https://www.cs.toronto.edu/~kriz/cifar.html "
         "(or pass --download) and give its folder with --data-root "
         "(config key data_root)",
@@ -118,8 +120,7 @@ def _cifar10_dir(split: str, data_root, download: bool) -> Path:
 
 def _cifar10(split: str, data_root, download: bool, augment: bool) -> Dataset:
     found = _cifar10_dir(split, data_root, download)
-    files = fmt.CIFAR10_TRAIN_FILES if split == "train" else fmt.CIFAR10_TEST_FILES
-    images, labels = fmt.read_pickle_batches([found / f for f in files], 10)
+    images, labels = fmt.read_pickle_batches([found / f for f in _CIFAR10_FILES[split]], 10)
     return ArrayDataset(images, labels, _small_image_transform(32, split == "train" and augment))
 
 
@@ -127,7 +128,7 @@ def _imagenet32_dir(split: str, data_root, download: bool) -> Path:
     return _locate(
         "imagenet32", _candidate_dirs(data_root, ["SMOOTHADV_DATA"]),
         ("imagenet32", "Imagenet32", ""),
-        fmt.IMAGENET32_TRAIN_FILES if split == "train" else fmt.IMAGENET32_TEST_FILES,
+        _IMAGENET32_FILES[split],
         "download 'Imagenet32' (pickle batches) from https://image-net.org/download-images "
         "and give its folder with --data-root (config key data_root)",
     )
@@ -135,8 +136,8 @@ def _imagenet32_dir(split: str, data_root, download: bool) -> Path:
 
 def _imagenet32(split: str, data_root, download: bool, augment: bool) -> Dataset:
     found = _imagenet32_dir(split, data_root, download)
-    files = fmt.IMAGENET32_TRAIN_FILES if split == "train" else fmt.IMAGENET32_TEST_FILES
-    images, labels = fmt.read_pickle_batches([found / f for f in files], 1000, label_offset=1)
+    images, labels = fmt.read_pickle_batches([found / f for f in _IMAGENET32_FILES[split]], 1000,
+                                             label_offset=1)
     return ArrayDataset(images, labels, _small_image_transform(32, split == "train" and augment))
 
 

@@ -105,6 +105,11 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def is_local(address: str | None) -> bool:
+    """No cluster named (neither ``--address`` nor RAY_ADDRESS): Ray starts on this machine."""
+    return not (address or os.environ.get("RAY_ADDRESS"))
+
+
 def init_ray(address: str | None, dashboard: bool = False) -> list[processes.Process]:
     """Join ``address`` (or RAY_ADDRESS); with neither, start Ray locally on 127.0.0.1 (its
     dashboard only when asked: it costs a dozen processes on a small machine). Returns the Ray
@@ -113,7 +118,7 @@ def init_ray(address: str | None, dashboard: bool = False) -> list[processes.Pro
 
     if ray.is_initialized():  # e.g. a test session sharing one local cluster
         return []
-    if address or os.environ.get("RAY_ADDRESS"):
+    if not is_local(address):
         try:
             ray.init(address=address, log_to_driver=False)
         except ConnectionError as e:
@@ -202,7 +207,7 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
     of errored trials."""
     spec = with_absolute_paths(load_spec(spec_path, overrides))
     trials = spec.trials()
-    local = address is None and not os.environ.get("RAY_ADDRESS")
+    local = is_local(address)
     if local:  # on a cluster the data lives on the workers' nodes, not necessarily here
         try:
             check_inputs(trials)
@@ -254,7 +259,7 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
                         f"start it with `smoothadv sweep run`")
     end_leftovers(folder)
     started = init_ray(address, dashboard)
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    if is_local(address):
         check_fits(spec)
     check_storage(folder)
     tuner = tune.Tuner.restore(str(tune_dir), _tuner_trainable(folder),

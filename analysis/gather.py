@@ -1,9 +1,16 @@
 """Read sweep folders and a mapping of outside certification logs into one tidy table.
 
 A sweep folder holds ``sweep.yaml`` and ``trials/<trial>/`` with ``trial.json`` (name and
-gridded values), ``config.yaml``, ``certify.tsv`` (+ ``certify.tsv.meta.json``) and optionally
-``attack.tsv``. A mapping CSV names logs made elsewhere (Cohen et al.'s or SmoothAdv's scripts)
-by ``path`` (relative to the CSV) with trial-value columns beside it. Files are only read.
+gridded values), ``config.yaml``, ``certify.tsv`` (+ ``certify.tsv.meta.json``), optionally
+``attack.tsv``, and ``certify_plan.json`` (``{"planned": N}``: the images the trial worker set
+out to certify). A mapping CSV names logs made elsewhere (Cohen et al.'s or SmoothAdv's scripts)
+by ``path`` (relative to the CSV) with trial-value columns beside it.
+
+A trial with fewer rows than planned is incomplete: left out of the results (listed with its
+status) unless asked for, then kept under a marked name. Without a plan file (sweeps made
+before it existed) the plan is unknown and the trial counts as complete: the planned count
+depends on the test split's size, which only loading the dataset would tell. Logs of the
+mapping count as complete. Files are only read.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from sweep.layout import CERTIFY_PLAN
 from trainers.errors import UserError
 
 CERTIFY_REQUIRED = ("idx", "label", "predict", "radius", "correct")
@@ -31,13 +39,15 @@ RESULT_COLUMNS = ("kind", "idx", "label", "predict", "radius", "correct", "pA_lo
 # The paper's grid axes, in the order of trial names (pgd-T10-m4-eps0.5-sigma0.25).
 PAPER_AXES = ("method", "attack", "steps", "m_train", "epsilon", "sigma")
 # Column names of the trial table that gridded values must not shadow.
-_RESERVED = {"trial", "source", "dataset", "alpha", "images", "status", *RESULT_COLUMNS}
+_RESERVED = {"trial", "source", "dataset", "alpha", "images", "planned", "complete", "status",
+             *RESULT_COLUMNS}
 
 
 @dataclass(frozen=True)
 class Gathered:
     """``trials``: one row per trial (``trial``, ``source``, gridded values, ``sigma``,
-    ``dataset``, ``alpha``, ``images``, ``status``: "ok" or why it has no results).
+    ``dataset``, ``alpha``, ``images``, ``planned`` (NA: unknown), ``complete``, ``status``:
+    "ok" (its rows are in ``results``) or why not: "missing: …" or "incomplete, k/N images").
     ``results``: one row per trial × image (``kind`` "certify") and per trial × image × attack
     ε (``kind`` "attack"), with the trial's gridded values as columns.
     ``grid``: the gridded-value column names. ``torn``: files whose torn last line was ignored.
@@ -54,7 +64,13 @@ class Gathered:
 
     @property
     def missing(self) -> pd.DataFrame:
+        """Trials left out of ``results``: without rows, or incomplete and not asked for."""
         return self.trials[self.trials["status"] != "ok"]
+
+    @property
+    def incomplete(self) -> pd.DataFrame:
+        """Trials with rows, but fewer than planned (in ``results`` only if asked for)."""
+        return self.trials[~self.trials["complete"] & (self.trials["images"] > 0)]
 
     @property
     def dataset(self) -> str | None:
@@ -72,6 +88,7 @@ class _Trial:
     alpha: float
     certify: Path
     attack: Path | None
+    planned: int | None = None  # None: unknown, counted as complete
 
 
 def read_rows(path: Path, required: Sequence[str]) -> tuple[pd.DataFrame, bool]:
@@ -130,6 +147,17 @@ def _meta(certify: Path) -> dict[str, Any]:
     return _load_json(meta) if meta.is_file() else {}
 
 
+def _planned(path: Path) -> int | None:
+    """The images a trial planned to certify, from its ``certify_plan.json``; None without
+    one."""
+    if not path.is_file():
+        return None
+    value = _load_json(path).get("planned")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"{path}: planned: expected a whole number ≥ 0, got {value!r}")
+    return value
+
+
 def _number(value: Any, what: str) -> float | None:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
@@ -165,6 +193,7 @@ def _sweep_trials(folder: Path, qualify: bool) -> list[_Trial]:
             dataset=config.get("dataset", meta.get("dataset")),
             alpha=float(_number(alpha, f"{trial_dir}: alpha")),
             certify=certify, attack=attack if attack.is_file() else None,
+            planned=_planned(trial_dir / CERTIFY_PLAN),
         ))
     return trials
 
@@ -223,11 +252,14 @@ def _column(values: list[Any]) -> pd.Series:
     return series
 
 
-def gather(sweeps: Sequence[str | Path], logs: str | Path | None = None) -> Gathered:
+def gather(sweeps: Sequence[str | Path], logs: str | Path | None = None,
+           include_incomplete: bool = False) -> Gathered:
     """Every trial of ``sweeps`` and every log of the ``logs`` mapping, with its results.
 
     Trial names get their sweep folder's name as prefix when several sweeps are given; names
-    must then be unique. Trials without certification rows get a ``status`` saying why.
+    must then be unique. Trials without certification rows, and incomplete ones, get a
+    ``status`` saying why they have no results; with ``include_incomplete`` an incomplete
+    trial's rows are kept under the name "<trial> (incomplete k/N)".
     """
     folders = [Path(s) for s in sweeps]
     trials = [t for f in folders for t in _sweep_trials(f, qualify=len(folders) > 1)]
@@ -243,40 +275,65 @@ def gather(sweeps: Sequence[str | Path], logs: str | Path | None = None) -> Gath
     grid += [k for k in seen if k not in grid]
     rows, parts, torn = [], [], []
     for t in trials:
-        status, images = "ok", 0
-        if not t.certify.is_file():
-            status = "missing: no certify.tsv"
-        elif t.sigma is None:
-            raise UserError(f"{t.certify.parent}: sigma unknown (not in trial.json, config.yaml "
-                            "or certify.tsv.meta.json)")
-        else:
-            cert, was_torn = read_rows(t.certify, CERTIFY_REQUIRED)
-            if was_torn:
-                torn.append(str(t.certify))
-            if cert["idx"].duplicated().any():
-                dup = int(cert.loc[cert["idx"].duplicated(), "idx"].iloc[0])
-                raise UserError(f"{t.certify}: image idx {dup} appears twice")
-            images = len(cert)
-            if images == 0:
-                status = "missing: certify.tsv has no rows yet"
+        cert = _certify_rows(t, torn)
+        images = 0 if cert is None else len(cert)
+        complete = t.planned is None or images >= t.planned
+        name, status = t.name, _status(cert)
+        if status == "ok" and not complete:
+            if include_incomplete:
+                name = f"{t.name} (incomplete {images}/{t.planned})"
             else:
-                parts.append(cert.assign(trial=t.name, kind="certify"))
-                if t.attack is not None:
-                    attack, was_torn = read_rows(t.attack, ATTACK_REQUIRED)
-                    if was_torn:
-                        torn.append(str(t.attack))
-                    parts.append(attack.rename(columns={"epsilon": "attack_epsilon"})
-                                 .assign(trial=t.name, kind="attack"))
-        rows.append({"trial": t.name, "source": t.source, "dataset": t.dataset,
-                     "alpha": t.alpha, "images": images, "status": status})
+                status = f"incomplete, {images}/{t.planned} images"
+        if status == "ok":
+            parts += _trial_parts(t, cert, name, torn)
+        rows.append({"trial": name, "source": t.source, "dataset": t.dataset,
+                     "alpha": t.alpha, "images": images, "planned": t.planned,
+                     "complete": complete, "status": status})
     table = pd.DataFrame(rows, columns=["trial", "source", "dataset", "alpha", "images",
-                                        "status"])
+                                        "planned", "complete", "status"])
+    table = table.astype({"planned": "Int64", "complete": bool})
     for position, key in enumerate(grid, start=2):
         values = [t.sigma if key == "sigma" else _cell(t.params.get(key)) for t in trials]
         table.insert(position, key, _column(values))
     _check_one_dataset(table)
     results = _results(parts, table, grid)
     return Gathered(trials=table, results=results, grid=tuple(grid), torn=tuple(torn))
+
+
+def _certify_rows(t: _Trial, torn: list[str]) -> pd.DataFrame | None:
+    """The trial's certification rows (None without a certify file); a torn file's path is
+    added to ``torn``."""
+    if not t.certify.is_file():
+        return None
+    if t.sigma is None:
+        raise UserError(f"{t.certify.parent}: sigma unknown (not in trial.json, config.yaml "
+                        "or certify.tsv.meta.json)")
+    cert, was_torn = read_rows(t.certify, CERTIFY_REQUIRED)
+    if was_torn:
+        torn.append(str(t.certify))
+    if cert["idx"].duplicated().any():
+        dup = int(cert.loc[cert["idx"].duplicated(), "idx"].iloc[0])
+        raise UserError(f"{t.certify}: image idx {dup} appears twice")
+    return cert
+
+
+def _status(cert: pd.DataFrame | None) -> str:
+    if cert is None:
+        return "missing: no certify.tsv"
+    return "ok" if len(cert) else "missing: certify.tsv has no rows yet"
+
+
+def _trial_parts(t: _Trial, cert: pd.DataFrame, name: str, torn: list[str]
+                 ) -> list[pd.DataFrame]:
+    """The trial's certify rows and attack rows (if any) for the long results table."""
+    parts = [cert.assign(trial=name, kind="certify")]
+    if t.attack is not None:
+        attack, was_torn = read_rows(t.attack, ATTACK_REQUIRED)
+        if was_torn:
+            torn.append(str(t.attack))
+        parts.append(attack.rename(columns={"epsilon": "attack_epsilon"})
+                     .assign(trial=name, kind="attack"))
+    return parts
 
 
 def _check_one_dataset(table: pd.DataFrame) -> None:

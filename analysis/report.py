@@ -2,6 +2,10 @@
 certified-accuracy and envelope CSVs, the Figure 1/2 panels and the Table 1/2, per-σ, per-trial
 (Tables 7–15) and ℓ∞ (Table 3) tables into one report folder.
 
+Only trials with complete certification are drawn (gather.py says what counts as complete);
+incomplete ones are listed with their "k/N images", or drawn, marked "(incomplete k/N)", with
+``Options.include_incomplete``.
+
 Everything is read and checked before the first file is written; each file is written
 atomically, so a report folder never holds a half-written file.
 """
@@ -36,13 +40,15 @@ class Options:
     """``radii``: extra columns of certified_accuracy.csv; ``selection``: "max" (the paper's
     envelope) or "holdout"; ``references``: published rows to overlay (published.py);
     ``representative``: trials for the right panel instead of the largest ACR per σ;
-    ``rho``: failure probability of Cohen et al.'s high-probability bound."""
+    ``rho``: failure probability of Cohen et al.'s high-probability bound;
+    ``include_incomplete``: draw trials certified on fewer images than planned, marked."""
 
     radii: tuple[float, ...] = ()
     selection: str = "max"
     references: tuple[str, ...] = ()
     representative: tuple[str, ...] = ()
     rho: float = 0.001
+    include_incomplete: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,15 +92,25 @@ def build_report(sweeps: Sequence[str | Path], logs: str | Path | None, out: str
     """Analyze ``sweeps`` and the ``logs`` mapping into the folder ``out``."""
     if not sweeps and logs is None:
         raise UserError("analyze: give at least one SWEEP_DIR or --logs MAPPING.csv")
-    data = gather(sweeps, logs)
+    data = gather(sweeps, logs, include_incomplete=options.include_incomplete)
     _check_options(options, data)
     if data.certified.empty:
-        raise UserError(f"no trial has certification rows yet ({len(data.missing)} trials, "
-                        "all missing); nothing to analyze")
+        raise UserError(_nothing_drawn(data))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"-o {out}: exists and is not a folder")
     return _write(data, out, options)
+
+
+def _nothing_drawn(data: Gathered) -> str:
+    """Why no trial can be drawn."""
+    incomplete = len(data.incomplete)
+    if incomplete:
+        return (f"no trial has finished certification yet ({incomplete} incomplete, "
+                f"{len(data.missing) - incomplete} missing); --include-incomplete draws the "
+                "incomplete ones")
+    return (f"no trial has certification rows yet ({len(data.missing)} trials, all missing); "
+            "nothing to analyze")
 
 
 def _write(data: Gathered, out: Path, options: Options) -> Report:
@@ -112,7 +128,8 @@ def _write(data: Gathered, out: Path, options: Options) -> Report:
 
     summary = curves.trial_summary(results, column_radii)
     grid_cols = [c for c in data.grid if c in trials.columns]
-    per_trial = trials.set_index("trial")[grid_cols].join(summary).reset_index()
+    per_trial = (trials.set_index("trial")[grid_cols].join(summary)
+                 .join(trials.set_index("trial")["complete"]).reset_index())
     files.append(_csv(out / "certified_accuracy.csv", per_trial))
 
     main = curves.envelope(results, fine, selection)
@@ -238,7 +255,7 @@ def _tables(data: Gathered, results: pd.DataFrame, radii: np.ndarray, summary: p
         tables.append(Table("Empirical accuracy under attack (%), best trial per attack ε",
                             emp_env.rename(columns={"epsilon": "ε"}), percent=["accuracy"]))
     missing = data.missing[["trial", "status"]].rename(columns={"status": "why"})
-    tables.append(Table("Trials without certification output", missing))
+    tables.append(Table("Trials left out: missing or incomplete certification", missing))
     return _preamble(data, options), tables
 
 
@@ -277,8 +294,8 @@ def _preamble(data: Gathered, options: Options) -> list[str]:
     counts = (f"{images.iloc[0]} images per trial" if images.nunique() == 1
               else f"images per trial differ: {images.min()}–{images.max()} (each trial's "
                    "accuracy is over its own images)")
-    lines = [f"{len(trials)} trials certified, {len(data.missing)} missing; {counts}; "
-             f"envelope selection: {options.selection}; ρ = {options.rho:g}."]
+    lines = [f"{_trial_counts(data)}; {counts}; envelope selection: {options.selection}; "
+             f"ρ = {options.rho:g}."]
     if data.torn:
         lines.append(f"Ignored a torn last line (a writer stopped mid-line) in {len(data.torn)} "
                      f"file(s): {', '.join(data.torn)}.")
@@ -288,13 +305,30 @@ def _preamble(data: Gathered, options: Options) -> list[str]:
     return lines
 
 
+def _trial_counts(data: Gathered) -> str:
+    """How many trials are drawn, missing and incomplete."""
+    drawn_incomplete = int((~data.certified["complete"]).sum())
+    left_incomplete = len(data.incomplete) - drawn_incomplete
+    text = f"{len(data.certified)} trials certified"
+    if drawn_incomplete:
+        text += (f" ({drawn_incomplete} of them incomplete, drawn by --include-incomplete and "
+                 "marked)")
+    text += f", {len(data.missing) - left_incomplete} missing"
+    if left_incomplete:
+        text += f", {left_incomplete} incomplete (left out)"
+    return text
+
+
 def _summary_lines(data: Gathered, out: Path, main: pd.DataFrame, radii: np.ndarray,
                    selection: str, options: Options) -> list[str]:
     lines = [f"report written to {out}/"]
     lines += _preamble(data, options)
-    if len(data.missing):
-        names = data.missing["trial"].tolist()
-        lines.append("missing: " + ", ".join(names[:10]) + (" …" if len(names) > 10 else ""))
+    left = data.missing
+    if len(left):
+        lines.append(f"left out ({len(left)}):")
+        lines += [f"  {trial}: {status}" for trial, status in
+                  zip(left["trial"][:10], left["status"][:10], strict=True)]
+        lines += [f"  … and {len(left) - 10} more (see tables.md)"] if len(left) > 10 else []
     shown = [r for r in radii if r > 0][:4] or [0.0]
     points = main.set_index(np.round(main["radius"], 10))
     best = ", ".join(f"r={r:g}: {points.at[round(r, 10), 'accuracy']:.3f} "

@@ -13,11 +13,9 @@ shards and resumed runs reproduce the rows of one uninterrupted run.
 from __future__ import annotations
 
 import datetime
-import math
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -25,53 +23,16 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from certify.precision import evaluation_precision, precision_name
 from certify.results_file import ResultsFile
-from certify.runner import Sampling, image_seed, load_evaluation
+from certify.runner import image_seed, input_device, load_evaluation
+from certify.settings import AttackSettings
 from certify.smooth import ABSTAIN, Smooth
 from trainers.attacks import smoothadv_pgd
 from trainers.errors import UserError
 
 ATTACK_COLUMNS = ("idx", "label", "epsilon", "predict", "correct", "time")
 ATTACK_KEYS = {"idx": int, "epsilon": float}
-
-
-@dataclass(frozen=True)
-class AttackSettings:
-    """Settings that determine an attack run's numbers (recorded beside the output).
-
-    ``epsilons`` are ℓ2 radii in [0,1] pixel units; ``steps`` and ``m_test`` parametrize
-    SmoothAdv-PGD (paper: 20 steps, m_test = 128); ``n`` and ``alpha`` parametrize PREDICT.
-    """
-
-    sigma: float
-    epsilons: tuple[float, ...]
-    steps: int = 20
-    m_test: int = 128
-    n: int = 100_000
-    alpha: float = 0.001
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        # Floats (with −0.0 folded into 0.0) so keys, seeds and the settings record agree.
-        object.__setattr__(self, "epsilons", tuple(float(e) + 0.0 for e in self.epsilons))
-
-    def validate(self) -> None:
-        Sampling(sigma=self.sigma, n=self.n, alpha=self.alpha, seed=self.seed).validate()
-        if not self.epsilons:
-            raise UserError("epsilon: give at least one radius")
-        for e in self.epsilons:
-            if not (math.isfinite(e) and e >= 0):
-                raise UserError(f"epsilon: must be finite and ≥ 0, got {e}")
-        if len(set(self.epsilons)) != len(self.epsilons):
-            raise UserError(f"epsilon: each radius once, got {list(self.epsilons)}")
-        if self.steps < 1:
-            raise UserError(f"steps: must be ≥ 1, got {self.steps}")
-        if self.m_test < 1:
-            raise UserError(f"m_test: must be ≥ 1, got {self.m_test}")
-
-    def record(self) -> dict:
-        """The settings as written to FILE.meta.json (JSON types, so a reread compares equal)."""
-        return {**asdict(self), "epsilons": list(self.epsilons)}
 
 
 def attack_seed(seed: int, idx: int, epsilon: float) -> int:
@@ -91,24 +52,30 @@ def run_attack(
     batch_size: int = 400,
     identity: dict | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
+    allow_tf32: bool = False,
 ) -> ResultsFile:
     """Attack each selected image at each ε not yet in ``out`` and classify it with PREDICT.
 
     The attack evaluates all ``m_test`` noisy copies in one forward/backward pass; PREDICT runs
     ``batch_size`` noisy samples at a time. ``identity`` (checkpoint hash, dataset, split) joins
-    ``settings`` in the settings record. The model's train/eval mode is restored afterwards.
+    ``settings`` and the precision (:mod:`certify.precision`; TF32 only with ``allow_tf32``) in
+    the settings record. Everything runs on ``device`` (default: where the dataset's images
+    are); ``model`` may have no parameters. Its train/eval mode is restored afterwards.
     """
     settings.validate()
     if batch_size < 1:
         raise UserError(f"batch: must be ≥ 1, got {batch_size}")
-    device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else input_device(dataset, indices)
     generator = torch.Generator(device=device)
-    smooth = Smooth(model, num_classes, settings.sigma, generator=generator)
+    smooth = Smooth(model, num_classes, settings.sigma, generator=generator, device=device)
+    record = {**(identity or {}), **settings.record(),
+              "precision": precision_name(device, allow_tf32)}
     was_training = model.training
     model.eval()
     try:
-        with ResultsFile(out, ATTACK_COLUMNS, {**(identity or {}), **settings.record()},
-                         key_columns=ATTACK_KEYS) as results:
+        with evaluation_precision(device, allow_tf32), ResultsFile(
+                out, ATTACK_COLUMNS, record, key_columns=ATTACK_KEYS) as results:
             if results.repaired_torn_line:
                 tqdm.write(f"{out}: removed a torn last line left by an interrupted run")
             todo = [(idx, e) for idx in indices for e in settings.epsilons
@@ -144,6 +111,7 @@ def attack_checkpoint(
     *,
     batch_size: int = 400,
     progress: bool = True,
+    allow_tf32: bool = False,
     **selection,
 ) -> ResultsFile:
     """:func:`run_attack` on a checkpoint; ``selection`` goes to
@@ -151,7 +119,8 @@ def attack_checkpoint(
     settings.validate()
     ev = load_evaluation(checkpoint, **selection)
     return run_attack(ev.model, ev.num_classes, ev.images, ev.indices, settings, out,
-                      batch_size=batch_size, identity=ev.identity, progress=progress)
+                      batch_size=batch_size, identity=ev.identity, progress=progress,
+                      device=ev.device, allow_tf32=allow_tf32)
 
 
 def empirical_accuracy(path: str | Path) -> pd.DataFrame:

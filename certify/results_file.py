@@ -82,7 +82,12 @@ class ResultsFile:
         except (json.JSONDecodeError, OSError) as e:
             raise UserError(f"{meta}: unreadable settings record ({e})") from e
         for key, value in self.settings.items():
-            if recorded.get(key) != value:
+            if key not in recorded:
+                raise UserError(
+                    f"{self.path}: its settings record {meta.name} has no {key} (written by an "
+                    f"older smoothadv), this run asks for {key}={value!r}; choose another --out"
+                )
+            if recorded[key] != value:
                 raise UserError(
                     f"{self.path}: was written with {key}={recorded.get(key)!r}, this run asks "
                     f"for {key}={value!r}; resume with the same settings or choose another --out"

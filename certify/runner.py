@@ -20,33 +20,14 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from certify.precision import evaluation_precision, precision_name
 from certify.results_file import ResultsFile
+from certify.settings import Sampling
 from certify.smooth import ABSTAIN, Smooth
 from trainers.errors import UserError
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Settings that determine a certification's numbers (recorded beside the output)."""
-
-    sigma: float
-    n: int
-    alpha: float
-    n0: int | None = None  # None for PREDICT
-    seed: int = 0
-
-    def validate(self) -> None:
-        if not self.sigma > 0:
-            raise UserError(f"sigma: must be > 0, got {self.sigma}")
-        if self.n < 1:
-            raise UserError(f"n: must be ≥ 1, got {self.n}")
-        if self.n0 is not None and self.n0 < 1:
-            raise UserError(f"n0: must be ≥ 1, got {self.n0}")
-        if not 0 < self.alpha < 0.5:
-            raise UserError(f"alpha: must lie in (0, 0.5), got {self.alpha}")
 
 
 def select_indices(num_images: int, skip: int = 1, max_index: int = -1, start: int = 0,
@@ -88,24 +69,30 @@ def run_smoothing(
     batch_size: int = 400,
     identity: dict | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
+    allow_tf32: bool = False,
 ) -> ResultsFile:
     """CERTIFY (``sampling.n0`` set) or PREDICT each selected image not yet in ``out``.
 
-    ``identity`` (checkpoint hash, dataset, split) joins ``sampling`` in the settings record, so
-    a re-run against another model or other settings is refused rather than mixed in.
+    ``identity`` (checkpoint hash, dataset, split) joins ``sampling`` and the precision
+    (:mod:`certify.precision`; TF32 only with ``allow_tf32``) in the settings record, so a re-run
+    against another model or other settings is refused rather than mixed in. Noise is drawn and
+    ``model`` (any module, with or without parameters) is evaluated on ``device``, by default
+    where the dataset's images are.
     """
     sampling.validate()
     if batch_size < 1:
         raise UserError(f"batch: must be ≥ 1, got {batch_size}")
     certifying = sampling.n0 is not None
     columns = CERTIFY_COLUMNS if certifying else PREDICT_COLUMNS
-    settings = {**(identity or {}), **{k: v for k, v in asdict(sampling).items() if v is not None}}
-    device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else input_device(dataset, indices)
+    settings = {**(identity or {}), **{k: v for k, v in asdict(sampling).items() if v is not None},
+                "precision": precision_name(device, allow_tf32)}
     generator = torch.Generator(device=device)
-    smooth = Smooth(model, num_classes, sampling.sigma, generator=generator)
+    smooth = Smooth(model, num_classes, sampling.sigma, generator=generator, device=device)
     was_training = model.training
     model.eval()
-    with ResultsFile(out, columns, settings) as results:
+    with evaluation_precision(device, allow_tf32), ResultsFile(out, columns, settings) as results:
         if results.repaired_torn_line:
             tqdm.write(f"{out}: removed a torn last line left by an interrupted run")
         todo = [i for i in indices if i not in results.done]
@@ -131,20 +118,27 @@ def run_smoothing(
     return results
 
 
+def input_device(dataset: Dataset, indices: Sequence[int]) -> torch.device:
+    """Where the first selected image lives (the CPU when none is selected)."""
+    return dataset[indices[0]][0].device if len(indices) else torch.device("cpu")
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
 class Evaluation:
-    """A checkpoint's model with the images it is evaluated on and the identity recorded
-    beside the results (checkpoint hash, dataset, split)."""
+    """A checkpoint's model (on ``device``) with the images it is evaluated on and the identity
+    recorded beside the results (checkpoint hash, dataset, split; a released checkpoint's input
+    layer)."""
 
     model: torch.nn.Module
     num_classes: int
     images: Dataset
     indices: list[int]
     identity: dict
+    device: torch.device
 
 
 def load_evaluation(
@@ -159,18 +153,42 @@ def load_evaluation(
     stop: int | None = None,
     device: str | None = None,
     download: bool = False,
+    input_layer: str | None = None,
 ) -> Evaluation:
     """Load ``checkpoint`` (weights only) and the split of the dataset it was trained for
-    (or ``dataset``), with the image indices selected by skip/max/start/stop."""
-    from trainers.checkpoint import model_from_checkpoint
-    from trainers.datasets import load_dataset
+    (or ``dataset``), with the image indices selected by skip/max/start/stop.
 
-    model, ckpt = model_from_checkpoint(checkpoint, device=device or default_device())
-    name = dataset or ckpt["dataset"]
+    ``checkpoint`` is a smoothadv checkpoint or a released Cohen et al./SmoothAdv one
+    (:mod:`trainers.published`), which needs ``input_layer``.
+    """
+    from trainers.checkpoint import (
+        is_smoothadv_checkpoint,
+        model_from_checkpoint,
+        read_weights_file,
+    )
+    from trainers.datasets import load_dataset
+    from trainers.models import place
+    from trainers.published import released_model
+
+    device = torch.device(device or default_device())
+    payload = read_weights_file(checkpoint)
+    if is_smoothadv_checkpoint(payload):
+        if input_layer is not None:
+            raise UserError(f"{checkpoint}: --input-layer is for released Cohen et al./SmoothAdv "
+                            "checkpoints; a smoothadv checkpoint stores its own")
+        model, ckpt = model_from_checkpoint(checkpoint, device=device, ckpt=payload)
+        trained_on, num_classes, extra = ckpt["dataset"], ckpt["num_classes"], {}
+    else:
+        released = released_model(checkpoint, payload, input_layer)
+        model = place(released.model, device)
+        trained_on, num_classes = released.dataset, released.num_classes
+        extra = {"input_layer": released.input_layer}
+    name = dataset or trained_on
     images = load_dataset(name, split, data_root, augment=False, download=download)
     indices = select_indices(len(images), skip, max_index, start, stop)
-    identity = {"checkpoint_sha256": file_sha256(checkpoint), "dataset": name, "split": split}
-    return Evaluation(model, ckpt["num_classes"], images, indices, identity)
+    identity = {"checkpoint_sha256": file_sha256(checkpoint), "dataset": name, "split": split,
+                **extra}
+    return Evaluation(model, num_classes, images, indices, identity, device)
 
 
 def smooth_checkpoint(
@@ -180,10 +198,12 @@ def smooth_checkpoint(
     *,
     batch_size: int = 400,
     progress: bool = True,
+    allow_tf32: bool = False,
     **selection,
 ) -> ResultsFile:
     """:func:`run_smoothing` on a checkpoint; ``selection`` goes to :func:`load_evaluation`."""
     sampling.validate()
     ev = load_evaluation(checkpoint, **selection)
     return run_smoothing(ev.model, ev.num_classes, ev.images, ev.indices, sampling, out,
-                         batch_size=batch_size, identity=ev.identity, progress=progress)
+                         batch_size=batch_size, identity=ev.identity, progress=progress,
+                         device=ev.device, allow_tf32=allow_tf32)

@@ -1,8 +1,9 @@
 """Cohen et al.'s smoothed classifier g(x) = argmax_c P(f(x + δ) = c), δ ~ N(0, σ²I).
 
 CERTIFY and PREDICT exactly as in Cohen, Rosenfeld & Kolter (2019), Algorithms "certify" and
-"predict" (REFERENCE.md). Noise is drawn on the model's device and class counts accumulate there;
-the only host synchronisation is one transfer of the count vector per call.
+"predict" (REFERENCE.md). Noise is drawn on the evaluation device (given, else the input's) and
+class counts accumulate there; the only host synchronisation is one transfer of the count vector
+per call. The base classifier is any module, with or without parameters.
 """
 
 from __future__ import annotations
@@ -25,18 +26,21 @@ def clopper_pearson_lower(n_success: int, n_total: int, alpha: float) -> float:
 
 class Smooth:
     """A smoothed classifier around ``base_classifier`` (a model taking [0,1] pixels, already in
-    eval mode); ``generator`` (on the model's device) makes the noise reproducible."""
+    eval mode) evaluated on ``device`` (None: the input's device); ``generator`` (on that
+    device) makes the noise reproducible."""
 
     ABSTAIN = ABSTAIN
 
     def __init__(self, base_classifier: nn.Module, num_classes: int, sigma: float,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None,
+                 device: str | torch.device | None = None):
         if sigma <= 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
         self.base_classifier = base_classifier
         self.num_classes = num_classes
         self.sigma = sigma
         self.generator = generator
+        self.device = torch.device(device) if device is not None else None
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int
                 ) -> tuple[int, float]:
@@ -73,7 +77,7 @@ class Smooth:
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int) -> torch.Tensor:
         """Counts (on the host, int64, length num_classes) of f's predictions on ``num`` copies
         of ``x`` (C×H×W) plus fresh N(0, σ²I) noise, evaluated ``batch_size`` at a time."""
-        device = next(self.base_classifier.parameters()).device
+        device = self.device if self.device is not None else x.device
         x = x.to(device)
         counts = torch.zeros(self.num_classes, dtype=torch.int64, device=device)
         noise = torch.empty((min(batch_size, num), *x.shape), device=device)

@@ -11,7 +11,8 @@ from trainers.errors import UserError
 
 
 def _add_smoothing_args(p: argparse.ArgumentParser, certifying: bool) -> None:
-    p.add_argument("checkpoint", help="model checkpoint written by smoothadv")
+    p.add_argument("checkpoint", help="model checkpoint written by smoothadv, or a released "
+                   "Cohen et al./SmoothAdv one (with --input-layer)")
     p.add_argument("--sigma", type=float, required=True, help="noise level σ of the smoothing")
     p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
     p.add_argument("--data-root", help="folder holding the dataset files")
@@ -33,11 +34,18 @@ def _add_smoothing_args(p: argparse.ArgumentParser, certifying: bool) -> None:
     p.add_argument("--out", required=True, help="TSV output; an existing one is resumed")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (per image: seed, idx)")
+    p.add_argument("--input-layer", choices=["normalize", "center"],
+                   help="a released checkpoint's input layer: normalize ((x-mean)/std) or "
+                   "center (x-mean); see README")
+    p.add_argument("--allow-tf32", action="store_true",
+                   help="on CUDA, let matmuls and convolutions use TF32 (default: full float32; "
+                   "the precision is recorded in OUT.meta.json)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def _run_smoothing(args: argparse.Namespace) -> int:
-    from certify.runner import Sampling, smooth_checkpoint
+    from certify.runner import smooth_checkpoint
+    from certify.settings import Sampling
 
     certifying = args.command == "certify"
     sampling = Sampling(sigma=args.sigma, n=args.n, alpha=args.alpha,
@@ -46,7 +54,7 @@ def _run_smoothing(args: argparse.Namespace) -> int:
         args.checkpoint, sampling, args.out, dataset=args.dataset, data_root=args.data_root,
         split=args.split, skip=args.skip, max_index=args.max_index, start=args.start,
         stop=args.stop, batch_size=args.batch, device=args.device, download=args.download,
-        progress=not args.no_progress,
+        progress=not args.no_progress, input_layer=args.input_layer, allow_tf32=args.allow_tf32,
     )
     _print_summary(results.path, certifying)
     return 0
@@ -68,7 +76,8 @@ def _print_summary(path, certifying: bool) -> None:
 
 
 def _run_attack(args: argparse.Namespace) -> int:
-    from certify.attack import AttackSettings, attack_checkpoint, empirical_accuracy
+    from certify.attack import attack_checkpoint, empirical_accuracy
+    from certify.settings import AttackSettings
 
     settings = AttackSettings(sigma=args.sigma, epsilons=tuple(args.epsilon), steps=args.steps,
                               m_test=args.m_test, n=args.n, alpha=args.alpha, seed=args.seed)
@@ -76,7 +85,7 @@ def _run_attack(args: argparse.Namespace) -> int:
         args.checkpoint, settings, args.out, dataset=args.dataset, data_root=args.data_root,
         split=args.split, skip=args.skip, max_index=args.max_index, start=args.start,
         stop=args.stop, batch_size=args.batch, device=args.device, download=args.download,
-        progress=not args.no_progress,
+        progress=not args.no_progress, input_layer=args.input_layer, allow_tf32=args.allow_tf32,
     )
     accuracy = empirical_accuracy(results.path)
     if accuracy.empty:
@@ -119,7 +128,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
 
     options = Options(radii=tuple(args.radii), selection=args.selection,
                       references=parse_references(args.reference),
-                      representative=tuple(args.representative), rho=args.rho)
+                      representative=tuple(args.representative), rho=args.rho,
+                      include_incomplete=args.include_incomplete)
     report = build_report(args.sweep_dirs, args.logs, args.out, options)
     print("\n".join(report.summary))
     return 0
@@ -282,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trials for representative_per_sigma (default: largest ACR per σ)")
     p.add_argument("--rho", type=float, default=0.001,
                    help="failure probability of Cohen's high-probability accuracy bound")
+    p.add_argument("--include-incomplete", action="store_true",
+                   help="also draw trials certified on fewer images than planned, marked "
+                   "'(incomplete k/N)' (default: listed, left out)")
     p.set_defaults(func=_run_analyze)
     _add_sweep_parser(sub)
     return parser

@@ -27,13 +27,17 @@ def _absolute(key: str, value: Any) -> Any:
 
 
 def with_absolute_paths(spec: SweepSpec) -> SweepSpec:
-    """The spec with every path-valued key (in defaults, grid and exclude) absolute."""
+    """The spec with every path-valued key (in defaults, grid and exclude, and
+    ``init_from_sweep``) absolute."""
     defaults = {k: _absolute(k, v) for k, v in spec.defaults.items()}
     grid = [{k: [_absolute(k, v) for v in values] for k, values in part.items()}
             for part in spec.grid]
     exclude = [{k: [_absolute(k, x) for x in v] if isinstance(v, list) else _absolute(k, v)
                 for k, v in part.items()} for part in spec.exclude]
-    return replace(spec, defaults=defaults, grid=grid, exclude=exclude)
+    init_from_sweep = (None if spec.init_from_sweep is None
+                       else _absolute("init_from", spec.init_from_sweep))
+    return replace(spec, defaults=defaults, grid=grid, exclude=exclude,
+                   init_from_sweep=init_from_sweep)
 
 
 def check_inputs(trials: Iterable[Trial]) -> None:

@@ -21,16 +21,20 @@ import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
+from certify.settings import AttackKeys
+from sweep.pretrained import KEY as INIT_FROM_SWEEP
+from sweep.pretrained import pretrained_checkpoints, pretrained_for
 from trainers.config import TrialConfig, apply_overrides, parse_trial_config
 from trainers.errors import UserError
 
-SPEC_KEYS = ("name", "defaults", "resources", "grid", "exclude", "attack_eval")
+SPEC_KEYS = ("name", "defaults", "resources", "grid", "exclude", "attack_eval",
+             "init_from_sweep")
 # Order and short forms of the paper's axes in trial names: pgd-T10-m4-eps0.5-sigma0.25.
 _NAME_PARTS = {"method": "", "attack": "", "steps": "T", "m_train": "m", "epsilon": "eps",
                "sigma": "sigma"}
@@ -62,27 +66,20 @@ class Resources:
         return self
 
 
-@dataclass(frozen=True)
-class AttackEval:
-    """The empirical attack run on each trial's final model (paper Section 4.3)."""
+@dataclass(frozen=True, kw_only=True)
+class AttackEval(AttackKeys):
+    """The empirical attack run on each trial's final model (paper Section 4.3), on every
+    ``skip``-th test image before index ``max``; ``sigma`` and ``seed`` are the trial's."""
 
     epsilons: tuple[float, ...] = (0.25, 0.5, 1.0)
-    steps: int = 20
-    m_test: int = 128
     n: int = 1000
-    alpha: float = 0.001
     skip: int = 1
     max: int = -1
 
-    def validate(self) -> AttackEval:
-        if not self.epsilons or any(e < 0 for e in self.epsilons):
-            raise UserError(f"attack_eval.epsilons: expected a list of values ≥ 0, "
-                            f"got {list(self.epsilons)}")
-        for key in ("steps", "m_test", "n", "skip"):
-            if getattr(self, key) < 1:
-                raise UserError(f"attack_eval.{key}: must be ≥ 1, got {getattr(self, key)}")
-        if not 0 < self.alpha < 0.5:
-            raise UserError(f"attack_eval.alpha: must lie in (0, 0.5), got {self.alpha}")
+    def validate(self, prefix: str = "attack_eval.") -> Self:
+        super().validate(prefix)
+        if self.skip < 1:
+            raise UserError(f"{prefix}skip: must be ≥ 1, got {self.skip}")
         return self
 
 
@@ -103,13 +100,15 @@ class SweepSpec:
     grid: list[dict[str, list[Any]]]
     exclude: list[dict[str, Any]] = field(default_factory=list)
     attack_eval: AttackEval | None = None
+    init_from_sweep: str | None = None  # a pre-training sweep: init_from per (ε, σ)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "defaults": self.defaults,
                "resources": asdict(self.resources), "grid": self.grid, "exclude": self.exclude}
         if self.attack_eval is not None:
-            out["attack_eval"] = {**asdict(self.attack_eval),
-                                  "epsilons": list(self.attack_eval.epsilons)}
+            out["attack_eval"] = self.attack_eval.record()
+        if self.init_from_sweep is not None:
+            out["init_from_sweep"] = self.init_from_sweep
         return out
 
     def trials(self) -> list[Trial]:
@@ -193,6 +192,11 @@ def parse_spec(values: Any, overrides: Iterable[str] = ()) -> SweepSpec:
         if key in gridded:
             raise UserError(f"--set {key}: the key is gridded; edit the spec's grid instead")
     defaults = apply_overrides(defaults, trial_overrides)
+    init_from_sweep = defaults.pop(INIT_FROM_SWEEP, values.get(INIT_FROM_SWEEP))
+    if init_from_sweep is not None and not isinstance(init_from_sweep, str):
+        raise UserError(f"{INIT_FROM_SWEEP}: expected the folder of a pre-training sweep")
+    if init_from_sweep is not None and ("init_from" in defaults or "init_from" in gridded):
+        raise UserError(f"{INIT_FROM_SWEEP}: give either init_from or {INIT_FROM_SWEEP}")
     resources = apply_overrides(resources, res_overrides)
     exclude = values.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(e, Mapping) for e in exclude):
@@ -203,8 +207,11 @@ def parse_spec(values: Any, overrides: Iterable[str] = ()) -> SweepSpec:
         grid=grid, exclude=[dict(e) for e in exclude],
         attack_eval=None if attack_eval is None else _block(AttackEval, attack_eval,
                                                             "attack_eval"),
+        init_from_sweep=init_from_sweep,
     )
-    parse_trial_config(spec.defaults)  # bad defaults are named even if every trial overrides
+    # Bad defaults are named even if every trial overrides them (init_from as it will resolve).
+    placeholder = {} if init_from_sweep is None else {"init_from": init_from_sweep}
+    parse_trial_config({**spec.defaults, **placeholder})
     if not expand(spec):
         raise UserError("grid: every trial is excluded; nothing to run")
     return spec
@@ -264,6 +271,8 @@ def expand(spec: SweepSpec) -> list[Trial]:
     """The union of each grid part's cartesian product, minus excluded points, each validated."""
     trials: dict[str, Trial] = {}
     seen: set[tuple] = set()
+    pretrained = (None if spec.init_from_sweep is None
+                  else pretrained_checkpoints(spec.init_from_sweep))
     for part in spec.grid:
         keys = list(part)
         for combo in itertools.product(*(part[k] for k in keys)):
@@ -276,7 +285,12 @@ def expand(spec: SweepSpec) -> list[Trial]:
             seen.add(identity)
             name = trial_name(params)
             try:
-                config = parse_trial_config({**spec.defaults, **params})
+                placeholder = {} if pretrained is None else {"init_from": spec.init_from_sweep}
+                config = parse_trial_config({**spec.defaults, **params, **placeholder})
+                if pretrained is not None:
+                    path = pretrained_for(pretrained, spec.init_from_sweep, config.epsilon,
+                                          config.sigma)
+                    config = replace(config, init_from=str(path))
             except UserError as e:
                 raise UserError(f"trial {name}: {e}") from None
             if name in trials:

@@ -19,8 +19,9 @@ from typing import Any
 import pandas as pd
 import torch
 
-from certify.runner import Evaluation, Sampling, load_evaluation, run_smoothing
+from certify.runner import Evaluation, load_evaluation, run_smoothing
 from sweep import faults, layout
+from sweep.spec import AttackEval
 from trainers.atomic import atomic_write_bytes
 from trainers.config import TrialConfig, parse_trial_config
 from trainers.train import CHECKPOINT, train_trial
@@ -88,30 +89,29 @@ def certify_trial(config: TrialConfig, trial_dir: Path, rank: int, world: int,
     """CERTIFY this rank's share of the selected test images; rank 0 merges and summarizes."""
     c = config.certify
     ev = _final_model(config, trial_dir, c.skip, c.max, device)
-    sampling = Sampling(sigma=config.sigma, n=c.n, alpha=c.alpha, n0=c.n0, seed=config.seed)
+    sampling = c.with_noise(config.sigma, config.seed)
     if rank == 0:
         layout.write_json(trial_dir / layout.CERTIFY_PLAN, {"planned": len(ev.indices)})
     out = _shard_path(trial_dir, layout.CERTIFY, rank, world)
     run_smoothing(ev.model, ev.num_classes, ev.images, ev.indices[rank::world], sampling, out,
-                  batch_size=c.batch_size, identity=ev.identity, progress=False)
+                  batch_size=c.batch_size, identity=ev.identity, progress=False, device=ev.device)
     if not gathered(trial_dir, layout.CERTIFY, rank, world):
         return {}
     return certified_summary(pd.read_csv(trial_dir / layout.CERTIFY, sep="\t"))
 
 
-def attack_trial(config: TrialConfig, attack_eval: dict[str, Any], trial_dir: Path, rank: int,
+def attack_trial(config: TrialConfig, attack_eval: AttackEval, trial_dir: Path, rank: int,
                  world: int, device: torch.device) -> dict[str, float]:
     """The spec's empirical attack (paper Section 4.3) on this rank's share of the images;
     rank 0 merges and returns the empirical accuracy per ε."""
-    from certify.attack import AttackSettings, empirical_accuracy, run_attack
+    from certify.attack import empirical_accuracy, run_attack
 
-    ev = _final_model(config, trial_dir, attack_eval["skip"], attack_eval["max"], device)
-    settings = AttackSettings(sigma=config.sigma, epsilons=tuple(attack_eval["epsilons"]),
-                              steps=attack_eval["steps"], m_test=attack_eval["m_test"],
-                              n=attack_eval["n"], alpha=attack_eval["alpha"], seed=config.seed)
+    ev = _final_model(config, trial_dir, attack_eval.skip, attack_eval.max, device)
+    settings = attack_eval.with_noise(config.sigma, config.seed)
     out = _shard_path(trial_dir, layout.ATTACK, rank, world)
     run_attack(ev.model, ev.num_classes, ev.images, ev.indices[rank::world], settings, out,
-               batch_size=config.certify.batch_size, identity=ev.identity, progress=False)
+               batch_size=config.certify.batch_size, identity=ev.identity, progress=False,
+               device=ev.device)
     if not gathered(trial_dir, layout.ATTACK, rank, world):
         return {}
     accuracy = empirical_accuracy(trial_dir / layout.ATTACK)
@@ -163,6 +163,6 @@ def train_and_certify(loop_config: dict[str, Any]) -> None:
     device = torch.device(config.device)
     final = certify_trial(config, trial_dir, rank, world, device)
     if loop_config.get("attack_eval"):
-        final.update(attack_trial(config, loop_config["attack_eval"], trial_dir, rank, world,
-                                  device))
+        final.update(attack_trial(config, AttackEval(**loop_config["attack_eval"]), trial_dir,
+                                  rank, world, device))
     ray.train.report(final)  # (never a "done" key: Tune would stop the trial on it)

@@ -41,8 +41,10 @@ def certify_lines(radii: list, reference_format: bool = False) -> str:
 
 def write_trial(sweep: Path, name: str, params: dict, radii: list | None, *,
                 config: dict | None = None, attack: str | None = None,
-                tail: str = "", alpha: float = 0.001, dataset: str = "cifar10") -> Path:
-    """One trial folder of the sweep layout; ``radii`` None: not certified yet."""
+                tail: str = "", alpha: float = 0.001, dataset: str = "cifar10",
+                planned: int | None = None) -> Path:
+    """One trial folder of the sweep layout; ``radii`` None: not certified yet; ``planned``:
+    the images of its certify_plan.json (None: no plan file, as in older sweeps)."""
     folder = sweep / "trials" / name
     folder.mkdir(parents=True)
     (folder / "trial.json").write_text(json.dumps({"name": name, "params": params}))
@@ -57,6 +59,8 @@ def write_trial(sweep: Path, name: str, params: dict, radii: list | None, *,
         (folder / "certify.tsv.meta.json").write_text(json.dumps(meta))
     if attack is not None:
         (folder / "attack.tsv").write_text(attack)
+    if planned is not None:
+        (folder / "certify_plan.json").write_text(json.dumps({"planned": planned}))
     return folder
 
 
@@ -85,7 +89,8 @@ def sweep(tmp_path) -> Path:
     root.mkdir()
     (root / "sweep.yaml").write_text("name: sweep\ngrid: {sigma: [0.25, 0.5]}\n")
     for name, (params, radii) in TRIALS.items():
-        write_trial(root, name, params, radii, attack=ATTACK if name == A else None)
+        write_trial(root, name, params, radii, attack=ATTACK if name == A else None,
+                    planned=len(radii))
     return root
 
 
@@ -350,6 +355,11 @@ def test_several_sweeps_get_qualified_names(sweep, tmp_path):
      ["s", "--radii", "-1"], "--radii"),
     (lambda t: (t / "m.csv").write_text("path,sigma\nnowhere.tsv,0.5\n"),
      ["--logs", "m.csv"], "m.csv: line 2: path nowhere.tsv does not exist"),
+    (lambda t: write_trial(t / "s", "x", {"sigma": 0.5}, [0.5]).joinpath("certify_plan.json")
+     .write_text('{"planned": "ten"}'), ["s"],
+     "x/certify_plan.json: planned: expected a whole number ≥ 0, got 'ten'"),
+    (lambda t: write_trial(t / "s", "x", {"sigma": 0.5}, [0.5]).joinpath("certify_plan.json")
+     .write_text('{"planned": 1'), ["s"], "x/certify_plan.json: malformed JSON"),
 ])
 def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys, monkeypatch,
                                                         setup, args, message):
@@ -389,3 +399,80 @@ def test_report_path_that_is_a_file_and_bad_rho_are_refused(sweep, tmp_path, cap
     assert main(["analyze", str(sweep), "-o", str(tmp_path / "r"), "--rho", "1.5"]) == 2
     assert "--rho: must lie in (0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture
+def half_done(tmp_path) -> Path:
+    """"done": all 4 planned images, mediocre (acc(0)=.5, nothing beyond radius .3);
+    "partial": 3 of 10 planned images, all certified at radius 2 (would top every radius)."""
+    root = tmp_path / "half"
+    root.mkdir()
+    (root / "sweep.yaml").write_text("name: half\n")
+    write_trial(root, "done", {"sigma": 0.25}, [0.3, WRONG, 0.2, ABSTAIN], planned=4)
+    write_trial(root, "partial", {"sigma": 0.5}, [2.0, 2.0, 2.0], planned=10)
+    return root
+
+
+def test_incomplete_trial_stays_out_of_envelopes_tables_and_figures(half_done, tmp_path,
+                                                                     capsys):
+    write_trial(half_done, "queued", {"sigma": 0.5}, None, planned=10)  # planned, no rows
+    out = tmp_path / "report"
+    assert main(["analyze", str(half_done), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "  partial: incomplete, 3/10 images\n" in printed
+    assert "  queued: missing: no certify.tsv\n" in printed
+    assert "1 trials certified, 1 missing, 1 incomplete (left out)" in printed
+    env = pd.read_csv(out / "envelope.csv")
+    assert set(env["trial"]) == {"done"} and env["accuracy"].max() == 0.5
+    assert set(pd.read_csv(out / "envelope_per_sigma.csv")["sigma"]) == {0.25}
+    table = pd.read_csv(out / "certified_accuracy.csv")
+    assert table["trial"].tolist() == ["done"] and table["complete"].tolist() == [True]
+    assert set(pd.read_parquet(out / "results.parquet")["trial"]) == {"done"}
+    md = (out / "tables.md").read_text()
+    assert "| partial | incomplete, 3/10 images |" in md
+    assert md.count("partial") == 1  # only in the left-out list
+    report = build_report([half_done], None, tmp_path / "again", Options())
+    labels = [ln.get_label() for f in report.figures.values() for ln in f.axes[0].get_lines()]
+    assert not any("partial" in str(label) for label in labels)
+    assert len(report.figures["certified_accuracy_all"].axes[0].get_lines()) == 1 + 1
+
+
+def test_include_incomplete_draws_them_marked(half_done, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["analyze", str(half_done), "-o", str(out), "--include-incomplete"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 trials certified (1 of them incomplete, drawn by --include-incomplete" in printed
+    marked = "partial (incomplete 3/10)"
+    env = pd.read_csv(out / "envelope.csv")
+    assert env.set_index(env["radius"].round(2)).loc[1.0, "trial"] == marked
+    table = pd.read_csv(out / "certified_accuracy.csv").set_index("trial")
+    assert table["complete"].to_dict() == {"done": True, marked: False}
+    md = (out / "tables.md").read_text()
+    assert f"| {marked} | 0.5 | **100.0** |" in md  # every-trial table
+    assert "incomplete, 3/10 images" not in md  # drawn, so not in the left-out list
+
+
+def test_plan_unknown_or_logs_count_as_complete(half_done, tmp_path):
+    """Older sweeps have no certify_plan.json (the planned count would need the dataset's
+    size), so their trials count as complete; so do logs of a --logs mapping."""
+    write_trial(half_done, "older", {"sigma": 1.0}, [1.0, 1.0])
+    (tmp_path / "log.tsv").write_text(certify_lines([0.5], reference_format=True))
+    (tmp_path / "map.csv").write_text("path,sigma,label\nlog.tsv,0.5,cohen\n")
+    data = gather([half_done], tmp_path / "map.csv")
+    trials = data.trials.set_index("trial")
+    assert trials.loc[["done", "older", "cohen"], "status"].tolist() == ["ok"] * 3
+    assert trials.loc[["done", "older", "cohen"], "complete"].tolist() == [True] * 3
+    assert trials["planned"].isna().tolist() == [False, True, False, True]
+    assert trials.loc["partial", ["complete", "status"]].tolist() == [
+        False, "incomplete, 3/10 images"]
+    assert set(data.results["trial"]) == {"done", "older", "cohen"}
+
+
+def test_only_incomplete_trials_is_an_error_naming_the_flag(tmp_path, capsys):
+    root = tmp_path / "s"
+    write_trial(root, "x", {"sigma": 0.5}, [1.0], planned=5)
+    write_trial(root, "y", {"sigma": 0.5}, [], planned=5)
+    assert main(["analyze", str(root), "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "no trial has finished certification yet (1 incomplete, 1 missing)" in err
+    assert "--include-incomplete" in err and not (tmp_path / "r").exists()

@@ -104,3 +104,96 @@ def test_model_is_frozen_during_the_attack_and_restored_after():
         assert model.training and all(p.requires_grad for p in model.parameters())
         assert all(p.grad is None for p in model.parameters())
     assert torch.equal(model[2].running_mean, stats)  # eval mode: BN statistics untouched
+
+
+# --- SmoothAdv-DDN as the reference trains with it (initial norm ε, 8-bit rounding, schedule) ---
+
+def spread_linear(margins, k: int = 100):
+    """A hyperplane with unit normal w = (1/√k)·1 over k = 100 pixels (1×10×10 inputs) and points
+    x on the 8-bit grid at signed distance ``margin`` from it (true class 1 where margin > 0).
+    Reaching distance ε moves each pixel by ε/10 only, so ε up to 4 fits inside [0,1]."""
+    w = torch.full((1, 10, 10), 1 / k**0.5)
+    x = torch.full((len(margins), 1, 10, 10), 128 / 255)
+    model = LinearBinary(w, 0.0)
+    with torch.no_grad():  # bias so that x sits at the requested signed distance
+        b = torch.tensor(margins) - model.linear(x.flatten(1)).squeeze(1)
+    return model, x, b, (torch.tensor(margins) > 0).long()
+
+
+def signed_distances(model, x, b):
+    with torch.no_grad():
+        return model.linear(x.flatten(1)).squeeze(1) + b
+
+
+class _Shifted(nn.Module):
+    """A LinearBinary whose bias differs per example (one hyperplane offset per row)."""
+
+    def __init__(self, model, b, m):
+        super().__init__()
+        self.model, self.b, self.m = model, b, m
+
+    def forward(self, x):
+        z = self.model.linear(x.flatten(1)).squeeze(1) + self.b.repeat_interleave(self.m)
+        return torch.stack([-z, z], dim=1)
+
+
+@pytest.mark.parametrize("epsilon", [0.25, 0.5, 1.0, 2.0, 4.0])
+@pytest.mark.parametrize("steps", [2, 10])
+def test_ddn_flips_a_point_just_inside_epsilon_and_keeps_one_just_outside(epsilon, steps):
+    """The search starts at the (warmed-up) ε: a point at distance ε − 0.06 is pushed across
+    within T steps (CIFAR's T = 10, ImageNet's 2-step DDN), even at ε = 2 and 4, which a search
+    starting from norm 1 cannot reach in 10 steps of +5%; one at ε + 0.06 stays correct."""
+    base, x, b, y = spread_linear([epsilon - 0.06, epsilon + 0.06])
+    model = _Shifted(base, b, m=1)
+    noise = torch.zeros((2, 1, *x.shape[1:]))
+    x_adv = smoothadv_ddn(model, x, y, noise, epsilon, steps)
+    distance = signed_distances(base, x_adv, b)
+    assert distance[0] < 0 and distance[1] > 0
+    assert ((x_adv - x).flatten(1).norm(dim=1) <= epsilon + 1e-6).all()
+
+
+@pytest.mark.parametrize("epsilon", [0.25, 0.5, 1.0, 2.0])
+def test_ddn_outputs_lie_within_epsilon_and_on_the_8bit_grid(epsilon):
+    """Rounding is on by default; the final rounding never leaves the ε-ball (on the spread
+    hyperplane with T = 2 the kept δ, of norm 1.05ε, is projected to ε; at ε = 1 rounding each
+    pixel's −25.5/255 to nearest would leave the ball)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    x = torch.randint(0, 256, (6, 3, 8, 8)).float() / 255
+    y = torch.randint(5, (6,))
+    x_adv = smoothadv_ddn(model, x, y, noise_for(x, 4), epsilon, 10)
+    base, xl, b, yl = spread_linear([epsilon - 0.06])
+    xl_adv = smoothadv_ddn(_Shifted(base, b, 1), xl, yl, torch.zeros((1, 1, 1, 10, 10)),
+                           epsilon, 2)
+    for orig, adv in ((x, x_adv), (xl, xl_adv)):
+        assert ((adv - orig).flatten(1).norm(dim=1) <= epsilon + 1e-6).all()
+        assert adv.min() >= 0 and adv.max() <= 1
+        assert torch.allclose(adv * 255, (adv * 255).round(), atol=1e-3)
+    assert (x_adv != x).any()
+
+
+def test_ddn_without_rounding_leaves_the_grid():
+    base, x, b, y = spread_linear([0.3])
+    x_adv = smoothadv_ddn(_Shifted(base, b, 1), x, y, torch.zeros((1, 1, 1, 10, 10)), 0.5, 10,
+                          quantize_levels=None)
+    assert not torch.allclose(x_adv * 255, (x_adv * 255).round(), atol=1e-3)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 10])
+def test_ddn_step_sizes_are_the_reference_scheduler_stepped_before_each_step(steps):
+    """PyTorch's CosineAnnealingLR(T_max=T, η_min=0.01) on lr 1, stepped before every step."""
+    import warnings
+
+    from trainers.attacks import ddn_step_sizes
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.01)
+    used = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": on purpose
+        for _ in range(steps):
+            sched.step()
+            used.append(opt.param_groups[0]["lr"])
+            opt.step()
+    assert ddn_step_sizes(steps) == pytest.approx(used, abs=1e-12)
+    assert ddn_step_sizes(steps)[-1] == pytest.approx(0.01)

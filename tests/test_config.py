@@ -51,6 +51,9 @@ def test_yaml_and_overrides(tmp_path):
     ({"epsilon": float("inf")}, "epsilon"),
     ({"certify": {"nn": 3}}, "certify.nn"),
     ({"certify": {"alpha": 0.6}}, "certify.alpha"),
+    ({"certify": {"n0": 0}}, "certify.n0"),
+    ({"certify": {"n0": None}}, "certify.n0"),  # a trial always certifies (PREDICT has none)
+    ({"certify": {"batch_size": 0}}, "certify.batch_size"),
     ({"certify": 5}, "certify"),
     ({"reinit_head": True}, "reinit_head"),
     ({"extra_data": "pseudo.pkl", "dataset": "imagenet"}, "extra_data"),

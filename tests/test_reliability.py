@@ -36,6 +36,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     train_trial(parse_trial_config({**TINY, "epochs": 2}), trial, progress=False)
     newest = trial / CHECKPOINT
     assert torch.load(previous_path(newest), weights_only=True)["epoch"] == 1
+    epoch0 = (trial / "metrics.jsonl").read_text().splitlines()[0]
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated mid-write by a dying disk
     capsys.readouterr()
     train_trial(parse_trial_config({**TINY, "epochs": 3}), trial, progress=False)
@@ -47,6 +48,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     assert all(torch.equal(final[k], expected[k]) for k in expected)
     lines = (trial / "metrics.jsonl").read_text().splitlines()
     assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in lines] == [0, 1, 2]
+    assert lines[0] == epoch0  # epoch 0 (with its own wall time) was not trained again
 
 
 def test_with_no_readable_checkpoint_left_the_error_names_the_file(tmp_path):
@@ -59,11 +61,20 @@ def test_with_no_readable_checkpoint_left_the_error_names_the_file(tmp_path):
 
 
 def test_a_checkpoint_of_another_arch_is_refused_not_skipped(tmp_path):
+    """Refused by the run's config.yaml first; without it, by the checkpoint itself (a wrong
+    folder, never a damaged file to skip over). Either way nothing in the folder changes."""
     trial = tmp_path / "trial"
     train_trial(parse_trial_config({**TINY, "epochs": 1}), trial, progress=False)
+    other = parse_trial_config({**TINY, "arch": "cifar_resnet20", "epochs": 2})
+    before = {p.name: p.read_bytes() for p in trial.iterdir()}
+    with pytest.raises(UserError, match="config.yaml: arch is 'lenet' in this run"):
+        train_trial(other, trial, progress=False)
+    assert {p.name: p.read_bytes() for p in trial.iterdir()} == before
+    (trial / "config.yaml").unlink()
+    del before["config.yaml"]
     with pytest.raises(UserError, match="checkpoint arch is 'lenet', expected 'cifar_resnet20'"):
-        train_trial(parse_trial_config({**TINY, "arch": "cifar_resnet20", "epochs": 2}), trial,
-                    progress=False)
+        train_trial(other, trial, progress=False)
+    assert {p.name: p.read_bytes() for p in trial.iterdir()} == before
 
 
 def certify_command(ckpt, out, *extra):
@@ -91,12 +102,15 @@ def test_certification_sigkilled_mid_run_resumes_at_the_next_image(synthetic_che
     run.wait()
     done = out.read_text().count("\n") - 1
     assert done < 64, "killed too late to prove anything"
+    written = out.read_bytes()
+    written = written[: written.rfind(b"\n") + 1]  # a torn last line may be cut off
     subprocess.run(certify_command(synthetic_checkpoint, out), check=True,
                    stdout=subprocess.DEVNULL)
     reference = tmp_path / "reference.tsv"
     subprocess.run(certify_command(synthetic_checkpoint, reference), check=True,
                    stdout=subprocess.DEVNULL)
     assert rows(out) == rows(reference)  # exactly one complete row per image, same numbers
+    assert out.read_bytes().startswith(written)  # the rows before the kill were not redone
 
 
 def mounted_tmpfs(folder: Path, size: str):
@@ -123,23 +137,49 @@ def disk(tmp_path):
     yield from mounted_tmpfs(tmp_path / "disk", "64m")
 
 
-def test_a_full_disk_is_one_clear_error_and_earlier_rows_stay(synthetic_checkpoint, tiny_disk):
-    out = tiny_disk / "certify.tsv"
-    free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
-    (tiny_disk / "filler").write_bytes(b"\0" * (free - 2 * 4096))  # two pages left
-    result = subprocess.run(certify_command(synthetic_checkpoint, out, "--n", "100"),
-                            capture_output=True, text=True)
+def check_output_limit_is_one_error_and_rows_stay(ckpt: Path, out: Path, message: str,
+                                                   free_space, **run) -> None:
+    """Certification into ``out`` hits a write limit: one error line naming the file (exit 1),
+    every row written before is kept; after ``free_space()`` the same command resumes."""
+    result = subprocess.run(certify_command(ckpt, out, "--n", "100"), capture_output=True,
+                            text=True, **run)
     assert result.returncode == 1
     err = result.stderr.strip().splitlines()
-    assert len(err) == 1 and "No space left on device" in err[0] and str(out) in err[0]
-    written = out.read_text().splitlines(keepends=True)
-    complete = [line for line in written if line.endswith("\n")]
-    assert len(complete) > 10  # the rows written before the disk filled are all there
-    (tiny_disk / "filler").unlink()  # free space, re-run: it resumes and completes
-    subprocess.run(certify_command(synthetic_checkpoint, out, "--n", "100"), check=True,
+    assert len(err) == 1 and message in err[0] and str(out) in err[0], err
+    written = out.read_bytes()
+    written = written[: written.rfind(b"\n") + 1]
+    assert written.count(b"\n") > 10  # the rows written before the limit are all there
+    free_space()
+    subprocess.run(certify_command(ckpt, out, "--n", "100"), check=True,
                    stdout=subprocess.DEVNULL)
+    assert out.read_bytes().startswith(written)
     final = pd.read_csv(out, sep="\t")
     assert list(final["idx"]) == list(range(0, 512, 8))
+
+
+def test_a_full_disk_is_one_clear_error_and_earlier_rows_stay(synthetic_checkpoint, tiny_disk):
+    """Variant 1: a real 64 KiB tmpfs fills up (needs root and mount; skipped elsewhere)."""
+    free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
+    (tiny_disk / "filler").write_bytes(b"\0" * (free - 2 * 4096))  # two pages left
+    check_output_limit_is_one_error_and_rows_stay(
+        synthetic_checkpoint, tiny_disk / "certify.tsv", "No space left on device",
+        (tiny_disk / "filler").unlink)
+
+
+def test_a_file_size_limit_is_one_clear_error_and_earlier_rows_stay(synthetic_checkpoint,
+                                                                     tmp_path):
+    """Variant 2, which needs no mount: the kernel refuses to grow any file of the certifying
+    process beyond 1,500 bytes (RLIMIT_FSIZE, with SIGXFSZ ignored the write fails EFBIG)."""
+    import resource
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
+
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    check_output_limit_is_one_error_and_rows_stay(
+        synthetic_checkpoint, tmp_path / "certify.tsv", "File too large", lambda: None,
+        preexec_fn=limit_file_size, env=env)
 
 
 def remount(folder: Path, mode: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -29,18 +30,67 @@ def write_spec(tmp_path: Path, values, name: str = "spec.yaml") -> Path:
 
 @pytest.mark.parametrize("preset,count", [("cifar10_paper", 640), ("imagenet_paper", 24),
                                           ("cifar10_cohen", 4), ("imagenet_cohen", 3),
-                                          ("imagenet32_pretrain", 4), ("quickstart", 10)])
+                                          ("imagenet32_pretrain", 16), ("quickstart", 10)])
 def test_plan_counts_the_presets(preset, count, capsys):
     assert main(["sweep", "plan", str(CONFIGS / f"{preset}.yaml")]) == 0
     assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"{count} trials"
 
 
-def test_finetune_preset_needs_a_pretrained_checkpoint(capsys):
+def finished_pretraining_sweep(tmp_path: Path, drop: str | None = None) -> Path:
+    """The folder of the imagenet32_pretrain preset as if every trial (but ``drop``) finished."""
+    folder = tmp_path / "imagenet32_pretrain"
+    spec = load_spec(CONFIGS / "imagenet32_pretrain.yaml")
+    folder.mkdir(parents=True)
+    (folder / layout.SPEC).write_text(yaml.safe_dump(spec.to_dict()))
+    for trial in spec.trials():
+        tdir = layout.trial_dir(folder, trial.name)
+        tdir.mkdir(parents=True)
+        (tdir / "checkpoint.pt").write_bytes(b"weights")
+        state = "RUNNING" if trial.name == drop else "TERMINATED"
+        layout.write_json(tdir / layout.STATE, {"state": state})
+    return folder
+
+
+def test_finetune_preset_starts_each_trial_from_the_pretrained_model_of_its_eps_sigma(
+        tmp_path, capsys):
+    """Table 2's pre-training row: one pre-trained model per (ε, σ), each fine-tuned with its
+    own (ε, σ), full ε from the first epoch; a missing pair is one line naming it."""
+    from trainers.train import attack_epsilon
+
     spec = str(CONFIGS / "cifar10_finetune.yaml")
     assert main(["sweep", "plan", spec]) == 2
-    assert "init_from" in capsys.readouterr().err
-    assert main(["sweep", "plan", spec, "--set", "init_from=/pretrained.pt"]) == 0
-    assert capsys.readouterr().out.rstrip().endswith("160 trials")
+    assert "init_from_sweep" in capsys.readouterr().err
+    pre = finished_pretraining_sweep(tmp_path)
+    assert main(["sweep", "plan", spec, "--set", f"init_from_sweep={pre}"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("640 trials")
+    trials = load_spec(spec, [f"init_from_sweep={pre}"]).trials()
+    for t in trials:
+        c = t.config
+        assert c.init_from == str(pre / "trials" / f"eps{c.epsilon:g}-sigma{c.sigma:g}"
+                                  / "checkpoint.pt")
+        assert attack_epsilon(c, 0) == c.epsilon  # no warm-up when fine-tuning
+    assert len({t.config.init_from for t in trials}) == 16
+
+    partial = finished_pretraining_sweep(tmp_path / "p", drop="eps2-sigma1")
+    assert main(["sweep", "plan", spec, "--set", f"init_from_sweep={partial}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "no finished pre-trained model for epsilon=2, sigma=1" in err
+    assert main(["sweep", "plan", spec, "--set", f"init_from_sweep={pre}",
+                 "--set", "init_from=/x.pt"]) == 2
+    assert "either init_from or init_from_sweep" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+def test_presets_train_multi_noise_wherever_m_exceeds_one(preset, tmp_path):
+    """Pseudocode 1 and every reference run with m_train > 1 update on all m noisy copies."""
+    overrides = ([f"init_from_sweep={finished_pretraining_sweep(tmp_path)}"]
+                 if preset == "cifar10_finetune" else [])
+    spec = load_spec(CONFIGS / f"{preset}.yaml", overrides)
+    for trial in spec.trials():
+        assert trial.config.multi_noise or trial.config.m_train == 1, trial.name
+    if preset in ("cifar10_paper", "imagenet_paper", "cifar10_finetune", "imagenet32_pretrain"):
+        assert spec.defaults["multi_noise"] is True
 
 
 def test_paper_grid_names_and_configs():
@@ -94,6 +144,7 @@ def test_overrides_apply_to_defaults_and_resources():
     ({**TINY, "resources": {"gpus_per_worker": 1.5}}, "resources.gpus_per_worker"),
     ({**TINY, "resources": {"gpu": 1}}, "resources.gpu: unknown key"),
     ({**TINY, "attack_eval": {"epsilons": [-0.5]}}, "attack_eval.epsilons"),
+    ({**TINY, "attack_eval": {"epsilons": [0.5, 0.5]}}, "attack_eval.epsilons: each radius once"),
     ({**TINY, "name": "a/b"}, "name: expected a folder-safe name"),
     ({**TINY, "trials": 3}, "trials: unknown key"),
     ({**TINY, "defaults": {**TINY["defaults"], "sigmaa": 0.5}}, "sigmaa: unknown key"),
@@ -115,6 +166,24 @@ def test_bad_specs_are_one_line_naming_the_key(tmp_path, capsys, values, needle)
     assert not storage.exists()  # nothing started, nothing written
 
 
+@pytest.mark.parametrize("block,needle", [
+    ({"attack_eval": {"epsilons": [0.5, 0.25, 0.5]}}, "attack_eval.epsilons: each radius once"),
+    ({"attack_eval": {"epsilons": [0.25, -0.5]}}, "attack_eval.epsilons: "),
+    ({"attack_eval": {"m_test": 0}}, "attack_eval.m_test: must be ≥ 1"),
+    ({"attack_eval": {"alpha": 0.5}}, "attack_eval.alpha: must lie in (0, 0.5)"),
+    ({"defaults": {**TINY["defaults"], "certify": {"n0": 0}}}, "certify.n0: must be ≥ 1"),
+    ({"defaults": {**TINY["defaults"], "certify": {"alpha": 0}}}, "certify.alpha: must lie in"),
+])
+def test_plan_refuses_a_bad_settings_block_in_one_line_naming_the_key(tmp_path, capsys, block,
+                                                                       needle):
+    spec = write_spec(tmp_path, {**TINY, **block})
+    assert main(["sweep", "plan", str(spec)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"smoothadv: error: {spec}: {needle}")
+    assert list(tmp_path.iterdir()) == [spec]  # nothing written
+
+
 def test_malformed_yaml_and_missing_file(tmp_path, capsys):
     assert main(["sweep", "plan", str(write_spec(tmp_path, "grid: [1, 2\n"))]) == 2
     assert "malformed YAML at line" in capsys.readouterr().err
@@ -127,25 +196,84 @@ def test_a_gridded_key_cannot_be_set(tmp_path, capsys):
     assert "--set sigma: the key is gridded" in capsys.readouterr().err
 
 
-_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-3, 300) | st.floats(-2, 2)
-    | st.sampled_from(["pgd", "ddn", "gaussian", "synthetic", "lenet", "x"]),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(["sigma", "epsilon", "steps", "m_train", "attack",
-                                       "method", "workers", "epochs", "n"]), inner, max_size=3),
-    max_leaves=8)
+FUZZ_BASE = {
+    "name": "fuzz",
+    "defaults": {"dataset": "synthetic", "arch": "lenet", "epochs": 2, "sigma": 0.25,
+                 "epsilon": 0.5, "steps": 2, "lr": 0.05, "batch_size": 32, "warmup_epochs": 1,
+                 "certify": {"n0": 10, "n": 100, "alpha": 0.001, "skip": 4}},
+    "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0},
+    "grid": {"m_train": [1, 2], "attack": ["pgd", "ddn"]},
+    "attack_eval": {"epsilons": [0.25, 0.5], "steps": 2, "m_test": 4, "n": 100},
+}
+# Where a mutated key is named in the error: defaults and grid keys by their own name,
+# the blocks with their prefix.
+_PREFIX = {"defaults": "", "grid": "", "resources": "resources.", "attack_eval": "attack_eval.",
+           "certify": "certify."}
+_LEAVES = ([("name",)] + [("defaults", k) for k in FUZZ_BASE["defaults"] if k != "certify"]
+           + [("defaults", "certify", k) for k in FUZZ_BASE["defaults"]["certify"]]
+           + [(block, k) for block in ("resources", "grid", "attack_eval")
+              for k in FUZZ_BASE[block]])
+_VALUES = st.one_of(st.integers(-2, 300), st.floats(-1.5, 3, allow_nan=False),
+                    st.sampled_from([None, True, "pgd", "ddn", "x", "lenet", [], [0.5, 0.5],
+                                     [1, 2], {"a": 1}, 0, 1, 0.25, 1e-3]))
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.dictionaries(st.sampled_from(["name", "defaults", "grid", "exclude", "resources",
-                                        "attack_eval", "sigmaa"]), _values, max_size=5))
-def test_any_spec_parses_or_gets_a_user_error(values):
+def _mutated(path: tuple[str, ...], value) -> dict:
+    spec = json.loads(json.dumps(FUZZ_BASE))
+    *parents, key = path
+    node = spec
+    for p in parents:
+        node = node[p]
+    node[key] = value
+    return spec
+
+
+def _named(path: tuple[str, ...]) -> str:
+    """How an error names the key at ``path``: the key with its block's prefix."""
+    if len(path) == 1:
+        return path[0]
+    return _PREFIX[path[-2]] + path[-1]
+
+
+def test_the_fuzz_base_spec_parses():
+    assert len(parse_spec(FUZZ_BASE).trials()) == 4
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.sampled_from(_LEAVES), _VALUES)
+def test_a_spec_with_one_field_mutated_parses_or_names_that_field(path, value):
+    """Every mutation of one field of a valid spec either parses or fails with one line naming
+    the mutated key (with its block's prefix)."""
     try:
-        spec = parse_spec(values)
+        spec = parse_spec(_mutated(path, value))
     except UserError as e:
-        assert "\n" not in str(e)
+        message = str(e)
+        assert "\n" not in message
+        named = _named(path)
+        assert re.search(rf"(^|[ .:]){re.escape(named)}\b", message), (path, value, message)
     else:
         assert spec.trials()
+
+
+def test_the_mutation_fuzzer_reaches_both_outcomes():
+    """The fuzzer is worth its name: a fixed sample of mutations both parses (valid
+    alternatives) and fails (each failure checked as above) in sizeable shares."""
+    import random
+
+    rng = random.Random(0)
+    pool = [None, True, "pgd", "ddn", "x", [], [0.5, 0.5], [1, 2], 0, 1, 2, 0.25, 0.5, 1e-3,
+            -1, 8, 1.5]
+    outcomes = []
+    for _ in range(300):
+        path, value = rng.choice(_LEAVES), rng.choice(pool)
+        try:
+            parse_spec(_mutated(path, value))
+            outcomes.append(True)
+        except UserError as e:
+            assert re.search(rf"(^|[ .:]){re.escape(_named(path))}\b", str(e)), (path, value, e)
+            outcomes.append(False)
+    share = sum(outcomes) / len(outcomes)
+    assert 0.1 < share < 0.9, share
 
 
 def test_status_of_a_partial_sweep(tmp_path, capsys):

@@ -31,7 +31,10 @@ def test_resume_from_epoch_checkpoint_equals_uninterrupted(tmp_path, method, att
     train_trial(c, tmp_path / "straight", progress=False)
     interrupted = parse_trial_config({**c.to_dict(), "epochs": 1})
     train_trial(interrupted, tmp_path / "resumed", progress=False)
+    first_epoch = (tmp_path / "resumed" / METRICS).read_bytes()
     train_trial(c, tmp_path / "resumed", progress=False)  # continues at epoch 1
+    # Epoch 0 was not trained again: its metrics line (with its own wall time) survives as is.
+    assert (tmp_path / "resumed" / METRICS).read_bytes().startswith(first_epoch)
     a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
     b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)
     assert b["epoch"] == 3
@@ -71,7 +74,7 @@ def test_batch_not_divisible_by_m_trains_on_every_image(monkeypatch):
                         lambda model, opt, inputs, targets, stats: sizes.append(len(targets)))
     model = build_model("lenet", "synthetic")
     x, y = torch.rand(7, 1, 16, 16), torch.randint(4, (7,))
-    train_module.train_batch(model, None, x, y, config(m_train=3), 0.1, {})
+    train_module.train_batch(model, None, x, y, config(m_train=3, multi_noise=False), 0.1, {})
     assert sizes == [7]  # one step on all 7 images
     sizes.clear()
     train_module.train_batch(model, None, x, y, config(m_train=3, multi_noise=True), 0.1, {})
@@ -108,6 +111,55 @@ def test_fine_tuning_keeps_the_body_and_replaces_the_head(tmp_path):
     assert model[1].fc.out_features == 10
     assert torch.equal(model[1].conv1.weight, pretrained[1].conv1.weight)
     assert torch.allclose(model[0].mean.flatten(), torch.tensor([0.4914, 0.4822, 0.4465]))
+    # ImageNet-32 is normalized with CIFAR-10's statistics (the SmoothAdv reference), and the
+    # fine-tuned model keeps the pre-trained input layer: nothing the body learned shifts.
+    for buffer in ("mean", "std"):
+        assert torch.equal(getattr(model[0], buffer), getattr(pretrained[0], buffer))
+    other = build_model("cifar_resnet20", "imagenet")[0]  # an older ImageNet-statistics model
+    pretrained[0] = other
+    save_checkpoint(path, pretrained, arch="cifar_resnet20", dataset="imagenet32")
+    kept = train_module._initial_model(c, torch.device("cpu"))[0]
+    assert torch.equal(kept.mean, other.mean) and torch.equal(kept.std, other.std)
     with pytest.raises(UserError, match="init_from.*reinit_head"):
         train_module._initial_model(parse_trial_config({**c.to_dict(), "reinit_head": False}),
                                     torch.device("cpu"))
+
+
+def test_a_rerun_with_other_model_settings_is_refused_and_writes_nothing(tmp_path, capsys):
+    """A run folder holds one model: `smoothadv train` into a folder trained with σ = 0.25 but
+    now σ = 0.5 is one error line naming the key (exit 2), checkpoint and config untouched;
+    more epochs (a key that does not change the model) resume."""
+    import yaml
+
+    from sweep.cli import main
+
+    spec = tmp_path / "trial.yaml"
+    spec.write_text(yaml.safe_dump({**BASE, "epochs": 1, "train_subset": 100}))
+    run = tmp_path / "run"
+    assert main(["train", str(spec), "--out", str(run), "--no-progress"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    for override in ("sigma=0.5", "attack=ddn", "certify.n=50"):
+        assert main(["train", str(spec), "--out", str(run), "--set", override,
+                     "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        key = override.partition("=")[0].partition(".")[0]
+        assert len(err.splitlines()) == 1 and f"config.yaml: {key} is" in err, err
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert main(["train", str(spec), "--out", str(run), "--set", "epochs=2",
+                 "--no-progress"]) == 0
+    assert [json.loads(ln)["epoch"] for ln in (run / METRICS).open()] == [0, 1]
+    assert (run / METRICS).read_bytes().startswith(before[METRICS])  # epoch 0 not retrained
+
+
+@pytest.mark.parametrize("quantize", [True, False])
+def test_the_ddn_quantize_key_reaches_the_attack(quantize):
+    torch.manual_seed(0)
+    model = build_model("lenet", "synthetic")
+    x = torch.randint(0, 256, (4, 1, 16, 16)).float() / 255
+    y = torch.randint(4, (4,))
+    c = config(attack="ddn", ddn_quantize=quantize, steps=4)
+    noise = 0.25 * torch.randn((4, 2, 1, 16, 16))
+    x_hat = train_module.attack_chunk(model, x, y, noise, c, 0.5)
+    on_grid = torch.allclose(x_hat * 255, (x_hat * 255).round(), atol=1e-3)
+    assert on_grid == quantize

@@ -117,27 +117,61 @@ def vanilla_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: flo
     return smoothadv_pgd(model, x, y, noise, epsilon, steps)
 
 
+def ddn_step_sizes(steps: int, eta_min: float = 0.01) -> list[float]:
+    """DDN's step sizes: cosine annealing from 1 to ``eta_min`` over ``steps`` steps, as the
+    SmoothAdv reference runs it. Its PyTorch ``CosineAnnealingLR`` is stepped *before* each
+    step, so under PyTorch ≥ 1.1 step i (0-based) uses the schedule's value at i + 1:
+    η_i = η_min + (1 − η_min)·(1 + cos(π(i+1)/T))/2, ending at η_min."""
+    return [eta_min + (1 - eta_min) * (1 + math.cos(math.pi * (i + 1) / steps)) / 2
+            for i in range(steps)]
+
+
+def quantize(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """Round to the nearest of ``levels`` evenly spaced values k/(levels−1) (8-bit: k/255)."""
+    return (x * (levels - 1)).round() / (levels - 1)
+
+
+def _quantized_within(delta: torch.Tensor, epsilon: float, levels: int) -> torch.Tensor:
+    """δ rounded to the grid k/(levels−1); where rounding to nearest would leave the ε-ball,
+    each coordinate is rounded toward zero instead (never longer than δ itself)."""
+    nearest = quantize(delta, levels)
+    toward_zero = (delta * (levels - 1)).trunc() / (levels - 1)
+    outside = _per_example_norm(nearest) > epsilon
+    return torch.where(outside, toward_zero, nearest)
+
+
 def smoothadv_ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
-                  epsilon: float, steps: int, gamma: float = 0.05, init_norm: float = 1.0
+                  epsilon: float, steps: int, *, gamma: float = 0.05,
+                  init_norm: float | None = None, quantize_levels: int | None = 256
                   ) -> torch.Tensor:
-    """SmoothAdv-DDN (Rony et al. 2019 on J): unit-gradient steps with a cosine-annealed size
-    (1 → 0.01 over T steps); the target norm shrinks by (1−γ) while the point is adversarial
-    (the majority vote over the m noisy copies is wrong) and grows by (1+γ) otherwise; δ is
-    rescaled to that norm. The smallest adversarial δ found is projected to ε; examples never
-    found adversarial come back clean, as in the reference."""
+    """SmoothAdv-DDN (Rony et al. 2019 on J), as the SmoothAdv reference trains with it.
+
+    Each step i: if the current point is adversarial (the majority vote over the m noisy copies
+    is wrong) and δ is the smallest such so far, keep it; step δ by η_i (:func:`ddn_step_sizes`)
+    along the unit gradient of J; multiply the target norm by (1−γ) when the point was
+    adversarial and by (1+γ) otherwise (capped at the largest norm the [0,1] box allows);
+    rescale δ to it; round x+δ to the 8-bit grid (``quantize_levels``; None: no rounding) and
+    clamp it to [0,1]. The target norm starts at ``init_norm``, by default ε: the reference sets
+    it every epoch to the warmed-up ε, the ε the trainer passes here.
+
+    The smallest adversarial δ is projected onto the ε-ball and rounded to the grid; examples
+    never found adversarial come back clean, as in the reference. Where the reference's final
+    rounding would step outside the ε-ball (by up to √d/(2·255)), coordinates are rounded toward
+    zero instead, so the output always lies within ε (and on the grid when x does).
+    """
     x = x.detach()
     if epsilon == 0 or steps == 0:
         return x.clone()
     b = x.shape[0]
     shape = (-1, *([1] * (x.dim() - 1)))
     worst = torch.maximum(x, 1 - x).flatten(1).norm(dim=1)
-    norm = torch.full((b,), init_norm, device=x.device).minimum(worst)
+    start = epsilon if init_norm is None else init_norm
+    norm = torch.full((b,), start, device=x.device, dtype=x.dtype).minimum(worst)
     best_norm = worst.clone()
     best_delta = torch.zeros_like(x)
     delta = torch.zeros_like(x)
     with frozen(model):
-        for i in range(steps):
-            step = 0.01 + 0.99 * (1 + math.cos(math.pi * i / steps)) / 2
+        for step in ddn_step_sizes(steps):
             delta.requires_grad_(True)
             logits = _noisy_logits(model, x + delta, noise)
             (grad,) = torch.autograd.grad(smoothed_loss(logits, y).sum(), delta)
@@ -149,7 +183,13 @@ def smoothadv_ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: tor
             best_norm = torch.where(better, l2, best_norm)
             best_delta[better] = delta[better]
             delta = delta + step * _unit(grad)
-            norm = (norm * (1 - (2 * is_adv.float() - 1) * gamma)).minimum(worst)
+            norm = (norm * (1 - (2 * is_adv.to(x.dtype) - 1) * gamma)).minimum(worst)
             delta = delta * (norm / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).view(shape)
-            delta = (x + delta).clamp(0, 1) - x
-    return _project(x, x + best_delta, epsilon)
+            x_adv = x + delta
+            if quantize_levels is not None:
+                x_adv = quantize(x_adv, quantize_levels)
+            delta = x_adv.clamp(0, 1) - x
+    delta = _project(x, x + best_delta, epsilon) - x
+    if quantize_levels is not None:
+        delta = _quantized_within(delta, epsilon, quantize_levels)
+    return (x + delta).clamp(0, 1)

@@ -97,8 +97,8 @@ def previous_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; any problem is a UserError naming the file."""
+def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; any problem is a UserError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file does not exist")
@@ -109,7 +109,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"{path}: refused to load, not a plain weights checkpoint ({first})") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise UserError(f"{path}: checkpoint is truncated or corrupt ({type(e).__name__})") from e
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+    return ckpt
+
+
+def is_smoothadv_checkpoint(payload: Any) -> bool:
+    """Whether a loaded file holds every key :func:`save_checkpoint` writes and readers need."""
+    return isinstance(payload, dict) and all(k in payload for k in REQUIRED_KEYS)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; any problem is a UserError naming the file."""
+    ckpt = read_weights_file(path, map_location)
+    if not is_smoothadv_checkpoint(ckpt):
         raise UserError(f"{path}: not a smoothadv checkpoint (missing {', '.join(REQUIRED_KEYS)})")
     return ckpt
 
@@ -120,9 +131,11 @@ def model_from_checkpoint(
     arch: str | None = None,
     dataset: str | None = None,
     device: str | torch.device = "cpu",
+    ckpt: dict[str, Any] | None = None,
 ) -> tuple[nn.Sequential, dict[str, Any]]:
-    """Rebuild the model stored in ``path``; ``arch``/``dataset``, when given, must match it."""
-    ckpt = load_checkpoint(path)
+    """Rebuild the model stored in ``path``; ``arch``/``dataset``, when given, must match it.
+    ``ckpt``, when given, is the file's content already read by :func:`load_checkpoint`."""
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
     for key, want in (("arch", arch), ("dataset", dataset)):
         if want is not None and ckpt[key] != want:
             raise CheckpointMismatch(f"{path}: checkpoint {key} is {ckpt[key]!r}, "

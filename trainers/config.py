@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
+from certify.settings import SamplingKeys
 from trainers.errors import UserError
 from trainers.registry import ARCH_NAMES, DATASETS
 
@@ -20,16 +21,21 @@ METHODS = ("gaussian", "smoothadv", "vanilla_adv")
 ATTACKS = ("pgd", "ddn")
 
 
-@dataclass(frozen=True)
-class CertifyConfig:
-    """CERTIFY settings for a trial's final model (Cohen et al.'s defaults)."""
+@dataclass(frozen=True, kw_only=True)
+class CertifyConfig(SamplingKeys):
+    """CERTIFY settings for a trial's final model (Cohen et al.'s defaults): the sampling
+    (``sigma`` and ``seed`` are the trial's), noisy samples per forward pass and the images."""
 
-    n0: int = 100
-    n: int = 100_000
-    alpha: float = 0.001
+    n0: int = 100  # always CERTIFY, never PREDICT
     batch_size: int = 400
     skip: int = 1
     max: int = -1
+
+    def validate(self, prefix: str = "certify.") -> Self:
+        super().validate(prefix)
+        _require(self.batch_size >= 1, f"{prefix}batch_size", f"must be ≥ 1, got {self.batch_size}")
+        _require(self.skip >= 1, f"{prefix}skip", f"must be ≥ 1, got {self.skip}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,9 @@ class TrialConfig:
     gradient_free: bool = False
     epsilon: float = 0.5
     steps: int = 10
+    ddn_quantize: bool = True  # DDN rounds x+δ to 8-bit levels, as the reference (pgd: unused)
     m_train: int = 1
-    multi_noise: bool = False
+    multi_noise: bool = True  # update on all m noisy copies (Pseudocode 1)
     warmup_epochs: int = 10
     epochs: int = 150
     batch_size: int = 256
@@ -144,18 +151,14 @@ def validate(config: TrialConfig) -> TrialConfig:
     _require(not c.gradient_free or c.attack == "pgd", "gradient_free",
              "the gradient-free estimator is for attack: pgd only")
     _require(not c.reinit_head or c.init_from is not None, "reinit_head",
-             "needs init_from (the checkpoint whose head is replaced)")
+             "needs init_from (the checkpoint whose head is replaced; a sweep may name "
+             "its pre-training sweep instead, init_from_sweep)")
     _require(c.extra_data is None or c.dataset != "imagenet", "extra_data",
              "self-training reads in-memory image arrays; not supported for dataset imagenet")
     _require(c.extra_data is None or c.batch_size % 2 == 0, "batch_size",
              f"must be even with extra_data (half labelled, half pseudo-labelled), "
              f"got {c.batch_size}")
-    k = c.certify
-    _require(k.n0 >= 1, "certify.n0", f"must be ≥ 1, got {k.n0}")
-    _require(k.n >= 1, "certify.n", f"must be ≥ 1, got {k.n}")
-    _require(0 < k.alpha < 0.5, "certify.alpha", f"must lie in (0, 0.5), got {k.alpha}")
-    _require(k.batch_size >= 1, "certify.batch_size", f"must be ≥ 1, got {k.batch_size}")
-    _require(k.skip >= 1, "certify.skip", f"must be ≥ 1, got {k.skip}")
+    c.certify.validate()
     return config
 
 

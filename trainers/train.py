@@ -45,10 +45,10 @@ from trainers.checkpoint import (
     previous_path,
     save_checkpoint,
 )
-from trainers.config import TrialConfig
+from trainers.config import TrialConfig, parse_trial_config
 from trainers.datasets import dataset_info, load_dataset
 from trainers.errors import UserError
-from trainers.models import NormalizeLayer, build_model, place, reset_head
+from trainers.models import build_model, place, reset_head
 from trainers.self_training import load_extra_data, mixed_batches
 
 CHECKPOINT = "checkpoint.pt"
@@ -99,7 +99,8 @@ def attack_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torc
     if config.method == "vanilla_adv":
         return attacks.vanilla_pgd(model, x, y, epsilon, config.steps)
     if config.attack == "ddn":
-        return attacks.smoothadv_ddn(model, x, y, noise, epsilon, config.steps)
+        return attacks.smoothadv_ddn(model, x, y, noise, epsilon, config.steps,
+                                     quantize_levels=256 if config.ddn_quantize else None)
     return attacks.smoothadv_pgd(model, x, y, noise, epsilon, config.steps,
                                  gradient_free_sigma=config.sigma if config.gradient_free else None)
 
@@ -168,17 +169,21 @@ def _subset(dataset, size: int | None):
 
 
 def _initial_model(config: TrialConfig, device: torch.device) -> nn.Sequential:
+    """A fresh model, or (fine-tuning, SmoothAdv Table 2) the ``init_from`` model with its input
+    layer kept as pre-trained and, with ``reinit_head``, a new final layer."""
     if config.init_from is None:
         return build_model(config.arch, config.dataset).to(device)
     model, ckpt = model_from_checkpoint(config.init_from, arch=config.arch, device=device)
     info = dataset_info(config.dataset)
+    if dataset_info(ckpt["dataset"]).input_shape[0] != info.input_shape[0]:
+        raise UserError(f"init_from: {config.init_from} takes {ckpt['dataset']} images, whose "
+                        f"channels differ from {config.dataset}'s")
     if config.reinit_head:
         reset_head(model, info.num_classes)
     elif ckpt["num_classes"] != info.num_classes:
         raise UserError(f"init_from: {config.init_from} has {ckpt['num_classes']} classes, "
                         f"{config.dataset} has {info.num_classes}; set reinit_head: true")
-    model[0] = NormalizeLayer(info.mean, info.std).to(device)  # the new dataset's normalization
-    return model
+    return model  # its input layer too: the pre-trained layers see inputs as they learned them
 
 
 def resume_point(ckpt_path: Path, config: TrialConfig, device: torch.device,
@@ -218,6 +223,29 @@ def _trim_metrics(path: Path, before_epoch: int) -> None:
     atomic_write_bytes(path, lambda f: f.write("".join(ln + "\n" for ln in lines).encode()))
 
 
+# Keys a re-run into an existing folder may change: none of them changes the trained model.
+RESUMABLE_CHANGES = ("epochs", "device", "data_root")
+
+
+def check_same_run(config: TrialConfig, out: Path) -> None:
+    """Refuse to train into ``out`` when its ``config.yaml`` (the run's record) differs from
+    ``config`` in a key that changes the model: resuming would mix two runs' settings in one
+    checkpoint. Keys absent from an older record count as their defaults."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        recorded = parse_trial_config(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    except (UserError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the run's recorded config ({e})") from None
+    old, new = recorded.to_dict(), config.to_dict()
+    for key in new:
+        if key not in RESUMABLE_CHANGES and old[key] != new[key]:
+            raise UserError(f"{path}: {key} is {old[key]!r} in this run, {new[key]!r} now; "
+                            f"a run folder holds one model (only {', '.join(RESUMABLE_CHANGES)} "
+                            f"may change on resume): use another output folder")
+
+
 def train_trial(config: TrialConfig, out_dir: str | Path,
                 report: Callable[[dict[str, Any], Path], None] | None = None,
                 progress: bool = True) -> dict[str, Any]:
@@ -228,16 +256,17 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
     from tqdm import tqdm
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_same_run(config, out)
     rank, world = distributed_rank()
-    if rank == 0:
-        config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
-        atomic_write_bytes(out / "config.yaml", lambda f: f.write(config_yaml))
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     ckpt_path = out / CHECKPOINT
     resumed = resume_point(ckpt_path, config, device, say=print if rank == 0 else None)
     net, ckpt = resumed if resumed is not None else (_initial_model(config, device), None)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
+    if rank == 0:
+        config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
+        atomic_write_bytes(out / "config.yaml", lambda f: f.write(config_yaml))
     net = place(net, device)
     model = net if world == 1 else nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None)

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# GPU checks of issue 11 (items 5 and 8), for a CUDA machine with this repository's .venv:
+#   1. the CUDA tests (TF32 flags inside the forward passes and restored afterwards, the recorded
+#      precision, a parameter-free classifier on the GPU); none may be skipped;
+#   2. a quick certify of a small LeNet on the GPU, once by default and once with --allow-tf32,
+#      printing the precision each run recorded in its .meta.json.
+# Installs nothing; well under 3 minutes. Usage: bash benchmarks/gpu_checks.sh
+# (PY=python3 bash benchmarks/gpu_checks.sh uses another interpreter than .venv's).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PY:-.venv/bin/python}
+"$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "gpu_checks: no CUDA")'
+"$py" -c 'import torch; print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__)'
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+echo "== CUDA tests"
+"$py" -m pytest -q -p no:cacheprovider -rs -k cuda tests/test_precision.py \
+    tests/test_any_classifier.py | tee "$work/pytest.txt"
+if grep -qi "skipped" "$work/pytest.txt"; then
+    echo "gpu_checks: some CUDA tests were skipped" >&2
+    exit 1
+fi
+
+echo "== certify a small model on the GPU"
+"$py" - "$work/lenet.pt" <<'PY'
+import sys
+
+import torch
+from torch import nn
+
+from trainers import build_model, load_dataset, save_checkpoint
+
+torch.manual_seed(0)
+model = build_model("lenet", "synthetic").cuda()
+loader = torch.utils.data.DataLoader(load_dataset("synthetic", "train"), batch_size=64,
+                                     shuffle=True)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+for _ in range(2):  # Gaussian augmentation, σ = 0.25
+    for x, y in loader:
+        x, y = x.cuda(), y.cuda()
+        loss = nn.functional.cross_entropy(model(x + 0.25 * torch.randn_like(x)), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+save_checkpoint(sys.argv[1], model, arch="lenet", dataset="synthetic")
+PY
+for flag in "" "--allow-tf32"; do
+    out="$work/certify${flag:+_tf32}.tsv"
+    "$py" -m sweep.cli certify "$work/lenet.pt" --sigma 0.25 --n0 100 --n 10000 --batch 1000 \
+        --skip 16 --device cuda --out "$out" --no-progress $flag
+    "$py" -c 'import json, sys; print(sys.argv[2], "-> recorded precision:",
+                                     json.load(open(sys.argv[1]))["precision"])' \
+        "$out.meta.json" "certify ${flag:-(no flag)}"
+done
+echo "gpu_checks: all passed"

@@ -1,0 +1,60 @@
+"""Fine-tuning from a pre-training sweep (SmoothAdv Table 2, pre-training row).
+
+The SmoothAdv reference pre-trains one ImageNet-32 model per (ε, σ) and fine-tunes each on
+CIFAR-10 with that same (ε, σ). A fine-tuning spec names the pre-training sweep folder
+(``init_from_sweep``); every fine-tuning trial then starts from the finished pre-training trial
+whose config has its ε and σ. The mapping is read from the pre-training sweep's own files
+(``sweep.yaml`` for each trial's config, ``state.json`` for whether it finished), so it is
+resolved, and a missing pair refused, before anything starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sweep import layout
+from trainers.errors import UserError
+
+KEY = "init_from_sweep"
+CHECKPOINT = "checkpoint.pt"  # trainers.train.CHECKPOINT, named here without importing torch
+
+
+def pretrained_checkpoints(sweep_dir: str | Path) -> dict[tuple[float, float], Path]:
+    """(ε, σ) → checkpoint of the pre-training sweep's finished trial with that ε and σ."""
+    import yaml
+
+    from sweep.spec import parse_spec
+
+    folder = Path(sweep_dir)
+    try:
+        values = yaml.safe_load((folder / layout.SPEC).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raise UserError(f"{KEY}: {folder} is not a readable sweep folder (no {layout.SPEC})"
+                        ) from None
+    found: dict[tuple[float, float], Path] = {}
+    names: dict[tuple[float, float], str] = {}
+    for trial in parse_spec(values).trials():
+        key = (trial.config.epsilon, trial.config.sigma)
+        if key in names:
+            raise UserError(f"{KEY}: {folder} has two pre-trained models for "
+                            f"{_pair(key)} ({names[key]}, {trial.name}); use one per pair")
+        names[key] = trial.name
+        tdir = layout.trial_dir(folder, trial.name)
+        state = (layout.read_json(tdir / layout.STATE) or {}).get("state", "PENDING")
+        if state == "TERMINATED" and (tdir / CHECKPOINT).is_file():
+            found[key] = tdir / CHECKPOINT
+    return found
+
+
+def pretrained_for(models: dict[tuple[float, float], Path], sweep_dir: str, epsilon: float,
+                   sigma: float) -> Path:
+    """The checkpoint for (ε, σ), or a UserError naming the pair."""
+    try:
+        return models[(epsilon, sigma)]
+    except KeyError:
+        raise UserError(f"{KEY}: {sweep_dir} has no finished pre-trained model for "
+                        f"{_pair((epsilon, sigma))}") from None
+
+
+def _pair(key: tuple[float, float]) -> str:
+    return f"epsilon={key[0]:g}, sigma={key[1]:g}"

@@ -219,16 +219,22 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
                         f"`smoothadv sweep resume {sweep_dir}` or give another --storage/name")
     if max_concurrent is not None and max_concurrent < 1:
         raise UserError(f"--max-concurrent: must be ≥ 1, got {max_concurrent}")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    spec_yaml = yaml.safe_dump(spec.to_dict(), sort_keys=False).encode()
-    atomic_write_bytes(sweep_dir / layout.SPEC, lambda f: f.write(spec_yaml))
 
     from ray import tune
 
     started = init_ray(address, dashboard)
     if local:
-        check_fits(spec)
-    check_storage(sweep_dir)
+        check_fits(spec)  # before anything is written: a refused sweep leaves no folder
+    fresh = not sweep_dir.exists()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        check_storage(sweep_dir)
+    except UserError:
+        if fresh:
+            sweep_dir.rmdir()
+        raise
+    spec_yaml = yaml.safe_dump(spec.to_dict(), sort_keys=False).encode()
+    atomic_write_bytes(sweep_dir / layout.SPEC, lambda f: f.write(spec_yaml))
     tuner = tune.Tuner(
         _tuner_trainable(sweep_dir),
         param_space={"trial": tune.grid_search([t.name for t in trials])},

@@ -93,6 +93,7 @@ def test_sweep_stop_interrupts_the_driver_and_leaves_no_ray_process(tmp_path):
         time.sleep(0.2)
     recorded = [tuple(p) for p in json.loads((sweep_dir / layout.DRIVER).read_text())
                 ["ray_processes"]]
+    assert recorded, "the driver recorded no Ray process: the check below would prove nothing"
     stop = subprocess.run([sys.executable, "-m", "sweep.cli", "sweep", "stop", str(sweep_dir)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert stop.returncode == 0 and "stopped; continue with" in stop.stdout

@@ -67,9 +67,10 @@ def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capsys
 def test_a_trial_larger_than_the_local_cluster_is_refused(local_ray, tmp_path, capsys):
     spec = {"name": "huge", "defaults": TINY_DEFAULTS, "grid": {"sigma": [0.25]},
             "resources": {"workers": 3, "cpus_per_worker": 1}}
-    code, _ = run_spec(tmp_path, spec)
+    code, sweep_dir = run_spec(tmp_path, spec)
     assert code == 2
     assert "resources: one trial needs 3 CPUs" in capsys.readouterr().err
+    assert not sweep_dir.exists()  # refused before anything was written
 
 
 def test_failed_trial_resumes_from_its_checkpoint(local_ray, tmp_path, capsys):

@@ -60,9 +60,11 @@ def test_resume_after_torn_line_equals_uninterrupted_run(synthetic_checkpoint, t
                                                          full_run):
     out = tmp_path / "resumed.tsv"
     assert main(certify_args(synthetic_checkpoint, out, "--max", "100")) == 0
+    before = out.read_bytes()
     with open(out, "ab") as f:  # a crash in the middle of writing the next row
         f.write(b"112\t3\t3\t0.31")
     assert main(certify_args(synthetic_checkpoint, out)) == 0
+    assert out.read_bytes().startswith(before)  # the finished rows were kept, not redone
     resumed = read(out)
     assert resumed["idx"].is_unique
     pd.testing.assert_frame_equal(without_time(resumed), without_time(full_run))
@@ -101,7 +103,9 @@ def test_different_settings_are_refused_and_nothing_is_touched(synthetic_checkpo
         args += [flag, value]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and flag.lstrip("-") in err and str(out) in err
+    key = flag.lstrip("-")
+    assert len(err.splitlines()) == 1 and str(out) in err
+    assert f"was written with {key}=" in err and f"asks for {key}={value}" in err, err
     assert out.read_bytes() == before
 
 
@@ -130,7 +134,9 @@ def test_predict_writes_reference_columns_and_resumes(synthetic_checkpoint, tmp_
     args = ["predict", str(synthetic_checkpoint), "--sigma", "0.25", "--n", "200", "--alpha",
             "0.01", "--batch", "100", "--skip", "32", "--out", str(out), "--no-progress"]
     assert main([*args, "--max", "200"]) == 0
+    before = out.read_bytes()
     assert main(args) == 0
+    assert out.read_bytes().startswith(before)  # resumed after the finished rows
     rows = read(out)
     assert list(rows.columns) == ["idx", "label", "predict", "correct", "time"]
     assert rows["idx"].tolist() == list(range(0, 512, 32))

@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 from trainers import UserError, build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
-from trainers.checkpoint import FORMAT_VERSION, REQUIRED_KEYS, atomic_write_bytes, set_rng_state
+from trainers.checkpoint import (
+    FORMAT_VERSION,
+    REQUIRED_KEYS,
+    atomic_write_bytes,
+    payload_digest,
+    set_rng_state,
+)
 from trainers.models import place
 
 DOCUMENTED_KEYS = set(REQUIRED_KEYS) | {
@@ -228,6 +234,7 @@ def test_relabelled_arch_weights_do_not_fit(tmp_path):
     save_checkpoint(path, build_model("lenet", "synthetic"), arch="lenet", dataset="synthetic")
     payload = torch.load(path, weights_only=True)
     payload["arch"] = "cifar_resnet20"
+    payload["sha256"] = payload_digest(payload)  # a well-formed file that lies about its arch
     torch.save(payload, path)
     assert load_checkpoint(path)["arch"] == "cifar_resnet20"  # still a well-formed checkpoint
     with pytest.raises(UserError) as err:
@@ -240,10 +247,26 @@ def test_unknown_stored_arch_names_file(tmp_path):
     save_checkpoint(path, build_model("lenet", "synthetic"), arch="lenet", dataset="synthetic")
     payload = torch.load(path, weights_only=True)
     payload["arch"] = "vgg16"
+    payload["sha256"] = payload_digest(payload)
     torch.save(payload, path)
     with pytest.raises(UserError) as err:
         model_from_checkpoint(path)
-    assert str(path) in str(err.value)
+    assert str(path) in str(err.value) and "vgg16" in str(err.value)
+
+
+def test_a_payload_changed_without_its_digest_is_corrupt(tmp_path):
+    """The digest covers every value, not only the weights: an edited label is caught too."""
+    path = tmp_path / "edited.pt"
+    save_checkpoint(path, build_model("lenet", "synthetic"), arch="lenet", dataset="synthetic",
+                    epoch=3)
+    payload = torch.load(path, weights_only=True)
+    payload["epoch"] = 4
+    torch.save(payload, path)
+    with pytest.raises(UserError, match="does not match the SHA-256 digest"):
+        load_checkpoint(path)
+    del payload["sha256"]  # a checkpoint from before digests loads unverified
+    torch.save(payload, path)
+    assert load_checkpoint(path)["epoch"] == 4
 
 
 def test_plain_state_dict_is_not_a_checkpoint(tmp_path):

@@ -51,6 +51,47 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     assert lines[0] == epoch0  # epoch 0 (with its own wall time) was not trained again
 
 
+def flip_a_weight_bit(path: Path) -> None:
+    """Flip one bit in the middle of the largest weight tensor's bytes inside ``path`` (the
+    file stays a valid archive: torch.load alone reads it without complaint)."""
+    state = weights(path)
+    largest = max(state.values(), key=lambda t: t.numel()).numpy().tobytes()
+    data = bytearray(path.read_bytes())
+    at = data.find(largest)
+    assert at >= 0 and data.find(largest, at + 1) < 0
+    data[at + len(largest) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)  # silently different weights: only the digest can tell
+
+
+def test_a_bit_flipped_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    reference = tmp_path / "reference"
+    train_trial(parse_trial_config({**TINY, "epochs": 3}), reference, progress=False)
+    trial = tmp_path / "trial"
+    train_trial(parse_trial_config({**TINY, "epochs": 2}), trial, progress=False)
+    epoch0 = (trial / "metrics.jsonl").read_text().splitlines()[0]
+    flip_a_weight_bit(trial / CHECKPOINT)
+    capsys.readouterr()
+    train_trial(parse_trial_config({**TINY, "epochs": 3}), trial, progress=False)
+    said = capsys.readouterr().out
+    assert "does not match the SHA-256 digest" in said and "(epoch 1)" in said
+    final, expected = weights(trial / CHECKPOINT), weights(reference / CHECKPOINT)
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    assert (trial / "metrics.jsonl").read_text().splitlines()[0] == epoch0
+
+
+def test_certifying_a_bit_flipped_checkpoint_is_refused_naming_it(tmp_path):
+    trial = tmp_path / "trial"
+    train_trial(parse_trial_config({**TINY, "epochs": 1}), trial, progress=False)
+    flip_a_weight_bit(trial / CHECKPOINT)
+    result = subprocess.run(certify_command(trial / CHECKPOINT, tmp_path / "c.tsv"),
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and str(trial / CHECKPOINT) in err[0] and "digest" in err[0]
+    assert not (tmp_path / "c.tsv").exists()
+
+
 def test_with_no_readable_checkpoint_left_the_error_names_the_file(tmp_path):
     trial = tmp_path / "trial"
     train_trial(parse_trial_config({**TINY, "epochs": 2}), trial, progress=False)

@@ -48,10 +48,13 @@ def test_sample_counts_total_and_batches_that_do_not_divide(linear_classifier):
 def test_generator_makes_counts_reproducible_and_batching_irrelevant(linear_classifier):
     x = point_at(linear_classifier, 0.1)
     runs = []
-    for batch in (100, 100, 1000):
+    for batch in (100, 100, 1000, 334):
         smooth = Smooth(linear_classifier, 2, SIGMA, generator=torch.Generator().manual_seed(7))
         runs.append(smooth.sample_counts(x, 1000, batch).tolist())
-    assert runs[0] == runs[1]
+    # Same seed, same counts, whatever the batch size, as long as each batch holds a multiple
+    # of 16 numbers (torch fills normals 16 at a time; every image size here, 28², 3·32²,
+    # 3·224², is one). This 8-pixel input needs even batches.
+    assert runs[0] == runs[1] == runs[2] == runs[3]
     other = Smooth(linear_classifier, 2, SIGMA, generator=torch.Generator().manual_seed(8))
     assert other.sample_counts(x, 1000, 100).tolist() != runs[0]
 
@@ -94,6 +97,39 @@ def expected_radius(p_a: float, n: int, alpha: float) -> tuple[float, float]:
     pmf = binom.pmf(k, n, p_a)
     mean = float((pmf * radius).sum())
     return mean, float(np.sqrt((pmf * (radius - mean) ** 2).sum()))
+
+
+class Scripted(torch.nn.Module):
+    """A base classifier whose predictions are a fixed script, in the order CERTIFY draws its
+    samples: ``n0`` votes for class 1 (so ĉ = 1), then ``n_a`` of the ``n`` for class 1."""
+
+    def __init__(self, n0: int, n: int, n_a: int):
+        super().__init__()
+        self.script = torch.tensor([1] * n0 + [1] * n_a + [0] * (n - n_a))
+        self.position = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        votes = self.script[self.position:self.position + len(x)]
+        self.position += len(x)
+        return torch.nn.functional.one_hot(votes, 2).float()
+
+
+@pytest.mark.parametrize("n_a,n,alpha", [(990, 1000, 0.001), (600, 1000, 0.01),
+                                         (99_990, 100_000, 0.001), (540, 1000, 0.05),
+                                         (510, 1000, 0.001)])
+def test_radius_is_sigma_phi_inverse_of_the_one_sided_bound_exactly(n_a, n, alpha):
+    """Given nA, CERTIFY's radius is σ·Φ⁻¹ of the one-sided (1 − α) Clopper–Pearson bound,
+    Beta(α; nA, n − nA + 1), and it abstains when that bound is below 1/2: exactly, so a
+    two-sided bound (at α or 2α) or the point estimate fails here."""
+    n0 = 100
+    smooth = Smooth(Scripted(n0, n, n_a), 2, SIGMA)
+    prediction, radius = smooth.certify(torch.zeros(1, 2, 4), n0, n, alpha, batch_size=64)
+    lower = beta.ppf(alpha, n_a, n - n_a + 1)
+    if lower < 0.5:
+        assert (prediction, radius) == (ABSTAIN, 0.0)
+    else:
+        assert prediction == 1
+        assert radius == pytest.approx(SIGMA * norm.ppf(lower), rel=1e-9)
 
 
 @pytest.mark.parametrize("margin", [0.5, 1.0])

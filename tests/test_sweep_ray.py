@@ -138,9 +138,12 @@ def test_a_killed_worker_is_replaced_and_the_trial_resumes_by_itself(local_ray, 
             "grid": {"seed": [434343]}}
     code, sweep_dir = run_spec(tmp_path, spec)
     assert code == 0  # no user action: Train restarted the worker group from the checkpoint
-    assert (local_ray / f"kill_after_epoch-0-{KILL_TRIAL}").exists()  # the worker did die
+    killed = local_ray / f"kill_after_epoch-0-{KILL_TRIAL}"  # made the instant it fired
+    assert killed.exists()  # the worker did die
     trial = layout.trial_dir(sweep_dir, KILL_TRIAL)
-    lines = (trial / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+    lines = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [0, 1]
+    # epoch 0 was trained once, before the kill: the replacement resumed from its checkpoint
+    assert lines[0]["finished_at"] < killed.stat().st_mtime < lines[1]["finished_at"]
     assert json.loads((trial / layout.STATE).read_text())["state"] == "TERMINATED"
     assert len(pd.read_csv(trial / layout.CERTIFY, sep="\t")) == 8

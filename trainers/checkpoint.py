@@ -2,10 +2,16 @@
 
 Written atomically (temporary file in the same folder, fsync, rename, fsync of the folder) and
 read with ``torch.load(weights_only=True)``: a checkpoint can never run code when loaded.
+
+Each checkpoint carries a SHA-256 digest of its own content (every tensor's bytes, dtype and
+shape, and every other value, key by key): a flipped bit inside the weights, which
+``torch.load`` reads without complaint, is caught on load as a corrupt file. Checkpoints
+written before the digest existed load unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import random
 import zipfile
@@ -23,6 +29,33 @@ from trainers.models import build_model, place
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "arch", "dataset", "num_classes", "mean", "std", "state_dict")
+DIGEST_KEY = "sha256"
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 over a checkpoint's content but its own digest: tensors by dtype, shape and
+    bytes, containers key by key (sorted), any other value by its repr (floats round-trip)."""
+    h = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, dict):
+            h.update(f"D{len(value)}:".encode())
+            for key in sorted(value, key=repr):
+                feed(key)
+                feed(value[key])
+        elif isinstance(value, list | tuple):
+            h.update(f"L{len(value)}:".encode())
+            for item in value:
+                feed(item)
+        else:
+            h.update(f"{type(value).__name__}:{value!r};".encode())
+
+    feed({k: v for k, v in payload.items() if k != DIGEST_KEY})
+    return h.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
@@ -83,6 +116,7 @@ def save_checkpoint(
         "rng": rng_state(),
         **(extra or {}),
     }
+    payload[DIGEST_KEY] = payload_digest(payload)
     atomic_write_bytes(path, lambda f: torch.save(payload, f),
                        keep_previous=previous_path(path) if keep_previous else None)
 
@@ -122,6 +156,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     ckpt = read_weights_file(path, map_location)
     if not is_smoothadv_checkpoint(ckpt):
         raise UserError(f"{path}: not a smoothadv checkpoint (missing {', '.join(REQUIRED_KEYS)})")
+    return verified(path, ckpt)
+
+
+def verified(path: str | Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """``ckpt`` (read from ``path``) if its content matches its digest (or it predates
+    digests); otherwise a UserError calling the file corrupt."""
+    if DIGEST_KEY in ckpt and payload_digest(ckpt) != ckpt[DIGEST_KEY]:
+        raise UserError(f"{path}: checkpoint is truncated or corrupt (its content does not "
+                        "match the SHA-256 digest stored in it)")
     return ckpt
 
 
@@ -135,7 +178,7 @@ def model_from_checkpoint(
 ) -> tuple[nn.Sequential, dict[str, Any]]:
     """Rebuild the model stored in ``path``; ``arch``/``dataset``, when given, must match it.
     ``ckpt``, when given, is the file's content already read by :func:`load_checkpoint`."""
-    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    ckpt = load_checkpoint(path) if ckpt is None else verified(path, ckpt)
     for key, want in (("arch", arch), ("dataset", dataset)):
         if want is not None and ckpt[key] != want:
             raise CheckpointMismatch(f"{path}: checkpoint {key} is {ckpt[key]!r}, "

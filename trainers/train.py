@@ -327,7 +327,7 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
                                if rank == 0 else None),
             "lr": lr, "epsilon": epsilon, "epoch_seconds": seconds,
             "samples_per_s": len(train_set) * (1 if extra_set is None else 2) / seconds,
-            "world_size": world,
+            "world_size": world, "finished_at": time.time(),  # wall clock (Unix time)
         }
         if rank == 0:
             save_checkpoint(ckpt_path, net, arch=config.arch, dataset=config.dataset,

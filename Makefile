@@ -39,7 +39,7 @@ quickstart: data
 	if [ -d $(SWEEPS)/quickstart/tune ]; then \
 	  $(VENV)/bin/smoothadv sweep resume $(SWEEPS)/quickstart; \
 	else \
-	  $(VENV)/bin/smoothadv sweep run configs/quickstart.yaml --storage $(SWEEPS) --max-concurrent 2; \
+	  $(VENV)/bin/smoothadv sweep run configs/quickstart.yaml --storage $(SWEEPS); \
 	fi
 	$(VENV)/bin/smoothadv analyze $(SWEEPS)/quickstart -o $(SWEEPS)/quickstart/report
 

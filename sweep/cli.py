@@ -156,8 +156,8 @@ def _run_sweep_resume(args: argparse.Namespace) -> int:
     from sweep.run import resume_sweep
 
     errors = resume_sweep(args.sweep_dir, restart_errored=args.restart_errored,
-                          address=args.address, verbose=args.verbose,
-                          dashboard=args.dashboard)
+                          address=args.address, max_concurrent=args.max_concurrent,
+                          verbose=args.verbose, dashboard=args.dashboard)
     return 1 if errors else 0
 
 
@@ -175,29 +175,42 @@ def _run_sweep_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_sweep_presets(args: argparse.Namespace) -> int:
+    from sweep.status import format_presets
+
+    print(format_presets())
+    return 0
+
+
 def _add_sweep_parser(sub) -> None:
     sweep = sub.add_parser("sweep", help="plan, run, resume and inspect Ray Tune sweeps",
-                           description="Sweeps over a grid of trials on Ray (see configs/).")
+                           description="Sweeps over a grid of trials on Ray (see `sweep presets`).")
     commands = sweep.add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
+    spec_help = "YAML sweep spec, or a preset's name (smoothadv sweep presets)"
     p = commands.add_parser("plan", help="list the trials of a spec and what they request",
                             description="List a spec's trials (no Ray started).")
-    p.add_argument("spec", help="YAML sweep spec")
+    p.add_argument("spec", help=spec_help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a default (resources.KEY for resources)")
     p.set_defaults(func=_run_sweep_plan)
+    p = commands.add_parser("presets", help="list the sweep specs shipped with smoothadv",
+                            description="The paper's grids, usable by name from anywhere.")
+    p.set_defaults(func=_run_sweep_presets)
     dashboard_help = ("with local Ray, also start its dashboard on 127.0.0.1:8265 (off by "
                       "default: a dozen processes on a small machine)")
     ray_help = "Ray address (default: RAY_ADDRESS, else start Ray locally on 127.0.0.1)"
+    concurrent_help = ("trials running at once (default: resources.max_concurrent, else as "
+                       "many as the cluster holds when the sweep starts; set it on an "
+                       "autoscaling cluster)")
     p = commands.add_parser("run", help="run a sweep on Ray",
                             description="Run every trial of a spec: train, certify, report.")
-    p.add_argument("spec", help="YAML sweep spec")
+    p.add_argument("spec", help=spec_help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a default, e.g. init_from=PATH (resources.KEY for resources)")
     p.add_argument("--address", help=ray_help)
     p.add_argument("--storage", default="sweeps",
                    help="folder holding the sweep folder STORAGE/NAME (shared on clusters)")
-    p.add_argument("--max-concurrent", type=int, help="trials running at once (default: as "
-                   "many as resources allow)")
+    p.add_argument("--max-concurrent", type=int, help=concurrent_help)
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                    help="Tune's console output level")
     p.add_argument("--dashboard", action="store_true", help=dashboard_help)
@@ -209,6 +222,7 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--restart-errored", action="store_true",
                    help="start errored trials from scratch (old outputs move to errored/)")
     p.add_argument("--address", help=ray_help)
+    p.add_argument("--max-concurrent", type=int, help=concurrent_help)
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                    help="Tune's console output level")
     p.add_argument("--dashboard", action="store_true", help=dashboard_help)

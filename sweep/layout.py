@@ -4,7 +4,7 @@
     SWEEP_DIR/driver.json                pid and host of the sweep driver while it runs
     SWEEP_DIR/trials/<trial>/trial.json  {"name", "params"}: the trial's gridded values
     SWEEP_DIR/trials/<trial>/config.yaml, checkpoint.pt, metrics.jsonl   (trainers.train)
-    SWEEP_DIR/trials/<trial>/state.json  {"state", "error", "trial_id"} from the trial driver
+    SWEEP_DIR/trials/<trial>/state.json  {"state", "error", "trial_id", "started_at", "ended_at"}
     SWEEP_DIR/trials/<trial>/certify.tsv, attack.tsv (+ .meta.json), certify_plan.json
     SWEEP_DIR/tune/                      Ray Tune's experiment (restore point, TensorBoard logs)
     SWEEP_DIR/train/                     Ray Train's runs, one per Tune trial id

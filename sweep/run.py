@@ -58,8 +58,12 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     sweep_dir = folder
     folder = layout.trial_dir(sweep_dir, trial.name)
     layout.write_json(folder / layout.TRIAL_INFO, {"name": trial.name, "params": trial.params})
-    layout.write_json(folder / layout.STATE, {"state": "RUNNING", "trial_id": trial_id})
+    started = {"trial_id": trial_id, "started_at": time.time()}  # when Tune started the driver
+    layout.write_json(folder / layout.STATE, {"state": "RUNNING", **started})
     gpus = res.gpus_per_worker
+    # Train reads this where fit() runs and hands it to its controller: how long the workers
+    # may wait for resources (e.g. an autoscaler's new node) before the trial fails.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(res.start_timeout_s)
     trainer = TorchTrainer(
         train_and_certify,
         train_loop_config={"config": trial.config.to_dict(), "trial_dir": str(folder),
@@ -86,9 +90,11 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
         # A stopped or dead driver takes the Train run down with it: not the trial's failure.
         state = "ERROR" if driver_alive(sweep_dir) else "INTERRUPTED"
         error = {"error": _first_line(_root_cause(e))} if state == "ERROR" else {}
-        layout.write_json(folder / layout.STATE, {"state": state, "trial_id": trial_id, **error})
+        layout.write_json(folder / layout.STATE, {"state": state, **started, **error,
+                                                  "ended_at": time.time()})
         raise
-    layout.write_json(folder / layout.STATE, {"state": "TERMINATED", "trial_id": trial_id})
+    layout.write_json(folder / layout.STATE, {"state": "TERMINATED", **started,
+                                              "ended_at": time.time()})
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -178,6 +184,26 @@ def check_fits(spec: SweepSpec) -> None:
                 f"resources.{kind.lower()}s_per_worker")
 
 
+def concurrency(spec: SweepSpec, max_concurrent: int | None) -> int:
+    """Trials run at once: ``--max-concurrent``, else ``resources.max_concurrent``, else as
+    many as the connected cluster holds now. Tune cannot see the Train workers' resources (each
+    trial's driver asks it for a sliver of a CPU), so without this bound it would start every
+    trial's driver at once and their worker groups would queue for the same CPUs and GPUs."""
+    import ray
+
+    if max_concurrent is not None and max_concurrent < 1:
+        raise UserError(f"--max-concurrent: must be ≥ 1, got {max_concurrent}")
+    if max_concurrent or spec.resources.max_concurrent:
+        return max_concurrent or spec.resources.max_concurrent
+    total = ray.cluster_resources()
+    fits = spec.resources.trials_that_fit(total.get("CPU", 0), total.get("GPU", 0))
+    if fits == 0:  # an autoscaling cluster before its workers come up
+        print("the cluster holds no trial yet: running one at a time; on an autoscaling "
+              "cluster give the ceiling with --max-concurrent or resources.max_concurrent",
+              flush=True)
+    return max(1, fits)
+
+
 def _storage_dir(storage: str) -> Path:
     if "://" in storage:
         raise UserError(f"--storage {storage}: object-store URIs are not supported for trial "
@@ -235,11 +261,13 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
         raise
     spec_yaml = yaml.safe_dump(spec.to_dict(), sort_keys=False).encode()
     atomic_write_bytes(sweep_dir / layout.SPEC, lambda f: f.write(spec_yaml))
+    at_once = concurrency(spec, max_concurrent)
+    print(f"{spec.name}: {len(trials)} trials, at most {at_once} at once", flush=True)
     tuner = tune.Tuner(
         _tuner_trainable(sweep_dir),
         param_space={"trial": tune.grid_search([t.name for t in trials])},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=max_concurrent,
+            max_concurrent_trials=at_once,
             trial_name_creator=lambda t: t.config["trial"],
             trial_dirname_creator=lambda t: t.config["trial"],
             reuse_actors=True,  # every trial's driver function asks the same resources
@@ -250,7 +278,8 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
 
 
 def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
-                 verbose: int = 1, dashboard: bool = False) -> int:
+                 max_concurrent: int | None = None, verbose: int = 1,
+                 dashboard: bool = False) -> int:
     """Continue a sweep: unfinished trials go on, errored ones resume from their checkpoint
     (or restart from scratch), finished ones are untouched; returns the number errored."""
     folder = Path(sweep_dir).expanduser().resolve()
@@ -268,9 +297,14 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
     if is_local(address):
         check_fits(spec)
     check_storage(folder)
+    at_once = concurrency(spec, max_concurrent)
     tuner = tune.Tuner.restore(str(tune_dir), _tuner_trainable(folder),
                                resume_errored=not restart_errored,
                                restart_errored=restart_errored)
+    # Tune.restore keeps the first run's TuneConfig and has no argument for it: set the bound
+    # for this cluster on the restored config (the one attribute Tune reads when it fits).
+    tuner._local_tuner._tune_config.max_concurrent_trials = at_once
+    print(f"{spec.name}: resuming, at most {at_once} trials at once", flush=True)
     if restart_errored:
         _clear_errored(folder)
     return _fit(tuner, folder, started, len(spec.trials()))

@@ -5,7 +5,7 @@ A spec is a YAML mapping::
     name: cifar10_paper          # the sweep's folder name
     defaults: {...}              # trial-config keys (those of ``smoothadv train``)
     resources: {workers: 1, gpus_per_worker: 1, cpus_per_worker: 4, worker_retries: 2,
-                trial_retries: 1}
+                trial_retries: 1, max_concurrent: 0, start_timeout_s: 3600}
     grid:                        # key → list of values (cartesian product), or a list of such
       sigma: [0.25, 0.5]         # mappings (their union, duplicates dropped)
     exclude: [{attack: ddn, m_train: 8}]   # drop trials matching every key of an entry
@@ -49,6 +49,15 @@ class Resources:
     cpus_per_worker: float = 1.0
     worker_retries: int = 2  # worker-group failures retried inside the trial (Train)
     trial_retries: int = 0  # trial errors retried by Tune
+    max_concurrent: int = 0  # trials at once; 0: as many as the cluster holds when it starts
+    start_timeout_s: float = 3600.0  # how long a trial's workers may wait for their resources
+
+    def trials_that_fit(self, cpus: float, gpus: float) -> int:
+        """How many trials ``cpus`` CPUs and ``gpus`` GPUs hold at once (maybe 0)."""
+        fits = [cpus / (self.workers * self.cpus_per_worker)]
+        if self.gpus_per_worker:
+            fits.append(gpus / (self.workers * self.gpus_per_worker))
+        return math.floor(min(fits) + 1e-9)
 
     def validate(self) -> Resources:
         if self.workers < 1:
@@ -60,9 +69,11 @@ class Resources:
         if self.cpus_per_worker < 0.1:
             raise UserError("resources.cpus_per_worker: must be ≥ 0.1, got "
                             f"{self.cpus_per_worker}")
-        for key in ("worker_retries", "trial_retries"):
+        for key in ("worker_retries", "trial_retries", "max_concurrent"):
             if getattr(self, key) < 0:
                 raise UserError(f"resources.{key}: must be ≥ 0, got {getattr(self, key)}")
+        if self.start_timeout_s <= 0:
+            raise UserError(f"resources.start_timeout_s: must be > 0, got {self.start_timeout_s}")
         return self
 
 
@@ -217,12 +228,32 @@ def parse_spec(values: Any, overrides: Iterable[str] = ()) -> SweepSpec:
     return spec
 
 
+PRESETS = Path(__file__).resolve().parent / "presets"  # the paper's grids, shipped inside
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def spec_path(name: str | Path) -> Path:
+    """The spec file ``name`` names: a path, or a preset's name (``cifar10_paper``) when no
+    such file exists here."""
+    path = Path(name)
+    preset = PRESETS / f"{name}.yaml"
+    if not path.exists() and not path.suffix and path.name == str(name) and preset.is_file():
+        return preset
+    return path
+
+
 def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> SweepSpec:
-    """Read a YAML spec file; errors are one line starting with the file name."""
+    """Read a YAML spec file (or a preset by name); errors are one line starting with the file
+    name."""
+    path = spec_path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: spec file does not exist") from None
+        raise UserError(f"{path}: spec file does not exist (presets: "
+                        f"{', '.join(preset_names())})") from None
     except (IsADirectoryError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the spec ({type(e).__name__})") from None
     try:

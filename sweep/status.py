@@ -29,6 +29,44 @@ def plan_table(spec: SweepSpec) -> pd.DataFrame:
     return pd.DataFrame(rows, dtype=object)
 
 
+def local_gpus() -> int:
+    """GPUs the embedded local Ray would find here, counted without torch or Ray: the entries
+    of CUDA_VISIBLE_DEVICES when set, else the /dev/nvidiaN devices."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len([d for d in Path("/dev").glob("nvidia*") if d.name[6:].isdigit()])
+
+
+def concurrency_line(spec: SweepSpec) -> str:
+    """How many trials `sweep run` will run at once (run.concurrency, as seen before Ray)."""
+    res = spec.resources
+    if res.max_concurrent:
+        return f"at most {res.max_concurrent} trials at once (resources.max_concurrent)"
+    cpus, gpus = os.cpu_count() or 1, local_gpus()
+    fits = res.trials_that_fit(cpus, gpus)
+    here = (f"at most {fits} trials at once" if fits else "no trial fits") + (
+        f" on this machine's local Ray ({cpus} CPUs, {gpus} GPUs)")
+    return (f"{here}; on a cluster as many as it holds when the sweep starts (give a ceiling "
+            "with --max-concurrent or resources.max_concurrent when it autoscales)")
+
+
+def format_presets() -> str:
+    """One line per shipped preset: its name, trial count and the first line of its comment."""
+    from sweep.spec import PRESETS, load_spec, preset_names
+
+    lines = []
+    for name in preset_names():
+        first = (PRESETS / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0]
+        try:
+            count = f"{len(load_spec(name).trials())} trials"
+        except UserError as e:  # fine-tuning needs its pre-training sweep named
+            count = ("needs --set init_from_sweep=DIR" if "init_from_sweep" in str(e)
+                     else "see `smoothadv sweep plan`")
+        lines.append(f"{name:20} {count:32} {first.lstrip('# ')}")
+    return "\n".join(lines)
+
+
 def format_plan(spec: SweepSpec) -> str:
     table = plan_table(spec)
     total_gpus = table["gpus"].sum()
@@ -40,6 +78,7 @@ def format_plan(spec: SweepSpec) -> str:
              f"{epochs} trial-epochs in all: GPU-hours ≈ {epochs} × (hours per epoch of one "
              f"trial) × {spec.resources.workers * spec.resources.gpus_per_worker:g} GPUs per "
              "trial, plus certification",
+             concurrency_line(spec),
              f"{len(table)} trials"]
     return "\n".join(lines)
 

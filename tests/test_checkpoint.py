@@ -336,3 +336,16 @@ def test_stored_normalization_wins(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(place(model, "cpu").eval()(x), restored.eval()(x))
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_follow_the_umask(tmp_path, umask, mode):
+    """Files in shared storage get a new file's usual permissions, not mkstemp's private 0600."""
+    import os
+
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "f.json", lambda f: f.write(b"{}"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == mode

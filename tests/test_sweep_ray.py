@@ -34,14 +34,23 @@ def metrics_lines(trial_dir: Path) -> list[dict]:
 
 
 def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capsys):
+    """More trials than the 2-CPU cluster holds and no --max-concurrent, as a new user runs it:
+    the default bound runs 2 at a time (never more drivers alive at once), so no trial's
+    workers queue for CPUs; start_timeout_s bounds how long they could."""
     spec = {"name": "tiny", "defaults": TINY_DEFAULTS,
-            "resources": {"workers": 1, "cpus_per_worker": 1},
+            "resources": {"workers": 1, "cpus_per_worker": 1, "start_timeout_s": 8},
             "attack_eval": {"epsilons": [0.25], "steps": 2, "m_test": 4, "n": 50,
                             "skip": 128},
             "grid": [{"method": ["gaussian"], "sigma": [0.25]},
                      {"attack": ["pgd", "ddn"], "sigma": [0.25]}]}
-    code, sweep_dir = run_spec(tmp_path, spec, "--max-concurrent", "2")
+    code, sweep_dir = run_spec(tmp_path, spec)
     assert code == 0
+    assert "tiny: 3 trials, at most 2 at once" in capsys.readouterr().out
+    spans = [json.loads((t / layout.STATE).read_text())
+             for t in (sweep_dir / layout.TRIALS).iterdir()]
+    events = sorted([(s["started_at"], 1) for s in spans] + [(s["ended_at"], -1) for s in spans])
+    alive = [sum(step for _, step in events[:i + 1]) for i in range(len(events))]
+    assert max(alive) == 2  # two at once, never three
     for name in ("gaussian-sigma0.25", "pgd-sigma0.25", "ddn-sigma0.25"):
         trial = layout.trial_dir(sweep_dir, name)
         rows = pd.read_csv(trial / layout.CERTIFY, sep="\t")

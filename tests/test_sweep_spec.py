@@ -149,6 +149,8 @@ def test_overrides_apply_to_defaults_and_resources():
     ({**TINY, "trials": 3}, "trials: unknown key"),
     ({**TINY, "defaults": {**TINY["defaults"], "sigmaa": 0.5}}, "sigmaa: unknown key"),
     ({**TINY, "defaults": {**TINY["defaults"], "lr": -0.1}}, "lr: must be > 0"),
+    ({**TINY, "resources": {"max_concurrent": -1}}, "resources.max_concurrent: must be ≥ 0"),
+    ({**TINY, "resources": {"start_timeout_s": 0}}, "resources.start_timeout_s: must be > 0"),
     ({**TINY, "defaults": {**TINY["defaults"], "dataset": "cifar10",
                            "data_root": "/nonexistent/cifar"}},
      "trial sigma0.25: data_root: dataset 'cifar10' not found: looked for data_batch_1"),
@@ -328,3 +330,35 @@ def test_trials_cut_short_by_a_stopped_sweep_are_interrupted_not_errored(tmp_pat
              for name in states}
     assert after == {"done": "TERMINATED", "failed": "ERROR", "killed": "INTERRUPTED",
                      "running": "INTERRUPTED"}
+
+
+def test_plan_says_how_many_trials_run_at_once(tmp_path, capsys):
+    import os
+
+    assert main(["sweep", "plan", str(write_spec(tmp_path, TINY))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cpus = os.cpu_count()
+    assert lines[-2].startswith(f"at most {cpus} trials at once on this machine's local Ray "
+                                f"({cpus} CPUs")
+    capped = {**TINY, "resources": {"max_concurrent": 3, "start_timeout_s": 600}}
+    assert main(["sweep", "plan", str(write_spec(tmp_path, capped))]) == 0
+    assert capsys.readouterr().out.splitlines()[-2] == (
+        "at most 3 trials at once (resources.max_concurrent)")
+    gpu = {**TINY, "resources": {"gpus_per_worker": 1}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CUDA_VISIBLE_DEVICES", "")
+        assert main(["sweep", "plan", str(write_spec(tmp_path, gpu))]) == 0
+    assert capsys.readouterr().out.splitlines()[-2].startswith("no trial fits on this machine")
+
+
+def test_presets_work_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    assert main(["sweep", "plan", "cifar10_paper"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("640 trials")
+    assert main(["sweep", "presets"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert set(listed) == {p.stem for p in CONFIGS.glob("*.yaml")}
+    assert "640 trials" in listed["cifar10_paper"] and "10 trials" in listed["quickstart"]
+    assert "needs --set init_from_sweep=DIR" in listed["cifar10_finetune"]
+    assert main(["sweep", "plan", "cifar10_papr"]) == 2
+    assert "presets: cifar10_cohen" in capsys.readouterr().err

@@ -12,8 +12,10 @@ def atomic_write_bytes(path: str | Path, write: Any, keep_previous: Path | None 
     """Call ``write(file_object)`` on a temporary file beside ``path``, fsync, then rename.
 
     With ``keep_previous`` the file being replaced is first renamed there, once the new one is
-    complete on disk: at every instant a complete newest or previous file exists. A failure
-    (full or read-only disk) is an OSError naming ``path``, not the temporary file."""
+    complete on disk: at every instant a complete newest or previous file exists. The file gets
+    the permissions of any new file (0666 less the umask), not the temporary file's private 0600,
+    so a group sharing the storage can read it. A failure (full or read-only disk) is an OSError
+    naming ``path``, not the temporary file."""
     path = Path(path)
     try:
         _replace(path, write, keep_previous)
@@ -28,6 +30,7 @@ def _replace(path: Path, write: Any, keep_previous: Path | None) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -42,3 +45,10 @@ def _replace(path: Path, write: Any, keep_previous: Path | None) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -326,9 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"smoothadv: error: {where}{e.strerror or e}; everything written before it is "
               "kept", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("smoothadv: interrupted; finished rows and checkpoints are kept", file=sys.stderr)
-        return 130
+        return 143 if type(e).__name__ == "Terminated" else 130  # 128 + SIGTERM or SIGINT
 
 
 if __name__ == "__main__":

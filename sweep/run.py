@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import yaml
 from sweep import layout, processes
 from sweep.inputs import check_inputs, with_absolute_paths
 from sweep.spec import Resources, SweepSpec, load_spec, parse_spec
+from sweep.status import HEARTBEAT_S, STALE_S, driver_alive, heartbeat_age
 from trainers.atomic import atomic_write_bytes
 from trainers.errors import UserError
 
@@ -85,8 +88,6 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     try:
         trainer.fit()
     except BaseException as e:
-        from sweep.status import driver_alive
-
         # A stopped or dead driver takes the Train run down with it: not the trial's failure.
         state = "ERROR" if driver_alive(sweep_dir) else "INTERRUPTED"
         error = {"error": _first_line(_root_cause(e))} if state == "ERROR" else {}
@@ -326,25 +327,25 @@ def _clear_errored(folder: Path) -> None:
 def end_leftovers(sweep_dir: Path) -> None:
     """Before resuming: end the Ray processes a dead driver of this sweep left behind; refuse
     while that driver still runs."""
-    from sweep.status import driver_alive
-
     info = layout.read_json(sweep_dir / layout.DRIVER)
     if info is None:
         return
     if driver_alive(sweep_dir):
         raise UserError(f"{sweep_dir}: its driver (pid {info.get('pid')} on {info.get('host')}) "
                         "is still running; stop it first with `smoothadv sweep stop`")
-    ended = processes.end([tuple(p) for p in info.get("ray_processes", [])])
-    if ended:
-        print(f"{sweep_dir}: ended {ended} Ray processes left by the interrupted driver")
+    if info.get("host") == socket.gethostname():
+        ended = processes.end([tuple(p) for p in info.get("ray_processes", [])])
+        if ended:
+            print(f"{sweep_dir}: ended {ended} Ray processes left by the interrupted driver")
+    else:  # its processes were on a machine that is gone: nothing to end from here
+        print(f"{sweep_dir}: the driver on {info.get('host')} is gone (last heartbeat "
+              f"{heartbeat_age(info):.0f} s ago)")
     (sweep_dir / layout.DRIVER).unlink(missing_ok=True)
 
 
 def stop_sweep(sweep_dir: str, grace_s: float = 30.0) -> None:
     """Stop a running sweep as Ctrl-C would (Tune saves its state, trials keep their
     checkpoints), then end any Ray process its driver leaves behind."""
-    from sweep.status import driver_alive
-
     folder = Path(sweep_dir).expanduser().resolve()
     if not (folder / layout.SPEC).exists():
         raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC})")
@@ -353,8 +354,13 @@ def stop_sweep(sweep_dir: str, grace_s: float = 30.0) -> None:
         print(f"{folder}: no driver is running")
         return
     if info.get("host") != socket.gethostname():
-        raise UserError(f"{folder}: its driver runs on {info.get('host')}; run `smoothadv sweep "
-                        "stop` there")
+        if driver_alive(folder):
+            raise UserError(f"{folder}: its driver runs on {info.get('host')} (its heartbeat is "
+                            f"fresh); run `smoothadv sweep stop` there, or wait until the "
+                            f"heartbeat is {STALE_S:.0f} s old if that machine is gone")
+        end_leftovers(folder)
+        print(f"{folder}: stopped; continue with `smoothadv sweep resume {folder}`")
+        return
     driver = (int(info["pid"]), processes.start_time(int(info["pid"])))
     if driver_alive(folder):
         os.kill(driver[0], signal.SIGINT)
@@ -380,18 +386,67 @@ def _reconcile_states(sweep_dir: Path, errored: set[str]) -> int:
     return finished
 
 
+def _heartbeat(path: Path, record: dict[str, Any]) -> Callable[[], None]:
+    """Write ``record`` with a ``heartbeat`` time to ``path`` now and every HEARTBEAT_S seconds
+    until the returned function is called (a write in progress finishes first). Another machine
+    judges the driver gone once its heartbeat is STALE_S old."""
+    stop, lock = threading.Event(), threading.Lock()
+
+    def beat() -> None:
+        layout.write_json(path, {**record, "heartbeat": time.time()})
+
+    def loop() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with lock:
+                if not stop.is_set():
+                    beat()
+
+    def end() -> None:
+        with lock:
+            stop.set()
+
+    beat()
+    threading.Thread(target=loop, name="driver-heartbeat", daemon=True).start()
+    return end
+
+
+class Terminated(KeyboardInterrupt):
+    """The driver got SIGTERM (Kubernetes deleting its pod, SLURM ending its job) and stopped
+    the sweep as Ctrl-C does; the command line exits 143 (128 + SIGTERM)."""
+
+
+def _stop_on_sigterm() -> list[bool]:
+    """Make SIGTERM stop the sweep like Ctrl-C: Tune's graceful-stop handler (it listens to
+    SIGUSR1 as to SIGINT) saves the experiment state and ends the trials. Returns a flag that
+    is set once the signal came."""
+    got = [False]
+    before_tune = signal.getsignal(signal.SIGUSR1)
+
+    def forward(signum, frame):
+        got[0] = True
+        if signal.getsignal(signal.SIGUSR1) is before_tune:  # Tune has not started yet
+            raise Terminated
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    signal.signal(signal.SIGTERM, forward)
+    return got
+
+
 def _fit(tuner, sweep_dir: Path, started: list[processes.Process], planned: int) -> int:
     """Run the Tuner; returns the number of errored trials. Stopped early (Ctrl-C, `sweep
-    stop`), Tune saves its state and returns: that raises KeyboardInterrupt after the summary."""
-    layout.write_json(sweep_dir / layout.DRIVER, {"pid": os.getpid(),
-                                                  "host": socket.gethostname(),
-                                                  "ray_processes": started})
+    stop`, SIGTERM), Tune saves its state and returns: that raises KeyboardInterrupt (on
+    SIGTERM :class:`Terminated`) after the summary."""
+    stop_heartbeat = _heartbeat(sweep_dir / layout.DRIVER, {"pid": os.getpid(),
+                                                     "host": socket.gethostname(),
+                                                     "ray_processes": started})
+    terminated = _stop_on_sigterm()
     try:
         results = tuner.fit()
     except Exception:
         traceback.print_exc()
         raise
     finally:
+        stop_heartbeat()
         (sweep_dir / layout.DRIVER).unlink(missing_ok=True)
     if started:  # our own local cluster: end its actors before reading their last states
         import ray
@@ -403,7 +458,7 @@ def _fit(tuner, sweep_dir: Path, started: list[processes.Process], planned: int)
     if finished + errors < planned:
         print(f"{sweep_dir}: interrupted with {finished} of {planned} trials finished, {errors} "
               f"errored; continue with `smoothadv sweep resume {sweep_dir}`")
-        raise KeyboardInterrupt
+        raise Terminated if terminated[0] else KeyboardInterrupt
     print(f"{sweep_dir}: {planned} trials, {errors} errored"
           + (f"; see `smoothadv sweep status {sweep_dir}`" if errors else ""))
     return errors

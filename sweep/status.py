@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -99,13 +100,25 @@ def _last_epoch(path: Path) -> int | None:
     return json.loads(lines[-1])["epoch"] + 1 if lines else None
 
 
+HEARTBEAT_S = 30.0  # how often a running driver rewrites its driver.json
+STALE_S = 3 * HEARTBEAT_S  # a driver whose heartbeat is older is gone (its machine replaced)
+
+
+def heartbeat_age(info: dict) -> float | None:
+    """Seconds since the driver's last heartbeat (None in a record written without one)."""
+    beat = info.get("heartbeat")
+    return None if not isinstance(beat, int | float) else max(0.0, time.time() - beat)
+
+
 def driver_alive(sweep_dir: Path) -> bool:
-    """Whether the sweep's driver process still runs (judged on this host only)."""
+    """Whether the sweep's driver still runs: on this host its process is looked up; a driver
+    on another host (a head node or pod since replaced) is alive while its heartbeat is fresh."""
     info = layout.read_json(sweep_dir / layout.DRIVER)
     if info is None:
         return False
     if info.get("host") != socket.gethostname():
-        return True  # cannot tell from here; trust the record
+        age = heartbeat_age(info)
+        return age is None or age < STALE_S  # no heartbeat recorded: trust the record
     try:
         os.kill(int(info["pid"]), 0)
     except (ProcessLookupError, ValueError, KeyError):

@@ -114,3 +114,55 @@ def test_stop_without_a_running_driver(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0 and "no driver is running" in out.stdout
     assert not Path(tmp_path / layout.DRIVER).exists()
+
+
+def test_sigterm_stops_the_sweep_like_ctrl_c_and_exits_143(tmp_path):
+    """Kubernetes deleting the head pod, or SLURM ending the job, sends SIGTERM: Tune saves its
+    state, the trial is INTERRUPTED (never ERROR) with its checkpoint kept, exit code 143."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    env = {k: v for k, v in os.environ.items() if k != "SMOOTHADV_FAULTS"}
+    driver = smoothadv("sweep", "run", str(spec), "--storage", str(tmp_path), "--verbose", "0",
+                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweep_dir, trial = tmp_path / "killed", tmp_path / "killed" / "trials" / "pgd"
+    deadline = time.monotonic() + 240
+    while not (trial / "metrics.jsonl").exists() or not (trial / "metrics.jsonl").read_text():
+        assert driver.poll() is None and time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    record = json.loads((sweep_dir / layout.DRIVER).read_text())
+    assert time.time() - record["heartbeat"] < 60  # the running driver keeps a heartbeat
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver.communicate(timeout=120)
+    assert driver.returncode == 143, err[-2000:]
+    assert "interrupted with 0 of 1 trials finished" in out
+    state = json.loads((trial / layout.STATE).read_text())
+    assert state["state"] == "INTERRUPTED"
+    assert torch.load(trial / CHECKPOINT, weights_only=True)["epoch"] >= 1
+    assert not (sweep_dir / layout.DRIVER).exists()
+
+
+def test_a_driver_on_a_replaced_machine_is_judged_by_its_heartbeat(tmp_path):
+    """The head pod or node that ran the driver is gone: from a new machine, `sweep stop` and
+    `resume` refuse while the old driver's heartbeat is fresh and go ahead once it is stale,
+    ending no local process on the strength of another host's process ids."""
+    from sweep.status import STALE_S, driver_alive
+
+    (tmp_path / layout.SPEC).write_text(yaml.safe_dump(SPEC))
+    me = os.getpid(), processes.start_time(os.getpid())  # must survive: same pid, other host
+    record = {"pid": me[0], "host": "old-head-pod", "ray_processes": [list(me)]}
+    layout.write_json(tmp_path / layout.DRIVER, {**record, "heartbeat": time.time() - 5})
+    assert driver_alive(tmp_path)
+    fresh = subprocess.run([sys.executable, "-m", "sweep.cli", "sweep", "stop", str(tmp_path)],
+                           capture_output=True, text=True)
+    assert fresh.returncode == 2 and "runs on old-head-pod" in fresh.stderr
+    assert (tmp_path / layout.DRIVER).exists()
+
+    layout.write_json(tmp_path / layout.DRIVER,
+                      {**record, "heartbeat": time.time() - STALE_S - 1})
+    assert not driver_alive(tmp_path)
+    stale = subprocess.run([sys.executable, "-m", "sweep.cli", "sweep", "stop", str(tmp_path)],
+                           capture_output=True, text=True)
+    assert stale.returncode == 0, stale.stderr
+    assert "the driver on old-head-pod is gone" in stale.stdout
+    assert not (tmp_path / layout.DRIVER).exists()
+    assert processes.alive(me)  # nothing local was ended for the remote record

@@ -23,9 +23,10 @@ import yaml
 
 from sweep import layout, processes
 from sweep.inputs import check_inputs, with_absolute_paths
-from sweep.spec import Resources, SweepSpec, load_spec, parse_spec
+from sweep.spec import Resources, SweepSpec, Trial, load_spec, parse_spec
 from sweep.status import HEARTBEAT_S, STALE_S, driver_alive, heartbeat_age
 from trainers.atomic import atomic_write_bytes
+from trainers.config import parse_trial_config
 from trainers.errors import UserError
 
 DRIVER_CPUS = 0.01  # the Tune function only waits on its Train run
@@ -43,9 +44,33 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
+def param_space(trials: list[Trial]) -> dict[str, Any]:
+    """Tune's view of the grid: the trial's name, each gridded value as a column of its own
+    (σ, ε, m_train, T, attack, method, …: the progress table, ``ResultGrid.get_dataframe()``
+    and TensorBoard's HParams show them) and the trial's full config, which the trial driver
+    trains. A key some union part does not grid is None in that part's trials."""
+    from ray import tune
+
+    by_name = {t.name: t for t in trials}
+    space: dict[str, Any] = {"trial": tune.grid_search(list(by_name))}
+    for key in sorted({k for t in trials for k in t.params}):
+        space[key] = tune.sample_from(lambda s, key=key: by_name[s.config.trial].params.get(key))
+    space["config"] = tune.sample_from(lambda s: by_name[s.config.trial].config.to_dict())
+    return space
+
+
+def _trial_of(param: dict[str, Any], spec: SweepSpec) -> Trial:
+    """The trial Tune started, from its param space (sweeps begun before it held the config:
+    from the spec)."""
+    if "config" not in param:
+        return next(t for t in spec.trials() if t.name == param["trial"])
+    params = {k: v for k, v in param.items() if k not in ("trial", "config") and v is not None}
+    return Trial(param["trial"], params, parse_trial_config(param["config"]))
+
+
 def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     """One Tune trial (``param["trial"]`` names it): build and fit its TorchTrainer on the
-    trial's config from the sweep's spec; record the outcome in state.json."""
+    trial's config as Tune holds it; record the outcome in state.json."""
     import ray.train
     from ray import tune
     from ray.train.torch import TorchTrainer
@@ -55,7 +80,7 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
 
     folder = Path(sweep_dir)
     spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
-    trial = next(t for t in spec.trials() if t.name == param["trial"])
+    trial = _trial_of(param, spec)
     res = spec.resources
     trial_id = tune.get_context().get_trial_id()
     sweep_dir = folder
@@ -266,7 +291,7 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
     print(f"{spec.name}: {len(trials)} trials, at most {at_once} at once", flush=True)
     tuner = tune.Tuner(
         _tuner_trainable(sweep_dir),
-        param_space={"trial": tune.grid_search([t.name for t in trials])},
+        param_space=param_space(trials),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=at_once,
             trial_name_creator=lambda t: t.config["trial"],

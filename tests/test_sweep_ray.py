@@ -61,8 +61,14 @@ def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capsys
         assert json.loads((trial / layout.TRIAL_INFO).read_text())["name"] == name
         assert json.loads((trial / layout.STATE).read_text())["state"] == "TERMINATED"
         assert [m["epoch"] for m in metrics_lines(trial)] == [0]
-        # Tune's TensorBoard log of the trial, with the final certification metrics
+        # Tune sees the grid: the gridded values and the config it trained are its params
         tune_trial = sweep_dir / layout.TUNE / name
+        params = json.loads((tune_trial / "params.json").read_text())
+        assert params["sigma"] == 0.25 and params["trial"] == name
+        assert params["method"] == ("gaussian" if name.startswith("gaussian") else None)
+        assert params["attack"] == {"pgd": "pgd", "ddn": "ddn"}.get(name[:3])
+        assert params["config"]["steps"] == 1 and params["config"]["sigma"] == 0.25
+        # Tune's TensorBoard log of the trial, with the final certification metrics
         assert list(tune_trial.glob("events.out.tfevents.*"))
         results = [json.loads(line) for line in (tune_trial / "result.json").open()]
         assert {"acr", "cert_acc_0.25", "attack_acc_0.25"} <= set(results[-1])

@@ -4,10 +4,12 @@
 Checks that every trial finishes, that ``sweep status`` (polled during the run) and ``analyze``
 stay fast, and that memory stays bounded: it samples the proportional set size (PSS, shared
 pages split between processes) of the driver and every Ray process below it, and compares the
-peak while the second half of the trials ran with the peak during the first half. Prints each
-figure with its ratio to a bound; exits 1 if a trial did not finish.
+peak while the second half of the trials ran with the peak during the first half, and the
+largest single trial driver (Tune's function trainable) against a 400 MiB target. Prints each
+figure with its ratio to a bound; exits 1 if a trial did not finish. Runs as many trials at
+once as the sweep's default (as many as the machine holds) unless --max-concurrent says.
 
-    .venv/bin/python benchmarks/sweep_load.py [--trials 50] [--max-concurrent 2]
+    .venv/bin/python benchmarks/sweep_load.py [--trials 50] [--max-concurrent N]
 """
 
 from __future__ import annotations
@@ -56,6 +58,24 @@ def pss_mib(pid: int) -> float:
     return total_kib / 1024
 
 
+DRIVER_TARGET_MIB = 400.0  # issue 13's target for one trial driver (Tune's function trainable)
+
+
+def driver_pss_mib(pid: int) -> list[float]:
+    """PSS in MiB of each trial driver (``ray::ImplicitFunc`` processes) under ``pid``."""
+    sizes = []
+    for p, _ in descendants(pid):
+        try:
+            if not Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                continue
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        sizes.append(next((int(line.split()[1]) for line in rollup.splitlines()
+                           if line.startswith("Pss:")), 0) / 1024)
+    return sizes
+
+
 def finished(sweep_dir: Path) -> int:
     count = 0
     for state_file in (sweep_dir / layout.TRIALS).glob(f"*/{layout.STATE}"):
@@ -74,7 +94,8 @@ def timed(*args: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=50)
-    parser.add_argument("--max-concurrent", type=int, default=2)
+    parser.add_argument("--max-concurrent", type=int, default=None,
+                        help="default: the sweep's own (as many as the machine holds)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -82,11 +103,13 @@ def main() -> int:
         spec.write_text(yaml.safe_dump(spec_values(args.trials)))
         sweep_dir = root / "sweeps" / "load"
         t0 = time.perf_counter()
+        flags = [] if args.max_concurrent is None else ["--max-concurrent",
+                                                        str(args.max_concurrent)]
         run = subprocess.Popen([sys.executable, "-m", "sweep.cli", "sweep", "run", str(spec),
-                                "--storage", str(root / "sweeps"), "--max-concurrent",
-                                str(args.max_concurrent), "--verbose", "0"],
+                                "--storage", str(root / "sweeps"), "--verbose", "0", *flags],
                                stdout=subprocess.DEVNULL)
         samples: list[tuple[int, float]] = []  # (trials finished, PSS MiB)
+        drivers: list[float] = []  # each sample's largest trial driver, PSS MiB
         status_s: list[float] = []
 
         def poll_status() -> None:
@@ -99,6 +122,7 @@ def main() -> int:
         poller.start()
         while run.poll() is None:
             samples.append((finished(sweep_dir), pss_mib(run.pid)))
+            drivers.append(max(driver_pss_mib(run.pid), default=0.0))
             time.sleep(1)
         wall = time.perf_counter() - t0
         poller.join()
@@ -111,17 +135,22 @@ def main() -> int:
     first = max((m for n, m in samples if n < half), default=0.0)
     second = max((m for n, m in samples if n >= half), default=0.0)
     print(f"{done}/{args.trials} trials finished in {wall:.0f} s "
-          f"({wall / args.trials:.1f} s per trial, {args.max_concurrent} at a time); "
+          f"({wall / args.trials:.1f} s per trial, "
+          f"{args.max_concurrent or 'the default number'} at a time); "
           f"sweep exit code {run.returncode}")
     print(f"peak memory (PSS, driver + Ray): {max(first, second):.0f} MiB; "
           f"first half {first:.0f} MiB, second half {second:.0f} MiB, "
           f"growth {second / first:.2f} (bound {GROWTH_BOUND})")
+    print(f"largest trial driver (PSS): {max(drivers, default=0):.0f} MiB, ratio to the "
+          f"{DRIVER_TARGET_MIB:.0f} MiB target {max(drivers, default=0) / DRIVER_TARGET_MIB:.2f}")
     print(f"sweep status: slowest of {len(status_s)} calls {max(status_s):.2f} s, "
           f"ratio to bound {max(status_s) / STATUS_BOUND_S:.2f}")
     print(f"analyze: {analyze_s:.1f} s, ratio to bound {analyze_s / ANALYZE_BOUND_S:.2f}; "
           f"envelope has {len(envelope) - 1} radii")
     print(json.dumps({"trials": args.trials, "finished": done, "wall_s": round(wall, 1),
-                      "peak_pss_mib": round(max(first, second)), "growth": round(second / first, 3),
+                      "peak_pss_mib": round(max(first, second)),
+                      "driver_pss_mib": round(max(drivers, default=0)),
+                      "growth": round(second / first, 3),
                       "status_max_s": round(max(status_s), 2), "analyze_s": round(analyze_s, 1)}))
     return 0 if done == args.trials and run.returncode == 0 else 1
 

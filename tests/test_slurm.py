@@ -1,0 +1,76 @@
+"""cluster/slurm/smoothadv.sbatch, run the way SLURM runs its body, on this machine: a one-node
+allocation's environment, real Ray (`ray start --head`), the real sweep driver, and `srun` and
+`scontrol` replaced by the two-line shims a one-node allocation reduces them to."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from sweep import layout
+
+ROOT = Path(__file__).resolve().parent.parent
+SBATCH = ROOT / "cluster" / "slurm" / "smoothadv.sbatch"
+SPEC = {"name": "slurm",
+        "defaults": {"dataset": "synthetic", "arch": "lenet", "train_subset": 64,
+                     "test_subset": 32, "epochs": 1, "batch_size": 64, "lr": 0.05,
+                     "method": "gaussian", "device": "cpu",
+                     "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 128}},
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "grid": {"sigma": [0.25, 0.5]}}
+
+
+def shims(folder: Path) -> Path:
+    """`srun OPTIONS CMD…` runs CMD on the one node; `scontrol show hostnames` prints it;
+    `scontrol requeue ID` is recorded."""
+    folder.mkdir()
+    (folder / "srun").write_text(
+        '#!/usr/bin/env bash\nwhile [[ "$1" == -* ]]; do [[ "$1" == -w ]] && shift; shift; done\n'
+        'exec "$@"\n')
+    (folder / "scontrol").write_text(
+        '#!/usr/bin/env bash\nif [ "$1 $2" = "show hostnames" ]; then hostname; '
+        f'else echo "$@" >> {folder}/scontrol.log; fi\n')
+    for shim in ("srun", "scontrol"):
+        (folder / shim).chmod(0o755)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_sbatch_body_starts_ray_runs_the_sweep_and_resumes_on_a_second_run(tmp_path):
+    spec = tmp_path / "slurm.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    bin_dir = shims(tmp_path / "bin")
+    venv = Path(sys.executable).parent
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SMOOTHADV_FAULTS")},
+           "PATH": f"{bin_dir}:{venv}:{os.environ['PATH']}",
+           "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": socket.gethostname(),
+           "SLURM_NNODES": "1", "SLURM_CPUS_PER_TASK": "2",
+           "SPEC": str(spec), "STORAGE": str(tmp_path / "sweeps"), "PYTHON": sys.executable,
+           "RAY_PORT": str(free_port()), "RAY_HEAD_IP": "127.0.0.1"}
+    run = subprocess.run(["bash", str(SBATCH), "--verbose", "0"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-3000:])
+    sweep_dir = tmp_path / "sweeps" / "slurm"
+    assert "slurm: 2 trials, at most 2 at once" in run.stdout
+    for trial in ("sigma0.25", "sigma0.5"):
+        state = layout.read_json(layout.trial_dir(sweep_dir, trial) / layout.STATE)
+        assert state["state"] == "TERMINATED"
+    # A requeued job finds the sweep and resumes it (nothing left to do) instead of refusing.
+    again = subprocess.run(["bash", str(SBATCH), "--verbose", "0"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "slurm: resuming" in again.stdout
+    assert not (bin_dir / "scontrol.log").exists()  # finished: no requeue
+    leftover = subprocess.run(["pgrep", "-f", f"--port={env['RAY_PORT']}"],
+                              capture_output=True, text=True)
+    assert not leftover.stdout.strip()  # the job's Ray head ended with the job

@@ -162,7 +162,8 @@ def init_ray(address: str | None, dashboard: bool = False) -> list[processes.Pro
     # about 5 s before the next starts; 0.5 s costs nothing locally.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    ray.init(dashboard_host="127.0.0.1", object_store_memory=OBJECT_STORE_BYTES,
+    # address="local": a new Ray of our own, never a cluster some `ray start` left behind here
+    ray.init(address="local", dashboard_host="127.0.0.1", object_store_memory=OBJECT_STORE_BYTES,
              log_to_driver=False, include_dashboard=dashboard)
     return processes.descendants(os.getpid())
 

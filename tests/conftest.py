@@ -84,7 +84,8 @@ def local_ray(tmp_path_factory):
     os.environ["SMOOTHADV_FAULTS"] = (f"after_epoch:0:{FAULT_TRIAL}:{markers};"
                                       f"kill_after_epoch:0:{KILL_TRIAL}:{markers};"
                                       f"after_epoch:0:{RESTART_TRIAL}:{markers}")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2,
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=128 * 1024**2,
              log_to_driver=False, configure_logging=False)
     yield markers  # a fault that fired left its marker file here
     ray.shutdown()

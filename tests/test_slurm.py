@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from sweep import layout
@@ -46,7 +47,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_sbatch_body_starts_ray_runs_the_sweep_and_resumes_on_a_second_run(tmp_path):
+@pytest.fixture
+def ray_address_file():
+    """`ray start` records its cluster in /tmp/ray/ray_current_cluster, which outlives the
+    job's Ray here: put back what was there before."""
+    path = Path("/tmp/ray/ray_current_cluster")
+    before = path.read_bytes() if path.exists() else None
+    yield
+    if before is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_bytes(before)
+
+
+def test_the_sbatch_body_starts_ray_runs_the_sweep_and_resumes_on_a_second_run(
+        tmp_path, ray_address_file):
     spec = tmp_path / "slurm.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
     bin_dir = shims(tmp_path / "bin")

@@ -32,17 +32,25 @@ def smoothadv(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "sweep.cli", *args], **kwargs)
 
 
-def test_sigkilled_driver_then_resume(tmp_path):
+def start_training_driver(tmp_path: Path, **pipes) -> tuple[subprocess.Popen, dict, Path, Path]:
+    """`sweep run` of SPEC as a subprocess, returned once its trial has finished epoch 0:
+    (driver, its environment, the sweep folder, the trial folder)."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(SPEC))
     env = {k: v for k, v in os.environ.items() if k != "SMOOTHADV_FAULTS"}
     driver = smoothadv("sweep", "run", str(spec), "--storage", str(tmp_path), "--verbose", "0",
-                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       env=env, **pipes)
     sweep_dir, trial = tmp_path / "killed", tmp_path / "killed" / "trials" / "pgd"
     deadline = time.monotonic() + 240
     while not (trial / "metrics.jsonl").exists() or not (trial / "metrics.jsonl").read_text():
         assert driver.poll() is None and time.monotonic() < deadline, "training never started"
         time.sleep(0.2)
+    return driver, env, sweep_dir, trial
+
+
+def test_sigkilled_driver_then_resume(tmp_path):
+    driver, env, sweep_dir, trial = start_training_driver(
+        tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     first_epoch = (trial / "metrics.jsonl").read_text().splitlines()[0]
@@ -81,16 +89,8 @@ def test_sigkilled_driver_then_resume(tmp_path):
 
 
 def test_sweep_stop_interrupts_the_driver_and_leaves_no_ray_process(tmp_path):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(SPEC))
-    env = {k: v for k, v in os.environ.items() if k != "SMOOTHADV_FAULTS"}
-    driver = smoothadv("sweep", "run", str(spec), "--storage", str(tmp_path), "--verbose", "0",
-                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sweep_dir, trial = tmp_path / "killed", tmp_path / "killed" / "trials" / "pgd"
-    deadline = time.monotonic() + 240
-    while not (trial / "metrics.jsonl").exists() or not (trial / "metrics.jsonl").read_text():
-        assert driver.poll() is None and time.monotonic() < deadline, "training never started"
-        time.sleep(0.2)
+    driver, env, sweep_dir, trial = start_training_driver(
+        tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     recorded = [tuple(p) for p in json.loads((sweep_dir / layout.DRIVER).read_text())
                 ["ray_processes"]]
     assert recorded, "the driver recorded no Ray process: the check below would prove nothing"
@@ -119,16 +119,8 @@ def test_stop_without_a_running_driver(tmp_path):
 def test_sigterm_stops_the_sweep_like_ctrl_c_and_exits_143(tmp_path):
     """Kubernetes deleting the head pod, or SLURM ending the job, sends SIGTERM: Tune saves its
     state, the trial is INTERRUPTED (never ERROR) with its checkpoint kept, exit code 143."""
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(SPEC))
-    env = {k: v for k, v in os.environ.items() if k != "SMOOTHADV_FAULTS"}
-    driver = smoothadv("sweep", "run", str(spec), "--storage", str(tmp_path), "--verbose", "0",
-                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sweep_dir, trial = tmp_path / "killed", tmp_path / "killed" / "trials" / "pgd"
-    deadline = time.monotonic() + 240
-    while not (trial / "metrics.jsonl").exists() or not (trial / "metrics.jsonl").read_text():
-        assert driver.poll() is None and time.monotonic() < deadline, "training never started"
-        time.sleep(0.2)
+    driver, env, sweep_dir, trial = start_training_driver(
+        tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     record = json.loads((sweep_dir / layout.DRIVER).read_text())
     assert time.time() - record["heartbeat"] < 60  # the running driver keeps a heartbeat
     driver.send_signal(signal.SIGTERM)

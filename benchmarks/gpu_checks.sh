@@ -3,7 +3,9 @@
 #   1. the CUDA tests (TF32 flags inside the forward passes and restored afterwards, the recorded
 #      precision, a parameter-free classifier on the GPU); none may be skipped;
 #   2. a quick certify of a small LeNet on the GPU, once by default and once with --allow-tf32,
-#      printing the precision each run recorded in its .meta.json.
+#      printing the precision each run recorded in its .meta.json;
+#   3. a one-GPU sweep through the embedded local Ray: the trial driver's torch backend
+#      (sweep/train_loop.py) sets up the worker's process group and CUDA device on the GPU.
 # Installs nothing; well under 3 minutes. Usage: bash benchmarks/gpu_checks.sh
 # (PY=python3 bash benchmarks/gpu_checks.sh uses another interpreter than .venv's).
 set -euo pipefail
@@ -54,4 +56,17 @@ for flag in "" "--allow-tf32"; do
                                      json.load(open(sys.argv[1]))["precision"])' \
         "$out.meta.json" "certify ${flag:-(no flag)}"
 done
+echo "== a one-GPU sweep (device auto: the worker's CUDA device from Ray Train)"
+cat > "$work/gpu_sweep.yaml" <<'YAML'
+name: gpu
+defaults: {dataset: synthetic, arch: lenet, train_subset: 256, test_subset: 64, epochs: 2,
+           batch_size: 64, steps: 1, epsilon: 0.25, device: auto,
+           certify: {n0: 16, n: 1000, batch_size: 500, skip: 8}}
+resources: {workers: 1, gpus_per_worker: 1, cpus_per_worker: 2}
+grid: {attack: [pgd], sigma: [0.25]}
+YAML
+"$py" -m sweep.cli sweep run "$work/gpu_sweep.yaml" --storage "$work/sweeps" --verbose 0
+"$py" -m sweep.cli sweep status "$work/sweeps/gpu"
+grep -q '"device": "cuda' "$work/sweeps/gpu/trials/pgd-sigma0.25/config.yaml" 2>/dev/null \
+  || grep -q 'device: cuda' "$work/sweeps/gpu/trials/pgd-sigma0.25/config.yaml"
 echo "gpu_checks: all passed"

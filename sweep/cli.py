@@ -130,7 +130,11 @@ def _run_analyze(args: argparse.Namespace) -> int:
                       references=parse_references(args.reference),
                       representative=tuple(args.representative), rho=args.rho,
                       include_incomplete=args.include_incomplete)
-    report = build_report(args.sweep_dirs, args.logs, args.out, options)
+    from sweep.storage import read_sweep
+
+    # a sweep in a bucket is read from this machine's copy of its records and results
+    sweep_dirs = [str(read_sweep(d).local) if "://" in d else d for d in args.sweep_dirs]
+    report = build_report(sweep_dirs, args.logs, args.out, options)
     print("\n".join(report.summary))
     return 0
 
@@ -148,7 +152,7 @@ def _run_sweep_run(args: argparse.Namespace) -> int:
 
     errors = run_sweep(args.spec, args.set, address=args.address, storage=args.storage,
                        max_concurrent=args.max_concurrent, verbose=args.verbose,
-                       dashboard=args.dashboard)
+                       dashboard=args.dashboard, log_to=args.log_to)
     return 1 if errors else 0
 
 
@@ -157,7 +161,8 @@ def _run_sweep_resume(args: argparse.Namespace) -> int:
 
     errors = resume_sweep(args.sweep_dir, restart_errored=args.restart_errored,
                           address=args.address, max_concurrent=args.max_concurrent,
-                          verbose=args.verbose, dashboard=args.dashboard)
+                          verbose=args.verbose, dashboard=args.dashboard,
+                          log_to=args.log_to)
     return 1 if errors else 0
 
 
@@ -170,8 +175,9 @@ def _run_sweep_stop(args: argparse.Namespace) -> int:
 
 def _run_sweep_status(args: argparse.Namespace) -> int:
     from sweep.status import format_status
+    from sweep.storage import read_sweep
 
-    print(format_status(args.sweep_dir))
+    print(format_status(read_sweep(args.sweep_dir).local))
     return 0
 
 
@@ -202,6 +208,15 @@ def _add_sweep_parser(sub) -> None:
     concurrent_help = ("trials running at once (default: resources.max_concurrent, else as "
                        "many as the cluster holds when the sweep starts; set it on an "
                        "autoscaling cluster)")
+    from sweep.trackers import TRACKERS
+
+    log_help = ("also log each trial's gridded values, config and metrics to an experiment "
+                "tracker, through Ray Tune's logger callbacks (repeatable): mlflow logs to "
+                "MLFLOW_TRACKING_URI, else to the SQLite store STORAGE/NAME/mlflow.db, in the "
+                "experiment named after the sweep; wandb logs to the project named after the "
+                "sweep, offline (runs in STORAGE/NAME/wandb) unless WANDB_API_KEY "
+                "or WANDB_MODE says otherwise. Each needs its extra: pip install "
+                "'smoothadv[mlflow]' or 'smoothadv[wandb]'")
     p = commands.add_parser("run", help="run a sweep on Ray",
                             description="Run every trial of a spec: train, certify, report.")
     p.add_argument("spec", help=spec_help)
@@ -209,16 +224,18 @@ def _add_sweep_parser(sub) -> None:
                    help="override a default, e.g. init_from=PATH (resources.KEY for resources)")
     p.add_argument("--address", help=ray_help)
     p.add_argument("--storage", default="sweeps",
-                   help="folder holding the sweep folder STORAGE/NAME (shared on clusters)")
+                   help="folder holding the sweep folder STORAGE/NAME (one every node mounts "
+                   "on a cluster), or a bucket URI: s3://bucket/prefix, gs://…")
     p.add_argument("--max-concurrent", type=int, help=concurrent_help)
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                    help="Tune's console output level")
     p.add_argument("--dashboard", action="store_true", help=dashboard_help)
+    p.add_argument("--log-to", action="append", default=[], choices=TRACKERS, help=log_help)
     p.set_defaults(func=_run_sweep_run)
     p = commands.add_parser("resume", help="continue an interrupted or failed sweep",
                             description="Continue a sweep: unfinished trials go on from their "
                             "checkpoints, errored ones resume (or restart), finished ones stay.")
-    p.add_argument("sweep_dir", help="the sweep folder (STORAGE/NAME)")
+    p.add_argument("sweep_dir", help="the sweep folder or URI (STORAGE/NAME)")
     p.add_argument("--restart-errored", action="store_true",
                    help="start errored trials from scratch (old outputs move to errored/)")
     p.add_argument("--address", help=ray_help)
@@ -226,16 +243,21 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                    help="Tune's console output level")
     p.add_argument("--dashboard", action="store_true", help=dashboard_help)
+    p.add_argument("--log-to", action="append", default=[], choices=TRACKERS,
+                   help="as for `sweep run`. A resumed sweep keeps logging to the trackers it "
+                   "logged to before (Tune's restore point keeps them; their store and names "
+                   "come from the environment when it sets them, else stay the first run's), "
+                   "and --log-to adds one; a trial resumed goes on in its earlier MLflow run")
     p.set_defaults(func=_run_sweep_resume)
     p = commands.add_parser("status", help="one line per trial: state, epoch, certification",
                             description="Show each trial's state, epoch, certification "
                             "progress and first error line.")
-    p.add_argument("sweep_dir", help="the sweep folder (STORAGE/NAME)")
+    p.add_argument("sweep_dir", help="the sweep folder or URI (STORAGE/NAME)")
     p.set_defaults(func=_run_sweep_status)
     p = commands.add_parser("stop", help="stop a running sweep and end its Ray processes",
                             description="Stop a sweep's driver as Ctrl-C would (state and "
                             "checkpoints are kept), then end any Ray process it left behind.")
-    p.add_argument("sweep_dir", help="the sweep folder (STORAGE/NAME)")
+    p.add_argument("sweep_dir", help="the sweep folder or URI (STORAGE/NAME)")
     p.set_defaults(func=_run_sweep_stop)
 
 

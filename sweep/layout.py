@@ -6,9 +6,11 @@
     SWEEP_DIR/trials/<trial>/config.yaml, checkpoint.pt, metrics.jsonl   (trainers.train)
     SWEEP_DIR/trials/<trial>/state.json  {"state", "error", "trial_id", "started_at", "ended_at"}
     SWEEP_DIR/trials/<trial>/certify.tsv, attack.tsv (+ .meta.json), certify_plan.json
+    SWEEP_DIR/trials/<trial>/nodes.jsonl where its rank-0 worker ran: a line per start
     SWEEP_DIR/tune/                      Ray Tune's experiment (restore point, TensorBoard logs)
     SWEEP_DIR/train/                     Ray Train's runs, one per Tune trial id
     SWEEP_DIR/errored/<trial>.N/         outputs of errored trials restarted from scratch
+    SWEEP_DIR/mlflow.db, wandb/          --log-to's default MLflow store, W&B offline runs
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ ERRORED = "errored"
 TRIAL_INFO = "trial.json"
 STATE = "state.json"
 CERTIFY = "certify.tsv"
+NODES = "nodes.jsonl"
 CERTIFY_PLAN = "certify_plan.json"
 ATTACK = "attack.tsv"
 

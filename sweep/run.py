@@ -1,5 +1,6 @@
 """Run and resume a sweep on Ray: Tune expands the trials; each trial's driver runs a Ray Train
-``TorchTrainer`` (V2) whose workers train, certify and report (sweep.trial_worker).
+``TorchTrainer`` (V2; built from sweep.train_loop so the driver imports no torch) whose workers
+train, certify and report (sweep.trial_worker).
 
 Ray facts relied on (REFERENCE.md, Ray 2.60): Train resumes a run when ``fit()`` is called again
 with the same (storage_path, name), so the Train run is named after the Tune trial id;
@@ -21,10 +22,11 @@ from typing import Any
 
 import yaml
 
-from sweep import layout, processes
+from sweep import layout, processes, trackers
 from sweep.inputs import check_inputs, with_absolute_paths
 from sweep.spec import Resources, SweepSpec, Trial, load_spec, parse_spec
 from sweep.status import HEARTBEAT_S, STALE_S, driver_alive, heartbeat_age
+from sweep.storage import SweepFolder, open_sweep, read_sweep
 from trainers.atomic import atomic_write_bytes
 from trainers.config import parse_trial_config
 from trainers.errors import UserError
@@ -69,41 +71,48 @@ def _trial_of(param: dict[str, Any], spec: SweepSpec) -> Trial:
 
 
 def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
-    """One Tune trial (``param["trial"]`` names it): build and fit its TorchTrainer on the
-    trial's config as Tune holds it; record the outcome in state.json."""
+    """One Tune trial (``param["trial"]`` names it): build and fit its Ray Train run (a
+    TorchTrainer whose driver side loads no torch: sweep.train_loop) on the trial's config
+    as Tune holds it; record the outcome in state.json. ``sweep_dir`` is the sweep's folder
+    or its URI in a bucket (sweep.storage)."""
     import ray.train
     from ray import tune
-    from ray.train.torch import TorchTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from sweep.trial_worker import train_and_certify
+    # TorchTrainer's parts without torch in this process (sweep.train_loop): training,
+    # certification, their imports and torch itself load in Train's workers and controller.
+    from sweep.train_loop import TorchBackendConfig, train_and_certify
 
-    folder = Path(sweep_dir)
-    spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
+    sweep = open_sweep(sweep_dir)
+    spec = parse_spec(yaml.safe_load(sweep.read_text(layout.SPEC)))
     trial = _trial_of(param, spec)
     res = spec.resources
     trial_id = tune.get_context().get_trial_id()
-    sweep_dir = folder
-    folder = layout.trial_dir(sweep_dir, trial.name)
-    layout.write_json(folder / layout.TRIAL_INFO, {"name": trial.name, "params": trial.params})
+    folder = layout.trial_dir(sweep.local, trial.name)
+    sweep.write_json(folder / layout.TRIAL_INFO, {"name": trial.name, "params": trial.params})
     started = {"trial_id": trial_id, "started_at": time.time()}  # when Tune started the driver
-    layout.write_json(folder / layout.STATE, {"state": "RUNNING", **started})
+    sweep.write_json(folder / layout.STATE, {"state": "RUNNING", **started})
+    in_bucket = {} if sweep.remote is None else {
+        "trial_uri": sweep.remote.child(f"{layout.TRIALS}/{trial.name}").uri,
+        "trial_id": trial_id, "upload_every_s": res.upload_every_s}
     gpus = res.gpus_per_worker
     # Train reads this where fit() runs and hands it to its controller: how long the workers
     # may wait for resources (e.g. an autoscaler's new node) before the trial fails.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(res.start_timeout_s)
-    trainer = TorchTrainer(
+    trainer = DataParallelTrainer(  # = TorchTrainer: DDP over gloo on CPU, NCCL on GPU
         train_and_certify,
+        backend_config=TorchBackendConfig(backend="nccl" if gpus > 0 else "gloo"),
         train_loop_config={"config": trial.config.to_dict(), "trial_dir": str(folder),
                            "threads": max(1, round(res.cpus_per_worker)),
-                           "attack_eval": spec.to_dict().get("attack_eval")},
+                           "attack_eval": spec.to_dict().get("attack_eval"), **in_bucket},
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers, use_gpu=gpus > 0,
             resources_per_worker={"CPU": worker_cpus(res), **({"GPU": gpus} if gpus else {})},
         ),
         run_config=ray.train.RunConfig(
             name=f"{trial.name}-{trial_id}",
-            storage_path=str(sweep_dir / layout.TRAIN),
+            storage_path=f"{sweep.where}/{layout.TRAIN}",
             failure_config=ray.train.FailureConfig(max_failures=res.worker_retries,
                                                    controller_failure_limit=3),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
@@ -114,13 +123,14 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
         trainer.fit()
     except BaseException as e:
         # A stopped or dead driver takes the Train run down with it: not the trial's failure.
-        state = "ERROR" if driver_alive(sweep_dir) else "INTERRUPTED"
+        sweep.refresh(sweep.local / layout.DRIVER)
+        state = "ERROR" if driver_alive(sweep.local) else "INTERRUPTED"
         error = {"error": _first_line(_root_cause(e))} if state == "ERROR" else {}
-        layout.write_json(folder / layout.STATE, {"state": state, **started, **error,
-                                                  "ended_at": time.time()})
+        sweep.write_json(folder / layout.STATE, {"state": state, **started, **error,
+                                                 "ended_at": time.time()})
         raise
-    layout.write_json(folder / layout.STATE, {"state": "TERMINATED", **started,
-                                              "ended_at": time.time()})
+    sweep.write_json(folder / layout.STATE, {"state": "TERMINATED", **started,
+                                             "ended_at": time.time()})
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -168,31 +178,49 @@ def init_ray(address: str | None, dashboard: bool = False) -> list[processes.Pro
     return processes.descendants(os.getpid())
 
 
-def check_storage(storage: Path) -> None:
-    """On a multi-node cluster every node must see ``storage``: probe it from each node."""
+def check_storage(sweep: SweepFolder) -> None:
+    """Every node must reach the sweep's storage: on a multi-node cluster a folder is probed
+    from each node (it must be a mount they share); a bucket is read from every node (each
+    needs its credentials), on one machine too."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) <= 1:
+    if sweep.remote is None and len(nodes) <= 1:
         return
-    marker = storage / f".storage-probe-{os.getpid()}"
-    marker.write_text(socket.gethostname())
+    marker = f".storage-probe-{os.getpid()}"
+    sweep.local.mkdir(parents=True, exist_ok=True)
+    (sweep.local / marker).write_text(socket.gethostname())
+    try:
+        sweep.push(sweep.local / marker)
+    except OSError as e:
+        (sweep.local / marker).unlink()
+        raise UserError(f"--storage {sweep.where}: cannot write there "
+                        f"({_first_line(e)})") from None
 
     @ray.remote(num_cpus=0)
-    def sees(path: str) -> bool:
-        return os.path.exists(path)
+    def sees(where: str) -> str | None:
+        try:
+            return None if open_sweep(where).read_text(marker) else "empty"
+        except Exception as e:  # noqa: BLE001 (any failure to read is the answer)
+            return _first_line(e)
 
     try:
         probes = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["NodeID"], soft=False)).remote(str(marker)) for n in nodes]
-        blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, ray.get(probes), strict=True)
-                 if not ok]
+            n["NodeID"], soft=False)).remote(sweep.where) for n in nodes]
+        # a node by its name (`ray start --node-name`; its IP unless named)
+        blind = {n.get("NodeName") or n["NodeManagerAddress"]: why
+                 for n, why in zip(nodes, ray.get(probes), strict=True) if why}
     finally:
-        marker.unlink(missing_ok=True)
+        sweep.unlink(sweep.local / marker)
+    if blind and sweep.remote is None:
+        raise UserError(f"--storage {sweep.where}: a local path not visible on nodes "
+                        f"{sorted(blind)}; multi-node sweeps need storage every node mounts "
+                        "(e.g. NFS) or a bucket (s3://…)")
     if blind:
-        raise UserError(f"--storage {storage}: a local path not visible on nodes {blind}; "
-                        "multi-node sweeps need storage every node mounts (e.g. NFS)")
+        node, why = next(iter(sorted(blind.items())))
+        raise UserError(f"--storage {sweep.where}: nodes {sorted(blind)} cannot read the "
+                        f"bucket ({node}: {why}); give every node its credentials")
 
 
 def check_fits(spec: SweepSpec) -> None:
@@ -231,33 +259,28 @@ def concurrency(spec: SweepSpec, max_concurrent: int | None) -> int:
     return max(1, fits)
 
 
-def _storage_dir(storage: str) -> Path:
-    if "://" in storage:
-        raise UserError(f"--storage {storage}: object-store URIs are not supported for trial "
-                        "outputs yet; mount shared storage (NFS) and give its path")
-    return Path(storage).expanduser().resolve()
-
-
-def _tuner_trainable(sweep_dir: Path):
+def _tuner_trainable(sweep: SweepFolder):
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(trial_driver, sweep_dir=str(sweep_dir)),
+    return tune.with_resources(tune.with_parameters(trial_driver, sweep_dir=sweep.where),
                                {"CPU": DRIVER_CPUS})
 
 
-def _run_config(sweep_dir: Path, spec: SweepSpec, verbose: int):
+def _run_config(sweep: SweepFolder, spec: SweepSpec, verbose: int, callbacks: list):
     from ray import tune
 
     return tune.RunConfig(
-        name=layout.TUNE, storage_path=str(sweep_dir), verbose=verbose,
+        name=layout.TUNE, storage_path=sweep.where, verbose=verbose,
         failure_config=tune.FailureConfig(max_failures=spec.resources.trial_retries),
+        callbacks=callbacks,  # the --log-to trackers (sweep.trackers)
     )
 
 
 def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, storage: str,
-              max_concurrent: int | None, verbose: int = 1, dashboard: bool = False) -> int:
-    """Validate the spec, write it into the sweep folder, run every trial; returns the number
-    of errored trials."""
+              max_concurrent: int | None, verbose: int = 1, dashboard: bool = False,
+              log_to: list[str] = ()) -> int:
+    """Validate the spec, write it into the sweep folder, run every trial (logging to the
+    trackers of ``log_to``, sweep.trackers); returns the number of errored trials."""
     spec = with_absolute_paths(load_spec(spec_path, overrides))
     trials = spec.trials()
     local = is_local(address)
@@ -266,32 +289,37 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
             check_inputs(trials)
         except UserError as e:
             raise UserError(f"{spec_path}: {e}") from None
-    sweep_dir = _storage_dir(storage) / spec.name
-    if (sweep_dir / layout.TUNE).exists():
-        raise UserError(f"{sweep_dir}: a sweep already ran here; continue it with "
-                        f"`smoothadv sweep resume {sweep_dir}` or give another --storage/name")
+    sweep = open_sweep(f"{storage.rstrip('/')}/{spec.name}" if "://" in storage
+                       else Path(storage).expanduser().resolve() / spec.name)
+    sweep.check_writable()  # a missing bucket or its credentials: before Ray starts
+    if sweep.exists(layout.TUNE):
+        raise UserError(f"{sweep.where}: a sweep already ran here; continue it with "
+                        f"`smoothadv sweep resume {sweep.where}` or give another --storage/name")
     if max_concurrent is not None and max_concurrent < 1:
         raise UserError(f"--max-concurrent: must be ≥ 1, got {max_concurrent}")
+    loggers = trackers.callbacks(list(log_to), sweep.local, spec.name)  # a missing package: now
 
     from ray import tune
 
     started = init_ray(address, dashboard)
     if local:
         check_fits(spec)  # before anything is written: a refused sweep leaves no folder
-    fresh = not sweep_dir.exists()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    fresh = not sweep.local.exists()
     try:
-        check_storage(sweep_dir)
+        check_storage(sweep)
     except UserError:
         if fresh:
-            sweep_dir.rmdir()
+            sweep.local.rmdir()
         raise
     spec_yaml = yaml.safe_dump(spec.to_dict(), sort_keys=False).encode()
-    atomic_write_bytes(sweep_dir / layout.SPEC, lambda f: f.write(spec_yaml))
+    atomic_write_bytes(sweep.local / layout.SPEC, lambda f: f.write(spec_yaml))
+    sweep.push(sweep.local / layout.SPEC)
     at_once = concurrency(spec, max_concurrent)
     print(f"{spec.name}: {len(trials)} trials, at most {at_once} at once", flush=True)
+    for line in trackers.describe(loggers, sweep.local):
+        print(line, flush=True)
     tuner = tune.Tuner(
-        _tuner_trainable(sweep_dir),
+        _tuner_trainable(sweep),
         param_space=param_space(trials),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=at_once,
@@ -299,64 +327,81 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
             trial_dirname_creator=lambda t: t.config["trial"],
             reuse_actors=True,  # every trial's driver function asks the same resources
         ),
-        run_config=_run_config(sweep_dir, spec, verbose),
+        run_config=_run_config(sweep, spec, verbose, loggers),
     )
-    return _fit(tuner, sweep_dir, started, len(trials))
+    return _fit(tuner, sweep, started, len(trials))
 
 
 def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
                  max_concurrent: int | None = None, verbose: int = 1,
-                 dashboard: bool = False) -> int:
+                 dashboard: bool = False, log_to: list[str] = ()) -> int:
     """Continue a sweep: unfinished trials go on, errored ones resume from their checkpoint
-    (or restart from scratch), finished ones are untouched; returns the number errored."""
-    folder = Path(sweep_dir).expanduser().resolve()
+    (or restart from scratch), finished ones are untouched; returns the number errored. It
+    logs to the trackers the sweep logged to so far and to those of ``log_to``."""
+    sweep = read_sweep(sweep_dir)
+    folder = sweep.local
     if not (folder / layout.SPEC).exists():
         raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC})")
     spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
     from ray import tune
 
-    tune_dir = folder / layout.TUNE
-    if not tune.Tuner.can_restore(str(tune_dir)):
-        raise UserError(f"{folder}: no Ray Tune state to resume under {layout.TUNE}/; "
+    tune_dir = f"{sweep.where}/{layout.TUNE}"
+    if not tune.Tuner.can_restore(tune_dir):
+        raise UserError(f"{sweep.where}: no Ray Tune state to resume under {layout.TUNE}/; "
                         f"start it with `smoothadv sweep run`")
-    end_leftovers(folder)
+    trackers.check(list(log_to), folder)
+    end_leftovers(sweep)
     started = init_ray(address, dashboard)
     if is_local(address):
         check_fits(spec)
-    check_storage(folder)
+    check_storage(sweep)
     at_once = concurrency(spec, max_concurrent)
-    tuner = tune.Tuner.restore(str(tune_dir), _tuner_trainable(folder),
-                               resume_errored=not restart_errored,
-                               restart_errored=restart_errored)
+    try:
+        tuner = tune.Tuner.restore(tune_dir, _tuner_trainable(sweep),
+                                   resume_errored=not restart_errored,
+                                   restart_errored=restart_errored)
+    except ModuleNotFoundError as e:  # its restore point holds the callback of a tracker
+        kind = (e.name or "").split(".")[0]
+        if kind not in trackers.TRACKERS:
+            raise
+        raise UserError(f"{sweep.where}: this sweep logs to {kind}, which is not installed; "
+                        f"pip install 'smoothadv[{kind}]'") from None
     # Tune.restore keeps the first run's TuneConfig and has no argument for it: set the bound
     # for this cluster on the restored config (the one attribute Tune reads when it fits).
     tuner._local_tuner._tune_config.max_concurrent_trials = at_once
+    # Its RunConfig too, callbacks included: keep logging to the sweep's trackers, add --log-to.
+    run_config = tuner._local_tuner._run_config
+    run_config.callbacks = trackers.for_resume(run_config.callbacks, list(log_to), folder,
+                                               spec.name)
     print(f"{spec.name}: resuming, at most {at_once} trials at once", flush=True)
+    for line in trackers.describe(run_config.callbacks, folder):
+        print(line, flush=True)
     if restart_errored:
-        _clear_errored(folder)
-    return _fit(tuner, folder, started, len(spec.trials()))
+        _clear_errored(sweep)
+    return _fit(tuner, sweep, started, len(spec.trials()))
 
 
-def _clear_errored(folder: Path) -> None:
+def _clear_errored(sweep: SweepFolder) -> None:
     """Restarting errored trials from scratch: move their old outputs to errored/ (kept)."""
+    folder = sweep.local
     for state_file in sorted((folder / layout.TRIALS).glob(f"*/{layout.STATE}")):
         state = layout.read_json(state_file) or {}
         if state.get("state") == "ERROR":
             trial = state_file.parent
             n = 1
-            while (aside := folder / layout.ERRORED / f"{trial.name}.{n}").exists():
+            while sweep.exists(f"{layout.ERRORED}/{trial.name}.{n}"):
                 n += 1
-            aside.parent.mkdir(exist_ok=True)
-            trial.rename(aside)
+            sweep.move(trial, folder / layout.ERRORED / f"{trial.name}.{n}")
 
 
-def end_leftovers(sweep_dir: Path) -> None:
+def end_leftovers(sweep: SweepFolder) -> None:
     """Before resuming: end the Ray processes a dead driver of this sweep left behind; refuse
     while that driver still runs."""
-    info = layout.read_json(sweep_dir / layout.DRIVER)
+    info = layout.read_json(sweep.local / layout.DRIVER)
     if info is None:
         return
-    if driver_alive(sweep_dir):
+    sweep_dir = sweep.where
+    if driver_alive(sweep.local):
         raise UserError(f"{sweep_dir}: its driver (pid {info.get('pid')} on {info.get('host')}) "
                         "is still running; stop it first with `smoothadv sweep stop`")
     if info.get("host") == socket.gethostname():
@@ -366,26 +411,27 @@ def end_leftovers(sweep_dir: Path) -> None:
     else:  # its processes were on a machine that is gone: nothing to end from here
         print(f"{sweep_dir}: the driver on {info.get('host')} is gone (last heartbeat "
               f"{heartbeat_age(info):.0f} s ago)")
-    (sweep_dir / layout.DRIVER).unlink(missing_ok=True)
+    sweep.unlink(sweep.local / layout.DRIVER)
 
 
 def stop_sweep(sweep_dir: str, grace_s: float = 30.0) -> None:
     """Stop a running sweep as Ctrl-C would (Tune saves its state, trials keep their
     checkpoints), then end any Ray process its driver leaves behind."""
-    folder = Path(sweep_dir).expanduser().resolve()
+    sweep = read_sweep(sweep_dir)
+    folder = sweep.local
     if not (folder / layout.SPEC).exists():
         raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC})")
     info = layout.read_json(folder / layout.DRIVER)
     if info is None:
-        print(f"{folder}: no driver is running")
+        print(f"{sweep.where}: no driver is running")
         return
     if info.get("host") != socket.gethostname():
         if driver_alive(folder):
             raise UserError(f"{folder}: its driver runs on {info.get('host')} (its heartbeat is "
                             f"fresh); run `smoothadv sweep stop` there, or wait until the "
                             f"heartbeat is {STALE_S:.0f} s old if that machine is gone")
-        end_leftovers(folder)
-        print(f"{folder}: stopped; continue with `smoothadv sweep resume {folder}`")
+        end_leftovers(sweep)
+        print(f"{sweep.where}: stopped; continue with `smoothadv sweep resume {sweep.where}`")
         return
     driver = (int(info["pid"]), processes.start_time(int(info["pid"])))
     if driver_alive(folder):
@@ -394,32 +440,37 @@ def stop_sweep(sweep_dir: str, grace_s: float = 30.0) -> None:
         while time.monotonic() < deadline and processes.alive(driver):
             time.sleep(0.5)
         processes.end([driver])
-    end_leftovers(folder)
-    print(f"{folder}: stopped; continue with `smoothadv sweep resume {folder}`")
+    sweep.refresh(folder / layout.DRIVER)
+    end_leftovers(sweep)
+    print(f"{sweep.where}: stopped; continue with `smoothadv sweep resume {sweep.where}`")
 
 
-def _reconcile_states(sweep_dir: Path, errored: set[str]) -> int:
+def _reconcile_states(sweep: SweepFolder, errored: set[str]) -> int:
     """After Tune returns: a trial recorded ERROR or RUNNING that Tune did not see fail was cut
     short by the sweep being stopped (its Train run dies with the Ray actors), so it is marked
     INTERRUPTED, never ERROR (``--restart-errored`` would discard its progress). Returns the
     number of finished trials."""
+    sweep.pull(under=layout.TRIALS, only=(layout.STATE,))  # as trial drivers anywhere wrote
     finished = 0
-    for path in (sweep_dir / layout.TRIALS).glob(f"*/{layout.STATE}"):
+    for path in (sweep.local / layout.TRIALS).glob(f"*/{layout.STATE}"):
         state = layout.read_json(path) or {}
         finished += state.get("state") == "TERMINATED"
         if state.get("state") in ("ERROR", "RUNNING") and path.parent.name not in errored:
-            layout.write_json(path, {"state": "INTERRUPTED", "trial_id": state.get("trial_id")})
+            sweep.write_json(path, {"state": "INTERRUPTED", "trial_id": state.get("trial_id")})
     return finished
 
 
-def _heartbeat(path: Path, record: dict[str, Any]) -> Callable[[], None]:
+def _heartbeat(sweep: SweepFolder, record: dict[str, Any]) -> Callable[[], None]:
     """Write ``record`` with a ``heartbeat`` time to ``path`` now and every HEARTBEAT_S seconds
     until the returned function is called (a write in progress finishes first). Another machine
     judges the driver gone once its heartbeat is STALE_S old."""
     stop, lock = threading.Event(), threading.Lock()
 
     def beat() -> None:
-        layout.write_json(path, {**record, "heartbeat": time.time()})
+        try:
+            sweep.write_json(sweep.local / layout.DRIVER, {**record, "heartbeat": time.time()})
+        except OSError as e:  # a bucket unreachable for a while: the next beat tries again
+            print(f"{sweep.where}: heartbeat not written ({_first_line(e)})", flush=True)
 
     def loop() -> None:
         while not stop.wait(HEARTBEAT_S):
@@ -458,13 +509,12 @@ def _stop_on_sigterm() -> list[bool]:
     return got
 
 
-def _fit(tuner, sweep_dir: Path, started: list[processes.Process], planned: int) -> int:
+def _fit(tuner, sweep: SweepFolder, started: list[processes.Process], planned: int) -> int:
     """Run the Tuner; returns the number of errored trials. Stopped early (Ctrl-C, `sweep
     stop`, SIGTERM), Tune saves its state and returns: that raises KeyboardInterrupt (on
     SIGTERM :class:`Terminated`) after the summary."""
-    stop_heartbeat = _heartbeat(sweep_dir / layout.DRIVER, {"pid": os.getpid(),
-                                                     "host": socket.gethostname(),
-                                                     "ray_processes": started})
+    stop_heartbeat = _heartbeat(sweep, {"pid": os.getpid(), "host": socket.gethostname(),
+                                        "ray_processes": started})
     terminated = _stop_on_sigterm()
     try:
         results = tuner.fit()
@@ -473,14 +523,15 @@ def _fit(tuner, sweep_dir: Path, started: list[processes.Process], planned: int)
         raise
     finally:
         stop_heartbeat()
-        (sweep_dir / layout.DRIVER).unlink(missing_ok=True)
+        sweep.unlink(sweep.local / layout.DRIVER)
     if started:  # our own local cluster: end its actors before reading their last states
         import ray
 
         ray.shutdown()
     errors = results.num_errors
-    finished = _reconcile_states(sweep_dir, {r.config["trial"] for r in results
-                                             if r.error is not None})
+    finished = _reconcile_states(sweep, {r.config["trial"] for r in results
+                                         if r.error is not None})
+    sweep_dir = sweep.where
     if finished + errors < planned:
         print(f"{sweep_dir}: interrupted with {finished} of {planned} trials finished, {errors} "
               f"errored; continue with `smoothadv sweep resume {sweep_dir}`")

@@ -51,6 +51,7 @@ class Resources:
     trial_retries: int = 0  # trial errors retried by Tune
     max_concurrent: int = 0  # trials at once; 0: as many as the cluster holds when it starts
     start_timeout_s: float = 3600.0  # how long a trial's workers may wait for their resources
+    upload_every_s: float = 120.0  # bucket storage: seconds between a trial's uploads
 
     def trials_that_fit(self, cpus: float, gpus: float) -> int:
         """How many trials ``cpus`` CPUs and ``gpus`` GPUs hold at once (maybe 0)."""
@@ -74,6 +75,8 @@ class Resources:
                 raise UserError(f"resources.{key}: must be ≥ 0, got {getattr(self, key)}")
         if self.start_timeout_s <= 0:
             raise UserError(f"resources.start_timeout_s: must be > 0, got {self.start_timeout_s}")
+        if self.upload_every_s <= 0:
+            raise UserError(f"resources.upload_every_s: must be > 0, got {self.upload_every_s}")
         return self
 
 

@@ -22,6 +22,8 @@ import torch
 from certify.runner import Evaluation, load_evaluation, run_smoothing
 from sweep import faults, layout
 from sweep.spec import AttackEval
+from sweep.storage import Bucket, mirror_dir
+from sweep.trial_sync import TrialSync
 from trainers.atomic import atomic_write_bytes
 from trainers.config import TrialConfig, parse_trial_config
 from trainers.train import CHECKPOINT, train_trial
@@ -67,14 +69,26 @@ def merge_shards(trial_dir: Path, name: str, world: int) -> None:
     atomic_write_bytes(trial_dir / name, lambda f: f.write(f"{header}\n{body}".encode()))
 
 
-def gathered(trial_dir: Path, name: str, rank: int, world: int) -> bool:
+def gathered(trial_dir: Path, name: str, rank: int, world: int,
+             sync: TrialSync | None = None) -> bool:
     """Once every rank has written its shard of ``name``, rank 0 merges them; True on rank 0
-    (the one rank that reads the merged file)."""
+    (the one rank that reads the merged file). With a bucket each rank uploads its shard first
+    and rank 0 copies the others' down."""
+    if sync is not None:
+        sync.push()
     if world > 1:
         torch.distributed.barrier()
         if rank == 0:
+            if sync is not None:
+                sync.fetch(*(n for r in range(1, world)
+                             for n in _shard_names(trial_dir, name, r, world)))
             merge_shards(trial_dir, name, world)
     return rank == 0
+
+
+def _shard_names(trial_dir: Path, name: str, rank: int, world: int) -> list[str]:
+    shard = _shard_path(trial_dir, name, rank, world).name
+    return [shard, f"{shard}.meta.json"]
 
 
 def _final_model(config: TrialConfig, trial_dir: Path, skip: int, max_index: int,
@@ -85,7 +99,7 @@ def _final_model(config: TrialConfig, trial_dir: Path, skip: int, max_index: int
 
 
 def certify_trial(config: TrialConfig, trial_dir: Path, rank: int, world: int,
-                  device: torch.device) -> dict[str, float]:
+                  device: torch.device, sync: TrialSync | None = None) -> dict[str, float]:
     """CERTIFY this rank's share of the selected test images; rank 0 merges and summarizes."""
     c = config.certify
     ev = _final_model(config, trial_dir, c.skip, c.max, device)
@@ -95,13 +109,14 @@ def certify_trial(config: TrialConfig, trial_dir: Path, rank: int, world: int,
     out = _shard_path(trial_dir, layout.CERTIFY, rank, world)
     run_smoothing(ev.model, ev.num_classes, ev.images, ev.indices[rank::world], sampling, out,
                   batch_size=c.batch_size, identity=ev.identity, progress=False, device=ev.device)
-    if not gathered(trial_dir, layout.CERTIFY, rank, world):
+    if not gathered(trial_dir, layout.CERTIFY, rank, world, sync):
         return {}
     return certified_summary(pd.read_csv(trial_dir / layout.CERTIFY, sep="\t"))
 
 
 def attack_trial(config: TrialConfig, attack_eval: AttackEval, trial_dir: Path, rank: int,
-                 world: int, device: torch.device) -> dict[str, float]:
+                 world: int, device: torch.device,
+                 sync: TrialSync | None = None) -> dict[str, float]:
     """The spec's empirical attack (paper Section 4.3) on this rank's share of the images;
     rank 0 merges and returns the empirical accuracy per ε."""
     from certify.attack import empirical_accuracy, run_attack
@@ -112,7 +127,7 @@ def attack_trial(config: TrialConfig, attack_eval: AttackEval, trial_dir: Path, 
     run_attack(ev.model, ev.num_classes, ev.images, ev.indices[rank::world], settings, out,
                batch_size=config.certify.batch_size, identity=ev.identity, progress=False,
                device=ev.device)
-    if not gathered(trial_dir, layout.ATTACK, rank, world):
+    if not gathered(trial_dir, layout.ATTACK, rank, world, sync):
         return {}
     accuracy = empirical_accuracy(trial_dir / layout.ATTACK)
     return {f"attack_acc_{eps:g}": float(row["accuracy"]) for eps, row in accuracy.iterrows()}
@@ -130,9 +145,26 @@ def _restore_from_ray(trial_dir: Path) -> None:
             shutil.copy2(Path(d) / CHECKPOINT, trial_dir / CHECKPOINT)
 
 
+def _record_node(trial_dir: Path) -> None:
+    """Rank 0: add where this start of the trial's workers runs to nodes.jsonl (Ray node id
+    and IP, pid, time); a worker group restarted elsewhere, after a node died, adds a line."""
+    import json
+    import time
+
+    import ray
+
+    line = {"node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+            "started_at": time.time()}
+    with open(trial_dir / layout.NODES, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
 def train_and_certify(loop_config: dict[str, Any]) -> None:
     """Ray Train ``train_loop_per_worker``: ``loop_config`` holds ``config`` (a trial-config
-    dict), ``trial_dir`` and ``attack_eval`` (the spec's block, or None)."""
+    dict), ``trial_dir`` and ``attack_eval`` (the spec's block, or None); for a sweep in a
+    bucket also ``trial_uri``, ``trial_id`` and ``upload_every_s`` (the worker then works in
+    this node's copy of the trial, see sweep.trial_sync)."""
     import ray.train
     import ray.train.torch
 
@@ -143,8 +175,31 @@ def train_and_certify(loop_config: dict[str, Any]) -> None:
     if config.device == "auto":
         config = dataclasses.replace(config, device=str(ray.train.torch.get_device()))
     trial_dir = Path(loop_config["trial_dir"])
+    sync = None
+    if loop_config.get("trial_uri"):
+        trial_dir = mirror_dir(loop_config["trial_uri"])
+        sync = TrialSync(trial_dir, Bucket(loop_config["trial_uri"]),
+                         lineage=loop_config["trial_id"], rank=rank,
+                         every_s=loop_config["upload_every_s"])
+        if context.get_local_rank() == 0:
+            sync.pull()
+        if world > 1:
+            torch.distributed.barrier()  # the node's copy is complete before anyone reads it
     if rank == 0:
         _restore_from_ray(trial_dir)
+        _record_node(trial_dir)
+    if sync is not None:
+        sync.start()
+    try:
+        _train_and_certify(loop_config, config, trial_dir, rank, world, sync)
+    finally:
+        if sync is not None:
+            sync.stop()
+
+
+def _train_and_certify(loop_config: dict[str, Any], config: TrialConfig, trial_dir: Path,
+                       rank: int, world: int, sync: TrialSync | None) -> None:
+    import ray.train
 
     def report(metrics: dict[str, Any], ckpt_path: Path) -> None:
         faults.maybe_fail("after_epoch", metrics["epoch"], trial_dir.name)
@@ -157,12 +212,18 @@ def train_and_certify(loop_config: dict[str, Any]) -> None:
                 os.link(ckpt_path, Path(d) / CHECKPOINT)
             except OSError:
                 shutil.copy2(ckpt_path, Path(d) / CHECKPOINT)
+            if sync is not None:  # the checkpoint and its metrics line, before the barrier
+                sync.push()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     train_trial(config, trial_dir, report=report, progress=False)
+    if sync is not None and world > 1:
+        torch.distributed.barrier()
+        if rank != 0:  # the final model, as rank 0 uploaded it
+            sync.fetch(CHECKPOINT)
     device = torch.device(config.device)
-    final = certify_trial(config, trial_dir, rank, world, device)
+    final = certify_trial(config, trial_dir, rank, world, device, sync)
     if loop_config.get("attack_eval"):
         final.update(attack_trial(config, AttackEval(**loop_config["attack_eval"]), trial_dir,
-                                  rank, world, device))
+                                  rank, world, device, sync))
     ray.train.report(final)  # (never a "done" key: Tune would stop the trial on it)

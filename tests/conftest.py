@@ -66,6 +66,7 @@ def synthetic_checkpoint(tmp_path_factory):
 FAULT_TRIAL = "seed424242"  # raises after epoch 0 (once)
 KILL_TRIAL = "seed434343"  # its worker process is SIGKILLed after epoch 0 (once)
 RESTART_TRIAL = "seed454545"  # raises after epoch 0 (once); restarted from scratch
+TRACKED_TRIAL = "pgd-sigma0.5-seed484848"  # raises after epoch 0 (once); test_trackers resumes it
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +74,8 @@ def local_ray(tmp_path_factory):
     """One local Ray cluster shared by every test that runs sweeps (start-up costs seconds).
 
     Faults are injected through SMOOTHADV_FAULTS, which must be set before Ray starts its
-    worker processes; they fire once, and only in the trials named FAULT_TRIAL, KILL_TRIAL
-    and RESTART_TRIAL.
+    worker processes; they fire once, and only in the trials named FAULT_TRIAL, KILL_TRIAL,
+    RESTART_TRIAL and TRACKED_TRIAL.
     """
     import os
 
@@ -83,7 +84,8 @@ def local_ray(tmp_path_factory):
     markers = tmp_path_factory.mktemp("fault-markers")
     os.environ["SMOOTHADV_FAULTS"] = (f"after_epoch:0:{FAULT_TRIAL}:{markers};"
                                       f"kill_after_epoch:0:{KILL_TRIAL}:{markers};"
-                                      f"after_epoch:0:{RESTART_TRIAL}:{markers}")
+                                      f"after_epoch:0:{RESTART_TRIAL}:{markers};"
+                                      f"after_epoch:0:{TRACKED_TRIAL}:{markers}")
     ray.init(address="local", num_cpus=2, include_dashboard=False,
              object_store_memory=128 * 1024**2,
              log_to_driver=False, configure_logging=False)

@@ -43,9 +43,9 @@ SWEEP_YAML = (
     "  worker_retries: 2\n  trial_retries: 0\ngrid:\n- sigma:\n  - 0.25\n  - 0.5\nexclude: []\n"
     "attack_eval:\n  epsilons:\n  - 1.0\n  - 0.25\n  steps: 20\n  m_test: 4\n  n: 1000\n"
     "  alpha: 0.001\n  skip: 8\n  max: -1\n")
-# Since then the resources block gained max_concurrent and start_timeout_s (issue 13); a
-# sweep.yaml written without them still reads, with their defaults.
-NEW_RESOURCE_KEYS = "  max_concurrent: 0\n  start_timeout_s: 3600.0\n"
+# Since then the resources block gained max_concurrent, start_timeout_s and upload_every_s
+# (issue 13); a sweep.yaml written without them still reads, with their defaults.
+NEW_RESOURCE_KEYS = "  max_concurrent: 0\n  start_timeout_s: 3600.0\n  upload_every_s: 120.0\n"
 CERTIFY_BLOCK = "n0: 100\nn: 1000\nalpha: 0.001\nbatch_size: 400\nskip: 20\nmax: -1\n"
 
 

@@ -71,7 +71,8 @@ def test_the_sbatch_body_starts_ray_runs_the_sweep_and_resumes_on_a_second_run(
            "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": socket.gethostname(),
            "SLURM_NNODES": "1", "SLURM_CPUS_PER_TASK": "2",
            "SPEC": str(spec), "STORAGE": str(tmp_path / "sweeps"), "PYTHON": sys.executable,
-           "RAY_PORT": str(free_port()), "RAY_HEAD_IP": "127.0.0.1"}
+           "RAY_PORT": str(free_port()), "RAY_HEAD_IP": "127.0.0.1",
+           "RAY_DASHBOARD_PORT": str(free_port())}
     run = subprocess.run(["bash", str(SBATCH), "--verbose", "0"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-3000:])

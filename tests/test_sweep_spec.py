@@ -319,13 +319,14 @@ def test_relative_input_paths_become_absolute_against_the_working_directory(tmp_
 
 def test_trials_cut_short_by_a_stopped_sweep_are_interrupted_not_errored(tmp_path):
     from sweep.run import _reconcile_states
+    from sweep.storage import open_sweep
 
     states = {"done": "TERMINATED", "failed": "ERROR", "killed": "ERROR", "running": "RUNNING"}
     for name, state in states.items():
         layout.trial_dir(tmp_path, name).mkdir(parents=True)
         layout.write_json(layout.trial_dir(tmp_path, name) / layout.STATE,
                           {"state": state, "trial_id": name})
-    assert _reconcile_states(tmp_path, errored={"failed"}) == 1
+    assert _reconcile_states(open_sweep(tmp_path), errored={"failed"}) == 1
     after = {name: layout.read_json(layout.trial_dir(tmp_path, name) / layout.STATE)["state"]
              for name in states}
     assert after == {"done": "TERMINATED", "failed": "ERROR", "killed": "INTERRUPTED",

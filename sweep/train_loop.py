@@ -1,0 +1,93 @@
+"""What a trial's driver hands Ray Train, importable without torch: the driver stays light.
+
+Each trial's driver (Tune's function trainable, ``sweep.run.trial_driver``) only builds a Ray
+Train run and waits on it. The worker function here imports ``sweep.trial_worker`` (torch,
+models, data, certification, pandas, …) when it runs, in the Train workers alone.
+``TorchTrainer`` itself would import torch in the driver (≈300 MiB PSS): its ``TorchConfig``
+lives in ``ray.train.torch``, which imports torch first. ``TorchBackendConfig`` is the same
+configuration for a ``DataParallelTrainer``, and its backend and worker context import Ray's
+torch backend (``ray.train.torch.config``) only where they run: in Train's controller (the
+process group set-up) and in the workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ray.train.backend import Backend, BackendConfig
+
+
+def train_and_certify(loop_config: dict[str, Any]) -> None:
+    """Ray Train ``train_loop_per_worker``: runs ``sweep.trial_worker.train_and_certify``."""
+    from sweep.trial_worker import train_and_certify as run
+
+    run(loop_config)
+
+
+@dataclass
+class TorchBackendConfig(BackendConfig):
+    """Ray's ``TorchConfig`` (same fields and defaults: gloo on CPU, NCCL on GPU), importing
+    torch only where Ray Train uses it."""
+
+    backend: str | None = None
+    init_method: str = "env"
+    timeout_s: int = 1800
+
+    def torch_config(self):
+        from ray.train.torch.config import TorchConfig
+
+        return TorchConfig(backend=self.backend, init_method=self.init_method,
+                           timeout_s=self.timeout_s)
+
+    @property
+    def backend_cls(self):
+        return _TorchBackend
+
+    @property
+    def train_func_context(self):
+        return _TorchContext
+
+    @property
+    def framework(self):
+        from ray.train.v2._internal.util import TrainingFramework
+
+        return TrainingFramework.TORCH
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "init_method": self.init_method,
+                "timeout_s": self.timeout_s}
+
+
+def _torch_backend():
+    from ray.train.torch.config import _TorchBackend as RayTorchBackend
+
+    return RayTorchBackend()
+
+
+class _TorchBackend(Backend):
+    """Delegates to Ray's torch backend, imported at the first call (in Train's controller)."""
+
+    share_cuda_visible_devices: bool = True  # as Ray's: every worker on a node sees its GPUs
+
+    def on_start(self, worker_group, backend_config: TorchBackendConfig):
+        _torch_backend().on_start(worker_group, backend_config.torch_config())
+
+    def on_training_start(self, worker_group, backend_config: TorchBackendConfig):
+        _torch_backend().on_training_start(worker_group, backend_config.torch_config())
+
+    def on_shutdown(self, worker_group, backend_config: TorchBackendConfig):
+        _torch_backend().on_shutdown(worker_group, backend_config.torch_config())
+
+
+class _TorchContext:
+    """Ray's ``TorchConfigContextManager`` (sets each worker's CUDA device), in the worker."""
+
+    def __enter__(self):
+        from ray.train.torch.config import TorchConfigContextManager
+
+        self._context = TorchConfigContextManager()
+        return self._context.__enter__()
+
+    def __exit__(self, *exc):
+        return self._context.__exit__(*exc)

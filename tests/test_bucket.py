@@ -1,0 +1,221 @@
+"""Sweeps stored in a bucket (``--storage s3://…``), against a real S3-compatible server (moto's
+server mode) started on 127.0.0.1 by these tests: a node lost mid-certification whose sweep
+resumes from what it had uploaded, then status and analyze from another machine's empty cache;
+a missing bucket; the rules that keep a node's copy of a trial and the bucket in step."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from sweep import layout
+from sweep.storage import Bucket
+from sweep.trial_sync import TrialSync
+
+MOTO = Path(sys.executable).parent / "moto_server"
+BUCKET = "smoothadv-test"
+TINY = {"dataset": "synthetic", "arch": "lenet", "train_subset": 256, "test_subset": 64,
+        "epochs": 2, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1, "steps": 1,
+        "epsilon": 0.25, "device": "cpu",
+        "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 64}}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1 with one bucket; yields the environment that points
+    pyarrow (and so Ray Tune and Train) at it."""
+    if not MOTO.exists():
+        pytest.skip("moto[server] is not installed (the dev extra installs it)")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        import pyarrow.fs as pafs
+
+        pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key="testing",
+                          secret_key="testing", region="us-east-1",
+                          allow_bucket_creation=True).create_dir(BUCKET)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _cli(env: dict, cache: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    """The `smoothadv` command as a user on a machine whose local copies live in ``cache``."""
+    full = {**os.environ, **env, "SMOOTHADV_CACHE": str(cache)}
+    full.pop("SMOOTHADV_FAULTS", None)
+    return subprocess.run([sys.executable, "-m", "sweep.cli", *args], env=full,
+                          capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def _keys(prefix: str) -> dict[str, int]:
+    return dict(Bucket(f"s3://{BUCKET}/{prefix}").files())
+
+
+def test_a_node_lost_while_certifying_resumes_from_its_uploads(s3_server, tmp_path):
+    """A sweep in the bucket; its only node is killed (SIGKILL, its local copy wiped) once the
+    bucket holds some of the certification rows; `sweep resume` from a fresh machine keeps the
+    trained epochs and the uploaded rows and certifies the rest; a third machine reads the
+    results with `sweep status` and `analyze`."""
+    defaults = {**TINY, "test_subset": 512,
+                "certify": {"n0": 16, "n": 4000, "batch_size": 500, "skip": 16}}  # 32 images
+    spec = {"name": "lost", "defaults": defaults,
+            "resources": {"workers": 1, "upload_every_s": 0.5}, "grid": {"sigma": [0.25]}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    uri = f"s3://{BUCKET}/run2/lost"
+    head = tmp_path / "head-cache"
+    full = {**os.environ, **s3_server, "SMOOTHADV_CACHE": str(head)}
+    full.pop("SMOOTHADV_FAULTS", None)
+    driver = subprocess.Popen([sys.executable, "-m", "sweep.cli", "sweep", "run", str(path),
+                               "--storage", f"s3://{BUCKET}/run2", "--verbose", "0"],
+                              env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trial = Bucket(uri).child(f"{layout.TRIALS}/sigma0.25")
+    deadline = time.monotonic() + 300
+    rows = b""
+    while rows.count(b"\n") < 4:  # the header and 3 rows are in the bucket
+        assert driver.poll() is None and time.monotonic() < deadline, "no rows uploaded"
+        time.sleep(0.2)
+        rows = trial.read_bytes(layout.CERTIFY) or b""
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    uploaded_metrics = trial.read_bytes("metrics.jsonl").decode().splitlines()
+    uploaded_rows = trial.read_bytes(layout.CERTIFY).decode().splitlines()
+    assert len(uploaded_rows) < 33, "certification ended before the kill: use more images"
+    ray_processes = [tuple(p) for p in json.loads(Bucket(uri).read_bytes(layout.DRIVER))
+                     ["ray_processes"]]
+    from sweep import processes
+
+    processes.end(ray_processes)  # the node is gone, and its processes with it
+    shutil.rmtree(head)
+
+    status = _cli(s3_server, tmp_path / "new-head", "sweep", "status", uri)
+    assert "INTERRUPTED" in status.stdout, status.stdout + status.stderr
+    resumed = _cli(s3_server, tmp_path / "new-head", "sweep", "resume", uri, "--verbose", "0")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final_metrics = trial.read_bytes("metrics.jsonl").decode().splitlines()
+    assert final_metrics == uploaded_metrics  # both epochs kept: none trained again
+    final_rows = trial.read_bytes(layout.CERTIFY).decode().splitlines()
+    assert len(final_rows) == 1 + 32
+    assert final_rows[:len(uploaded_rows) - 1] == uploaded_rows[:-1]  # (the last may be torn)
+    state = json.loads(trial.read_bytes(layout.STATE))
+    assert state["state"] == "TERMINATED"
+    keys = _keys("run2/lost")
+    assert layout.SPEC in keys and layout.DRIVER not in keys  # the driver ended cleanly
+    assert any(k.startswith(f"{layout.TUNE}/") for k in keys)  # Tune's state, by Tune
+    assert any(k.startswith(f"{layout.TRAIN}/") for k in keys)  # Train's checkpoints
+    assert f"{layout.TRIALS}/sigma0.25/checkpoint.pt" in keys
+
+    other = tmp_path / "laptop-cache"  # another machine: nothing local yet
+    status = _cli(s3_server, other, "sweep", "status", uri)
+    assert status.returncode == 0, status.stderr
+    assert "1 trials: 1 terminated" in status.stdout and "32/32" in status.stdout
+    report = _cli(s3_server, other, "analyze", uri, "-o", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    curves = pd.read_csv(tmp_path / "report" / "certified_accuracy.csv")
+    assert curves["trial"].astype(str).str.contains("sigma0.25").any()
+    assert not list(other.rglob("*.pt"))  # status and analyze never copy checkpoints down
+
+
+def test_a_bucket_that_does_not_exist_is_one_line(s3_server, tmp_path):
+    spec = {"name": "nowhere", "defaults": TINY, "grid": {"sigma": [0.25]}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run = _cli(s3_server, tmp_path / "cache", "sweep", "run", str(path), "--storage",
+               "s3://no-such-bucket/x", "--verbose", "0")
+    assert run.returncode == 2, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("smoothadv: error: --storage s3://no-such-bucket/x/nowhere: ")
+
+
+# TrialSync's rules, file by file (see sweep.trial_sync)
+
+
+def _sync(s3_server, local: Path, prefix: str, lineage: str = "t1", rank: int = 0):
+    return TrialSync(local, Bucket(f"s3://{BUCKET}/{prefix}"), lineage=lineage, rank=rank,
+                     every_s=60)
+
+
+def test_pull_keeps_longer_local_rows_and_takes_the_checkpoint_from_the_bucket(s3_server,
+                                                                               tmp_path):
+    remote = Bucket(f"s3://{BUCKET}/sync1")
+    remote.write_bytes("certify.tsv", b"idx\n0\n")
+    remote.write_bytes("metrics.jsonl", b'{"epoch": 0}\n{"epoch": 1}\n')
+    remote.write_bytes("checkpoint.pt", b"bucket")
+    local = tmp_path / "trial"
+    sync = _sync(s3_server, local, "sync1")
+    local.mkdir()
+    (local / ".lineage").write_text("t1")
+    (local / "certify.tsv").write_bytes(b"idx\n0\n1\n")  # rows not yet uploaded: kept
+    (local / "metrics.jsonl").write_bytes(b'{"epoch": 0}\n')  # behind the bucket: replaced
+    (local / "checkpoint.pt").write_bytes(b"local!")
+    sync.pull()
+    assert (local / "certify.tsv").read_bytes() == b"idx\n0\n1\n"
+    assert (local / "metrics.jsonl").read_bytes() == b'{"epoch": 0}\n{"epoch": 1}\n'
+    assert (local / "checkpoint.pt").read_bytes() == b"bucket"
+    assert sync.push() == ["certify.tsv"]  # only what the bucket lacks goes up
+    assert remote.read_bytes("certify.tsv") == b"idx\n0\n1\n"
+    assert sync.push() == []
+
+
+def test_pull_clears_a_local_copy_of_another_trial_lineage(s3_server, tmp_path):
+    remote = Bucket(f"s3://{BUCKET}/sync2")
+    remote.write_bytes("metrics.jsonl", b'{"epoch": 0}\n')
+    local = tmp_path / "trial"
+    local.mkdir()
+    (local / ".lineage").write_text("old-trial-id")  # restarted from scratch since
+    (local / "metrics.jsonl").write_bytes(b'{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2}\n')
+    (local / "certify.tsv").write_bytes(b"idx\n0\n")
+    _sync(s3_server, local, "sync2", lineage="new-trial-id").pull()
+    assert (local / "metrics.jsonl").read_bytes() == b'{"epoch": 0}\n'
+    assert not (local / "certify.tsv").exists()
+
+
+def test_each_rank_uploads_only_its_own_files(s3_server, tmp_path):
+    local = tmp_path / "trial"
+    local.mkdir()
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "certify.part0of2.tsv",
+                 "certify.part1of2.tsv",
+                 "certify.part1of2.tsv.meta.json", "state.json", ".certify.tsv.x.tmp"):
+        (local / name).write_text(name)
+    assert _sync(s3_server, local, "sync3", rank=1).push() == [
+        "certify.part1of2.tsv", "certify.part1of2.tsv.meta.json"]
+    assert _sync(s3_server, local, "sync3", rank=0).push() == [
+        "certify.part0of2.tsv", "checkpoint.pt"]  # state.json is the trial driver's

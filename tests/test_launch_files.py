@@ -1,0 +1,392 @@
+"""The cluster launch files, checked as far as this machine allows (no Kubernetes, no cloud,
+no image registry): cluster/rayjob.yaml (KubeRay), cluster/ray-cluster.yaml (`ray up`),
+cluster/slurm/smoothadv.sbatch and the Dockerfile all of them run.
+
+- The RayJob submits in SidecarMode within what KubeRay accepts for it, its dashboard stays on
+  127.0.0.1, and its entrypoint is run the way KubeRay's sidecar and Ray's job supervisor run it
+  (bash, `ray job submit -- …`, `sh -c`) with `smoothadv` replaced by a stub that parses its
+  arguments with the real parser and plans the preset: a first submission runs the sweep, a
+  re-submission resumes the same sweep folder.
+- The `ray up` config passes Ray's own validation (what `ray up` does before it starts
+  anything), runs the smoothadv image with its Ray (no second Ray installed next to it), has the
+  cloud SDK its provider's autoscaler needs, and its documented commands parse.
+- The sbatch's sweep commands parse, for a first run and for a requeue.
+- The Dockerfile pins the torch, torchvision and Ray the tests run with, takes torch from
+  PyTorch's CUDA index, installs smoothadv into the base image's Ray environment.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from sweep.cli import build_parser
+from sweep.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+RAYJOB = ROOT / "cluster" / "rayjob.yaml"
+RAY_UP = ROOT / "cluster" / "ray-cluster.yaml"
+SBATCH = ROOT / "cluster" / "slurm" / "smoothadv.sbatch"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+CLOUD_SDK = {"aws": "boto3", "gcp": "google-api-python-client", "azure": "azure-mgmt-compute"}
+
+# `smoothadv` as the launch files call it: the real argument parser, then `sweep plan` of the
+# spec a `sweep run` names; each call is appended to $STUB_LOG as JSON.
+STUB = """\
+#!{python}
+import contextlib, io, json, os, sys
+from sweep.cli import build_parser, main
+from sweep.spec import load_spec
+argv = sys.argv[1:]
+args = build_parser().parse_args(argv)  # exits 2 on anything the real command would refuse
+record = {{"argv": argv}}
+if args.command == "sweep" and args.sweep_command == "run":
+    plan = ["sweep", "plan", args.spec] + [a for s in args.set for a in ("--set", s)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        record["plan_exit"] = main(plan)
+    record["name"] = load_spec(args.spec).name
+with open(os.environ["STUB_LOG"], "a") as log:
+    log.write(json.dumps(record) + "\\n")
+"""
+
+
+def stub_bin(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    smoothadv = folder / "smoothadv"
+    smoothadv.write_text(STUB.format(python=sys.executable))
+    smoothadv.chmod(0o755)
+    return folder
+
+
+def stub_calls(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def parses(argv: list[str]) -> None:
+    """The real `smoothadv` parser accepts argv (argparse exits 2 otherwise)."""
+    assert argv[0] == "smoothadv", argv
+    build_parser().parse_args(argv[1:])
+
+
+def commented_smoothadv_commands(path: Path) -> list[list[str]]:
+    return [shlex.split(line.lstrip("# ").split("  #")[0])
+            for line in path.read_text().splitlines()
+            if re.match(r"#\s+smoothadv ", line)]
+
+
+# ---- KubeRay RayJob ------------------------------------------------------------------------
+
+def rayjob() -> dict:
+    return yaml.safe_load(RAYJOB.read_text())
+
+
+def test_rayjob_submits_in_sidecar_mode_as_kuberay_accepts_it():
+    """SidecarMode and the restrictions KubeRay's validation puts on it (ValidateRayJobSpec):
+    no submitter pod template or config, no cluster selector, head restartPolicy Never or
+    unset; token authentication needs rayVersion ≥ 2.52, here the image's Ray."""
+    job = rayjob()
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    spec = job["spec"]
+    assert spec.get("submissionMode") == "SidecarMode"
+    for key in ("submitterPodTemplate", "submitterConfig", "clusterSelector"):
+        assert key not in spec, key
+    cluster = spec["rayClusterSpec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert head.get("restartPolicy", "Never") == "Never"
+    assert cluster.get("authOptions", {}).get("mode") == "token"
+    assert Version(cluster["rayVersion"]) == Version(dockerfile_args()["RAY_VERSION"])
+    images = {c["image"] for c in head["containers"]}
+    for group in cluster["workerGroupSpecs"]:
+        images |= {c["image"] for c in group["template"]["spec"]["containers"]}
+    assert len(images) == 1, images  # one image, built from the Dockerfile
+    assert images == {ray_up()["docker"]["image"]}
+
+
+def test_rayjob_dashboard_stays_on_localhost_and_the_sidecar_finds_it():
+    cluster = rayjob()["spec"]["rayClusterSpec"]
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"].get("dashboard-host") == "127.0.0.1"
+    for group in cluster["workerGroupSpecs"]:
+        assert "dashboard-host" not in group.get("rayStartParams", {})
+    # KubeRay's sidecar submits to 127.0.0.1:<the head container's port named "dashboard">
+    ports = {p.get("name"): p["containerPort"]
+             for p in head["template"]["spec"]["containers"][0].get("ports", [])}
+    dashboard_port = int(head["rayStartParams"].get("dashboard-port", 8265))
+    assert ports.get("dashboard", 8265) == dashboard_port
+    assert "0.0.0.0" not in RAYJOB.read_text()
+
+
+def run_entrypoint(entrypoint: str, root: Path, log: Path) -> subprocess.CompletedProcess:
+    """As KubeRay's sidecar (bash -ce with the entrypoint spliced unquoted into
+    `ray job submit … -- ENTRYPOINT ;`, BuildJobSubmitCommand) and Ray's job supervisor
+    (shlex.join of the words after `--`, run by `sh -c`) run it."""
+    bin_dir = stub_bin(root / "bin")
+    ray = bin_dir / "ray"
+    ray.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import shlex, subprocess, sys
+        argv = sys.argv[1:]
+        assert argv[:2] == ["job", "submit"], argv
+        assert argv[argv.index("--address") + 1].startswith("http://127.0.0.1:"), argv
+        words = argv[argv.index("--") + 1:]
+        sys.exit(subprocess.call(["sh", "-c", shlex.join(words)]))
+        """))
+    ray.chmod(0o755)
+    submit = ("ray job submit --address http://127.0.0.1:8265 --submission-id rayjob-x -- "
+              f"{entrypoint} ;")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(log)}
+    return subprocess.run(["/bin/bash", "-ce", "--", submit], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_rayjob_entrypoint_runs_the_preset_then_resumes_it_on_resubmission(tmp_path):
+    mounts = {m["mountPath"] for c in
+              rayjob()["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+              ["containers"] for m in c.get("volumeMounts", [])}
+    entrypoint = rayjob()["spec"]["entrypoint"]
+    assert "/shared" in mounts and "/shared/" in entrypoint
+    shared = tmp_path / "shared"
+    here = entrypoint.replace("/shared/", f"{shared}/")
+    log = tmp_path / "calls.jsonl"
+
+    first = run_entrypoint(here, tmp_path, log)
+    assert first.returncode == 0, first.stderr[-3000:]
+    [run] = stub_calls(log)
+    args = build_parser().parse_args(run["argv"])
+    assert (args.sweep_command, args.spec, args.address) == ("run", "cifar10_paper", "auto")
+    assert args.spec in load_preset_names(), "the entrypoint names a packaged preset"
+    assert run["plan_exit"] == 0
+    sweep_dir = Path(args.storage) / run["name"]
+    assert str(sweep_dir).startswith(str(shared))  # on the volume every pod mounts
+
+    (sweep_dir / "tune").mkdir(parents=True)  # what the first run leaves behind
+    log.unlink()
+    again = run_entrypoint(here, tmp_path, log)
+    assert again.returncode == 0, again.stderr[-3000:]
+    [resume] = stub_calls(log)
+    args = build_parser().parse_args(resume["argv"])
+    assert (args.sweep_command, Path(args.sweep_dir), args.address) == (
+        "resume", sweep_dir, "auto")
+
+
+def load_preset_names() -> list[str]:
+    from sweep.spec import preset_names
+
+    return preset_names()
+
+
+# ---- ray up --------------------------------------------------------------------------------
+
+def ray_up() -> dict:
+    return yaml.safe_load(RAY_UP.read_text())
+
+
+def test_ray_up_config_passes_rays_own_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(ray_up()))
+
+
+def shell_commands(lines: list[str]) -> list[list[str]]:
+    """Each simple command of a list of shell lines, split into words."""
+    out: list[list[str]] = []
+    for line in lines:
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        words: list[str] = []
+        for token in [*lexer, ";"]:
+            if token and set(token) <= set("();&|"):  # an operator ends a simple command
+                if words:
+                    out.append(words)
+                words = []
+            else:
+                words.append(token)
+    return out
+
+
+def test_ray_up_runs_ray_from_the_smoothadv_image_with_its_cloud_sdk():
+    config = ray_up()
+    image = config.get("docker", {}).get("image")
+    assert image, "every node runs the image built from the Dockerfile"
+    sdk = CLOUD_SDK[config["provider"]["type"]]
+    assert sdk in dockerfile_pip_packages(), f"the image lacks {sdk}, the autoscaler's SDK"
+    # no second Ray beside the image's: nothing installs Ray or makes another environment
+    setup = [*config.get("setup_commands", []), *config.get("head_setup_commands", []),
+             *config.get("worker_setup_commands", [])]
+    for words in shell_commands(setup):
+        assert not ({"venv", "virtualenv", "conda"} & set(words)), words
+        for version in re.findall(r"__version__ == '([^']+)'", " ".join(words)):
+            assert version == dockerfile_args()["RAY_VERSION"], words
+        if "install" in words and any(w.endswith("pip") or w == "pip" for w in words):
+            assert not any(w.split("[")[0].split("=")[0] == "ray" for w in words), words
+    starts = [w for w in shell_commands(config["head_start_ray_commands"]
+                                        + config["worker_start_ray_commands"])
+              if "ray" in Path(w[0]).name]
+    assert starts and all(w[0] == "ray" for w in starts), starts  # the image's `ray`
+
+
+def test_ray_up_dashboard_stays_on_localhost():
+    config = ray_up()
+    heads = [w for w in shell_commands(config["head_start_ray_commands"])
+             if w[:2] == ["ray", "start"]]
+    assert heads and all("--head" in w and "--dashboard-host=127.0.0.1" in w for w in heads)
+    for w in shell_commands(config["worker_start_ray_commands"]):
+        assert not any(a.startswith("--dashboard-host") for a in w), w
+    assert "0.0.0.0" not in RAY_UP.read_text()
+    # the security group opens SSH only
+    for rule in config["provider"].get("security_group", {}).get("IpPermissions", []):
+        assert (rule["FromPort"], rule["ToPort"]) == (22, 22), rule
+
+
+def test_documented_commands_are_valid_smoothadv_invocations():
+    commands = commented_smoothadv_commands(RAY_UP) + commented_smoothadv_commands(RAYJOB)
+    assert len(commands) >= 4
+    for argv in commands:
+        parses(argv)
+        args = build_parser().parse_args(argv[1:])
+        if getattr(args, "spec", None):
+            load_spec(args.spec)  # a packaged preset, by name
+
+
+# ---- SLURM ---------------------------------------------------------------------------------
+
+def test_sbatch_sweep_commands_parse_for_a_first_run_and_a_requeue(tmp_path):
+    """The sbatch's last part (spec name, run or resume, the driver's command line) with the
+    stub for `smoothadv`."""
+    text = SBATCH.read_text()
+    start = text.index("name=$(")
+    end = text.index('"$SMOOTHADV" "${command[@]}"')
+    launch = text[end:text.index("\n", end)].rstrip(" &")
+    script = text[start:end] + launch + "\n"
+    bin_dir = stub_bin(tmp_path / "bin")
+    log = tmp_path / "calls.jsonl"
+    storage = tmp_path / "sweeps"
+    env = {**os.environ, "SPEC": "cifar10_paper", "STORAGE": str(storage),
+           "PYTHON": sys.executable, "SMOOTHADV": str(bin_dir / "smoothadv"),
+           "STUB_LOG": str(log), "address": "10.0.0.1:6379"}
+    for requeue in (False, True):
+        if requeue:
+            (storage / "cifar10_paper" / "tune").mkdir(parents=True)
+        out = subprocess.run(["bash", "-c", script, "sbatch", "--max-concurrent", "16"],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+    first, second = stub_calls(log)
+    args = build_parser().parse_args(first["argv"])
+    assert (args.sweep_command, args.spec, Path(args.storage), args.address,
+            args.max_concurrent) == ("run", "cifar10_paper", storage, "10.0.0.1:6379", 16)
+    assert first["plan_exit"] == 0
+    args = build_parser().parse_args(second["argv"])
+    assert (args.sweep_command, Path(args.sweep_dir)) == ("resume", storage / "cifar10_paper")
+
+
+def test_sbatch_dashboard_stays_on_localhost():
+    text = SBATCH.read_text().replace("\\\n", " ")
+    heads = [line for line in text.splitlines() if "start --head" in line]
+    assert heads and all("--dashboard-host=127.0.0.1" in line for line in heads)
+    assert "0.0.0.0" not in text
+    assert "--include-dashboard=false" not in text  # Train needs it after a node dies
+
+
+# ---- Dockerfile ----------------------------------------------------------------------------
+
+def dockerfile_instructions() -> list[str]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def dockerfile_args() -> dict[str, str]:
+    args = {}
+    for line in dockerfile_instructions():
+        if m := re.fullmatch(r"ARG (\w+)=(\S+)", line):
+            args[m[1]] = m[2]
+    return args
+
+
+def expand(text: str) -> str:
+    args = dockerfile_args()
+    return re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], text)
+
+
+def dockerfile_pip_installs() -> list[list[str]]:
+    installs = []
+    for line in dockerfile_instructions():
+        if line.startswith("RUN "):
+            for words in shell_commands([expand(line[4:])]):
+                if words[:2] == ["pip", "install"]:
+                    installs.append(words[2:])
+    return installs
+
+
+def dockerfile_pip_packages() -> set[str]:
+    return {Requirement(w).name for words in dockerfile_pip_installs() for w in words
+            if not w.startswith(("-", "/", "http"))}
+
+
+def makefile_torch_pin() -> dict[str, str]:
+    line = next(line for line in (ROOT / "Makefile").read_text().splitlines()
+                if line.startswith("TORCH_PIN"))
+    return {Requirement(w).name: str(Requirement(w).specifier)
+            for w in line.split("=", 1)[1].lstrip("= ").split()}
+
+
+def test_dockerfile_pins_what_the_tests_run_with():
+    args = dockerfile_args()
+    assert makefile_torch_pin() == {"torch": f"=={args['TORCH_VERSION']}",
+                                    "torchvision": f"=={args['TORCHVISION_VERSION']}"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    ray_req = next(Requirement(r) for r in project["dependencies"]
+                   if Requirement(r).name == "ray")
+    assert args["RAY_VERSION"] in ray_req.specifier, (args["RAY_VERSION"], ray_req)
+    assert args["RAY_VERSION"] == importlib.metadata.version("ray")
+    base = next(expand(line) for line in dockerfile_instructions() if line.startswith("FROM "))
+    image, tag = base.split()[1].split(":")
+    assert image == "rayproject/ray", base
+    python = re.search(r"-py3(\d+)", tag)
+    assert tag.startswith(args["RAY_VERSION"] + "-") and python, tag
+    assert Version(f"3.{python[1]}") in Requirement(
+        f"python{project['requires-python']}").specifier
+    assert re.search(r"-cu\d+$", tag), f"{tag}: not a CUDA image"
+
+
+def test_dockerfile_installs_cuda_torch_and_smoothadv_into_rays_environment():
+    args = dockerfile_args()
+    installs = dockerfile_pip_installs()
+    torch_install = next(w for w in installs if any(a.startswith("torch==") for a in w))
+    assert f"torch=={args['TORCH_VERSION']}" in torch_install
+    assert f"torchvision=={args['TORCHVISION_VERSION']}" in torch_install
+    index = torch_install[torch_install.index("--index-url") + 1]
+    assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", index), index
+    assert index.rsplit("/", 1)[1] == expand("${CUDA}")
+    copy = next(line.split() for line in dockerfile_instructions() if line.startswith("COPY "))
+    assert copy[-2] == "."
+    package = next(w for w in installs if copy[-1] in w)  # smoothadv from the copied source
+    pins = {Requirement(a).name: str(Requirement(a).specifier) for a in package
+            if a != copy[-1] and not a.startswith("-")}
+    # pip may neither move Ray off the base image's release nor torch off the CUDA build
+    assert pins["ray"] == f"=={args['RAY_VERSION']}"
+    assert pins["torch"] == f"=={args['TORCH_VERSION']}"
+    assert pins["torchvision"] == f"=={args['TORCHVISION_VERSION']}"
+    assert not any("venv" in line or "conda create" in line
+                   for line in dockerfile_instructions()), "one environment: the base image's"
+    ignored = set(DOCKERIGNORE.read_text().split())
+    assert {".git", ".venv", "data", "sweeps"} <= ignored
+
+
+@pytest.mark.parametrize("path", [RAYJOB, RAY_UP])
+def test_launch_yaml_is_valid(path):
+    assert isinstance(yaml.safe_load(path.read_text()), dict)

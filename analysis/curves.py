@@ -3,8 +3,10 @@ al.'s high-probability bound.
 
 Certified accuracy of a trial at ℓ2 radius r over its m certified images (Cohen et al. 2019,
 Section 4): acc(r) = (1/m) Σ_i 1[correct_i ∧ radius_i ≥ r], abstentions counting as wrong.
-ACR = (1/m) Σ_i radius_i·correct_i. The upper envelope (Salman et al. 2019, Fig. 1 left) takes
-at each radius the best trial; ties go to the higher clean accuracy, then to the name.
+ACR = (1/m) Σ_i radius_i·correct_i. Both, like every metric, are computed by
+:mod:`common.metrics`, shared with the trial's report and the CLI. The upper envelope (Salman
+et al. 2019, Fig. 1 left) takes at each radius the best trial; ties go to the higher clean
+accuracy, then to the name.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
+from common import metrics
+from common.metrics import certified_accuracy as accuracy_at  # noqa: F401 (its name here)
 
 CURVE_STEP = 0.01  # radius step of the envelope files and figures
 TABLE_STEP = 0.25  # radius step of the default columns of certified_accuracy.csv
@@ -26,20 +31,6 @@ def radius_grid(largest: float, step: float) -> np.ndarray:
     certified radius of exactly 0.25 counts at the grid point 0.25."""
     count = int(math.floor(largest / step + 1e-9)) + 1 if largest > 0 else 1
     return np.round(np.arange(count) * step, 10)
-
-
-def certified_images(rows: pd.DataFrame) -> np.ndarray:
-    """Whether each row is certified correct: predicted (not abstained) and right."""
-    return (rows["correct"].to_numpy() == 1) & (rows["predict"].to_numpy() >= 0)
-
-
-def accuracy_at(radius: np.ndarray, ok: np.ndarray, radii: Sequence[float]) -> np.ndarray:
-    """(1/m) Σ_i 1[ok_i ∧ radius_i ≥ r] for every r of ``radii``; NaN when m = 0."""
-    radii = np.asarray(radii, dtype=float)
-    if len(radius) == 0:
-        return np.full(len(radii), np.nan)
-    good = np.sort(np.asarray(radius, dtype=float)[ok])
-    return (len(good) - np.searchsorted(good, radii, side="left")) / len(radius)
 
 
 def _certify_rows(results: pd.DataFrame) -> pd.DataFrame:
@@ -71,14 +62,21 @@ def trial_curves(results: pd.DataFrame, radii: Sequence[float],
     order = _trial_order(rows)
     if images is not None:
         rows = rows[rows["idx"].isin(images)]
+    sort, spans = _spans(rows, order)
+    radius = rows["radius"].to_numpy(dtype=float)[sort]
+    ok = metrics.right_rows(rows)[sort]
+    columns = {trial: metrics.certified_accuracy(radius[a:b], ok[a:b], radii)
+               for trial, (a, b) in zip(order, spans, strict=True)}
+    return pd.DataFrame(columns, index=pd.Index(np.asarray(radii, dtype=float), name="radius"))
+
+
+def _spans(rows: pd.DataFrame, order: list[str]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The permutation that sorts ``rows`` by trial (in ``order``) and, per trial of
+    ``order``, its rows' [start, end) in that sorted order."""
     codes = _codes(rows["trial"], order)
     sort = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[sort], np.arange(len(order) + 1))
-    radius = rows["radius"].to_numpy(dtype=float)[sort]
-    ok = certified_images(rows)[sort]
-    columns = {trial: accuracy_at(radius[a:b], ok[a:b], radii)
-               for trial, a, b in zip(order, bounds[:-1], bounds[1:], strict=True)}
-    return pd.DataFrame(columns, index=pd.Index(np.asarray(radii, dtype=float), name="radius"))
+    return sort, list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
 
 
 def trial_summary(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame:
@@ -88,14 +86,16 @@ def trial_summary(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame
     curves = trial_curves(results, radii)
     out = curves.T
     out.columns = [f"acc@{r:g}" for r in curves.index]
-    ok = certified_images(rows)
-    by_trial = pd.DataFrame({"trial": rows["trial"].astype(str).to_numpy(),
-                             "acr": rows["radius"].to_numpy() * ok,
-                             "abstain": rows["predict"].to_numpy() < 0, "ok": ok})
-    stats = by_trial.groupby("trial", sort=False).agg(
-        acr=("acr", "mean"), abstain_rate=("abstain", "mean"), clean_accuracy=("ok", "mean"),
-        images=("ok", "size"))
-    out = out.join(stats.reindex(out.index))
+    sort, spans = _spans(rows, list(out.index))
+    radius = rows["radius"].to_numpy(dtype=float)[sort]
+    ok = metrics.right_rows(rows)[sort]
+    predict = rows["predict"].to_numpy()[sort]
+    stats = pd.DataFrame(
+        [(metrics.average_certified_radius(radius[a:b], ok[a:b]),
+          metrics.abstention_rate(predict[a:b]), metrics.accuracy(ok[a:b]), b - a)
+         for a, b in spans],
+        index=out.index, columns=["acr", "abstain_rate", "clean_accuracy", "images"])
+    out = out.join(stats)
     out.index.name = "trial"
     return out
 
@@ -194,10 +194,9 @@ def empirical_accuracy(results: pd.DataFrame) -> pd.DataFrame:
     rows = results[results["kind"] == "attack"]
     frame = pd.DataFrame({"trial": rows["trial"].astype(str).to_numpy(),
                           "epsilon": rows["attack_epsilon"].to_numpy(),
-                          "ok": certified_images(rows)})
-    out = frame.groupby(["trial", "epsilon"], sort=True).agg(
-        accuracy=("ok", "mean"), images=("ok", "size")).reset_index()
-    return out
+                          "predict": rows["predict"].to_numpy(),
+                          "correct": rows["correct"].to_numpy()})
+    return metrics.empirical_accuracy(frame, by=("trial", "epsilon")).reset_index()
 
 
 def empirical_envelope(empirical: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""The paper's Figure 1/2 panels as separate headless figures (matplotlib Agg, no pyplot state).
+"""The paper's Figure 1/2 panels as separate headless figures (``Figure`` objects, no pyplot
+state and no backend switched: a Jupyter user keeps inline plots).
 
 Each builder returns a ``matplotlib.figure.Figure`` (tests inspect its lines); ``save`` writes
 it as PNG and PDF. Radius on x (ℓ2, [0,1] pixel units), certified accuracy (fraction) on y.
@@ -10,14 +11,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from analysis.output import write_atomic  # noqa: E402
-from analysis.published import Row  # noqa: E402
+from analysis.output import write_atomic
+from analysis.published import Row
 
 SIZE = (6.4, 4.4)
 X_LABEL = r"$\ell_2$ radius"

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from sweep.layout import CERTIFY_PLAN
-from trainers.errors import UserError
+from common import layout
+from common.errors import UserError
 
 CERTIFY_REQUIRED = ("idx", "label", "predict", "radius", "correct")
 ATTACK_REQUIRED = ("idx", "label", "epsilon", "predict", "correct")
@@ -143,7 +143,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 
 
 def _meta(certify: Path) -> dict[str, Any]:
-    meta = certify.with_name(certify.name + ".meta.json")
+    meta = layout.meta_path(certify)
     return _load_json(meta) if meta.is_file() else {}
 
 
@@ -168,24 +168,25 @@ def _number(value: Any, what: str) -> float | None:
 
 
 def _sweep_trials(folder: Path, qualify: bool) -> list[_Trial]:
-    if not (folder / "sweep.yaml").is_file() and not (folder / "trials").is_dir():
-        raise UserError(f"{folder}: not a sweep folder (no sweep.yaml and no trials/)")
-    trials_dir = folder / "trials"
+    if not (folder / layout.SPEC).is_file() and not (folder / layout.TRIALS).is_dir():
+        raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC} and no {layout.TRIALS}/)")
+    trials_dir = folder / layout.TRIALS
     found = sorted(p for p in trials_dir.iterdir() if p.is_dir()) if trials_dir.is_dir() else []
     trials = []
     for trial_dir in found:
-        info = _load_json(trial_dir / "trial.json") if (trial_dir / "trial.json").is_file() else {}
+        info_path = trial_dir / layout.TRIAL_INFO
+        info = _load_json(info_path) if info_path.is_file() else {}
         params = info.get("params") or {}
         if not isinstance(params, dict):
-            raise UserError(f"{trial_dir / 'trial.json'}: params: expected a mapping")
-        config = (_load_yaml(trial_dir / "config.yaml")
-                  if (trial_dir / "config.yaml").is_file() else {})
-        certify = trial_dir / "certify.tsv"
+            raise UserError(f"{info_path}: params: expected a mapping")
+        config_path = trial_dir / layout.CONFIG
+        config = _load_yaml(config_path) if config_path.is_file() else {}
+        certify = trial_dir / layout.CERTIFY
         meta = _meta(certify)
         name = str(info.get("name") or trial_dir.name)
         sigma = params.get("sigma", config.get("sigma", meta.get("sigma")))
         alpha = meta.get("alpha", (config.get("certify") or {}).get("alpha", DEFAULT_ALPHA))
-        attack = trial_dir / "attack.tsv"
+        attack = trial_dir / layout.ATTACK
         trials.append(_Trial(
             name=f"{folder.name}/{name}" if qualify else name,
             source=str(folder), params=params,
@@ -193,7 +194,7 @@ def _sweep_trials(folder: Path, qualify: bool) -> list[_Trial]:
             dataset=config.get("dataset", meta.get("dataset")),
             alpha=float(_number(alpha, f"{trial_dir}: alpha")),
             certify=certify, attack=attack if attack.is_file() else None,
-            planned=_planned(trial_dir / CERTIFY_PLAN),
+            planned=_planned(trial_dir / layout.CERTIFY_PLAN),
         ))
     return trials
 
@@ -306,8 +307,8 @@ def _certify_rows(t: _Trial, torn: list[str]) -> pd.DataFrame | None:
     if not t.certify.is_file():
         return None
     if t.sigma is None:
-        raise UserError(f"{t.certify.parent}: sigma unknown (not in trial.json, config.yaml "
-                        "or certify.tsv.meta.json)")
+        raise UserError(f"{t.certify.parent}: sigma unknown (not in {layout.TRIAL_INFO}, "
+                        f"{layout.CONFIG} or {layout.CERTIFY}{layout.META})")
     cert, was_torn = read_rows(t.certify, CERTIFY_REQUIRED)
     if was_torn:
         torn.append(str(t.certify))
@@ -319,8 +320,8 @@ def _certify_rows(t: _Trial, torn: list[str]) -> pd.DataFrame | None:
 
 def _status(cert: pd.DataFrame | None) -> str:
     if cert is None:
-        return "missing: no certify.tsv"
-    return "ok" if len(cert) else "missing: certify.tsv has no rows yet"
+        return f"missing: no {layout.CERTIFY}"
+    return "ok" if len(cert) else f"missing: {layout.CERTIFY} has no rows yet"
 
 
 def _trial_parts(t: _Trial, cert: pd.DataFrame, name: str, torn: list[str]

@@ -32,7 +32,7 @@ from analysis.published import (
     published_rows,
 )
 from analysis.tables import Table, latex, markdown
-from trainers.errors import UserError
+from common.errors import UserError
 
 
 @dataclass(frozen=True)

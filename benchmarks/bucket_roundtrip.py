@@ -75,7 +75,7 @@ def main() -> None:
     try:
         import pyarrow.fs as pafs
 
-        from sweep import layout
+        from common import layout
         from sweep.storage import Bucket, read_sweep
         from sweep.trial_sync import TrialSync
 

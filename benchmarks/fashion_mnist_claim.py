@@ -28,16 +28,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import norm
 
-from analysis.curves import accuracy_at, certified_images
 from certify.runner import Sampling, smooth_checkpoint
+from common.errors import UserError
+from common.layout import CHECKPOINT
+from common.metrics import average_certified_radius, certified_accuracy, right_rows
 from trainers.config import TrialConfig, parse_trial_config
-from trainers.errors import UserError
-from trainers.train import CHECKPOINT, train_trial
+from trainers.train import train_trial
 
 # Table row → (method, attack); each row's model lives in --out/<row>.
 ROWS = {"gaussian": ("gaussian", "pgd"), "smoothadv": ("smoothadv", "pgd"),
@@ -84,9 +84,10 @@ def trial_config(method: str, attack: str, plan: Plan, sigma: float, epochs: int
 def certified_row(results: Path) -> list[float]:
     """Certified accuracy (%) at RADII, ACR, and the number of images, from a CERTIFY file."""
     rows = pd.read_csv(results, sep="\t")
-    ok = certified_images(rows)
+    ok = right_rows(rows)
     radius = rows["radius"].to_numpy(dtype=float)
-    return [*(100 * accuracy_at(radius, ok, RADII)), float(np.mean(radius * ok)), len(rows)]
+    return [*(100 * certified_accuracy(radius, ok, RADII)), average_certified_radius(radius, ok),
+            len(rows)]
 
 
 def run(out: Path, plan: Plan, epochs: int, sampling: Sampling) -> pd.DataFrame:

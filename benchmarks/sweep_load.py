@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from sweep import layout
+from common import layout
 from sweep.processes import descendants
 
 STATUS_BOUND_S = 2.0  # a researcher polls status by hand: it must answer at once

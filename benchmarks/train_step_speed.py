@@ -1,7 +1,8 @@
 """SmoothAdv training-step speed against its bound: the forward+backward passes it must do.
 
 One loader batch of B images through ``trainers.train.train_batch`` (method smoothadv, attack
-pgd) costs, in the reference script's batching (REFERENCE.md, Pseudocode 1):
+pgd) costs, in the batching of SmoothAdv's reference script (Pseudocode 1 as
+Hadisalman/smoothing-adversarial's train_pgd.py runs it; docs/reference-facts.md):
 
 * attack: for each of the m chunks of B/m images × m noisy copies, T forward+backward passes in
   eval mode with parameter gradients off and the input gradient on (T·B·m samples in all);
@@ -25,7 +26,8 @@ import time
 import torch
 from torch.nn import functional as F
 
-from trainers import UserError, build_model, dataset_info
+from common.errors import UserError
+from trainers import build_model, dataset_info
 from trainers.attacks import frozen
 from trainers.config import TrialConfig, validate
 from trainers.train import train_batch

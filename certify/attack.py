@@ -12,24 +12,19 @@ shards and resumed runs reproduce the rows of one uninterrupted run.
 
 from __future__ import annotations
 
-import datetime
+import functools
 import struct
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
-from certify.precision import evaluation_precision, precision_name
 from certify.results_file import ResultsFile
-from certify.runner import image_seed, input_device, load_evaluation
+from certify.runner import image_seed, load_evaluation, outcome, run_resumable, smoother
 from certify.settings import AttackSettings
-from certify.smooth import ABSTAIN, Smooth
 from trainers.attacks import smoothadv_pgd
-from trainers.errors import UserError
 
 ATTACK_COLUMNS = ("idx", "label", "epsilon", "predict", "correct", "time")
 ATTACK_KEYS = {"idx": int, "epsilon": float}
@@ -64,44 +59,30 @@ def run_attack(
     are); ``model`` may have no parameters. Its train/eval mode is restored afterwards.
     """
     settings.validate()
-    if batch_size < 1:
-        raise UserError(f"batch: must be ≥ 1, got {batch_size}")
-    device = torch.device(device) if device is not None else input_device(dataset, indices)
-    generator = torch.Generator(device=device)
-    smooth = Smooth(model, num_classes, settings.sigma, generator=generator, device=device)
-    record = {**(identity or {}), **settings.record(),
-              "precision": precision_name(device, allow_tf32)}
-    was_training = model.training
-    model.eval()
-    try:
-        with evaluation_precision(device, allow_tf32), ResultsFile(
-                out, ATTACK_COLUMNS, record, key_columns=ATTACK_KEYS) as results:
-            if results.repaired_torn_line:
-                tqdm.write(f"{out}: removed a torn last line left by an interrupted run")
-            todo = [(idx, e) for idx in indices for e in settings.epsilons
-                    if (idx, e) not in results.done]
-            bar = tqdm(todo, desc="attack", unit="attack", disable=not progress,
-                       postfix={"done before": len(indices) * len(settings.epsilons) - len(todo)})
-            loaded = None
-            for idx, epsilon in bar:
-                if loaded != idx:
-                    x, label = dataset[idx]
-                    x, label, loaded = x.to(device), int(label), idx
-                generator.manual_seed(attack_seed(settings.seed, idx, epsilon))
-                t0 = time.perf_counter()
-                noise = torch.randn((1, settings.m_test, *x.shape), generator=generator,
-                                    device=device).mul_(settings.sigma)
-                x_adv = smoothadv_pgd(model, x.unsqueeze(0), torch.tensor([label], device=device),
-                                      noise, epsilon, settings.steps)
-                prediction = smooth.predict(x_adv[0], settings.n, settings.alpha, batch_size)
-                elapsed = datetime.timedelta(seconds=time.perf_counter() - t0)
-                results.append({"idx": idx, "label": label, "epsilon": epsilon,
-                                "predict": prediction,
-                                "correct": int(prediction == label and prediction != ABSTAIN),
-                                "time": str(elapsed)})
-    finally:
-        model.train(was_training)
-    return results
+    device, generator, smooth = smoother(model, num_classes, settings.sigma, dataset, indices,
+                                         batch_size, device)
+
+    @functools.lru_cache(maxsize=1)  # the pairs come image by image: load each image once
+    def image(idx: int) -> tuple[torch.Tensor, int]:
+        x, label = dataset[idx]
+        return x.to(device), int(label)
+
+    def evaluate(key: tuple[int, float]) -> dict:
+        idx, epsilon = key
+        x, label = image(idx)
+        generator.manual_seed(attack_seed(settings.seed, idx, epsilon))
+        t0 = time.perf_counter()
+        noise = torch.randn((1, settings.m_test, *x.shape), generator=generator,
+                            device=device).mul_(settings.sigma)
+        x_adv = smoothadv_pgd(model, x.unsqueeze(0), torch.tensor([label], device=device),
+                              noise, epsilon, settings.steps)
+        prediction = smooth.predict(x_adv[0], settings.n, settings.alpha, batch_size)
+        return {"idx": idx, "epsilon": epsilon, **outcome(label, prediction, t0)}
+
+    return run_resumable(model, out, ATTACK_COLUMNS, {**(identity or {}), **settings.record()},
+                         [(idx, e) for idx in indices for e in settings.epsilons], evaluate,
+                         key_columns=ATTACK_KEYS, desc="attack", unit="attack",
+                         progress=progress, device=device, allow_tf32=allow_tf32)
 
 
 def attack_checkpoint(
@@ -122,9 +103,3 @@ def attack_checkpoint(
                       batch_size=batch_size, identity=ev.identity, progress=progress,
                       device=ev.device, allow_tf32=allow_tf32)
 
-
-def empirical_accuracy(path: str | Path) -> pd.DataFrame:
-    """Per ε (the index, ascending): ``accuracy`` (mean of ``correct``) and ``images``."""
-    rows = pd.read_csv(path, sep="\t")
-    return (rows.groupby("epsilon")["correct"].agg(accuracy="mean", images="size")
-            .sort_index())

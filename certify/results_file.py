@@ -5,7 +5,8 @@ time``), so their analysis tools read our files. The settings that produced the 
 the file in ``FILE.meta.json``; re-opening with other settings is refused, re-opening with the
 same settings resumes after the last complete row. A torn last line (a crash mid-write) is cut
 off, never duplicated. Rows are keyed by ``idx`` unless the writer names other key columns (the
-empirical attack keys them by ``(idx, epsilon)``).
+empirical attack keys them by ``(idx, epsilon)``). The record also lists, under
+``provenance``, the versions of every run that wrote rows (common.provenance).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainers.atomic import atomic_write_bytes
-from trainers.errors import UserError
+from common.atomic import atomic_write_bytes
+from common.errors import UserError
+from common.layout import meta_path
 
-
-def meta_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".meta.json")
+# Settings recorded only when on (so records written without them stay byte-identical): absent
+# means False, and a run is refused when its value differs from the record's either way.
+OFF_BY_DEFAULT = ("sequential",)
 
 
 def _format(value: Any) -> str:
@@ -39,8 +40,10 @@ class ResultsFile:
     """
 
     def __init__(self, path: str | Path, columns: Sequence[str], settings: Mapping[str, Any],
-                 key_columns: Mapping[str, Callable[[str], Any]] | None = None):
+                 key_columns: Mapping[str, Callable[[str], Any]] | None = None,
+                 provenance: Mapping[str, Any] | None = None):
         self.path = Path(path)
+        self.provenance = dict(provenance or {})
         self.columns = tuple(columns)
         self.settings = dict(settings)
         self.key_columns = dict(key_columns or {"idx": int})
@@ -52,6 +55,7 @@ class ResultsFile:
         if self.path.exists() and self.path.stat().st_size > 0:
             self._check_settings()
             self._load_existing()
+            self._add_provenance()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(meta_path(self.path), self._settings_bytes)
@@ -59,7 +63,21 @@ class ResultsFile:
         self._file = open(self.path, "a", encoding="utf-8", newline="")
 
     def _settings_bytes(self, f) -> None:
-        f.write(json.dumps(self.settings, indent=2, sort_keys=True).encode() + b"\n")
+        record = {**self.settings, **({"provenance": [self.provenance]} if self.provenance
+                                      else {})}
+        f.write(json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
+
+    def _add_provenance(self) -> None:
+        """A resumed run adds the versions it runs with to the record's ``provenance`` list
+        when they differ from every earlier run's (they are never compared like settings)."""
+        meta = meta_path(self.path)
+        recorded = json.loads(meta.read_text())
+        runs = recorded.get("provenance", [])
+        if not self.provenance or self.provenance in runs:
+            return
+        data = json.dumps({**recorded, "provenance": [*runs, self.provenance]}, indent=2,
+                          sort_keys=True).encode() + b"\n"
+        atomic_write_bytes(meta, lambda f: f.write(data))
 
     @staticmethod
     def _line(values: Sequence[Any]) -> bytes:
@@ -81,6 +99,13 @@ class ResultsFile:
             ) from None
         except (json.JSONDecodeError, OSError) as e:
             raise UserError(f"{meta}: unreadable settings record ({e})") from e
+        for key in OFF_BY_DEFAULT:
+            was, now = recorded.get(key, False), self.settings.get(key, False)
+            if was != now:
+                raise UserError(
+                    f"{self.path}: was written with {key}={was!r}, this run asks for "
+                    f"{key}={now!r}; resume with the same settings or choose another --out"
+                )
         for key, value in self.settings.items():
             if key not in recorded:
                 raise UserError(

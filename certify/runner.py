@@ -3,7 +3,8 @@
 Image selection follows Cohen et al.'s scripts: every ``skip``-th index, stopping before index
 ``max`` (−1: no limit); ``start``/``stop`` cut the index range into shards. Each image's noise
 comes from a generator seeded by (seed, idx), so shards and resumed runs reproduce exactly the
-rows of one uninterrupted run.
+rows of one uninterrupted run. :func:`run_resumable` is the skeleton shared with the attack
+(:mod:`certify.attack`): resume, settings record, torn-line repair, progress, model mode.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +26,9 @@ from certify.precision import evaluation_precision, precision_name
 from certify.results_file import ResultsFile
 from certify.settings import Sampling
 from certify.smooth import ABSTAIN, Smooth
-from trainers.errors import UserError
+from common.errors import UserError
+from common.provenance import provenance
+from trainers.device import resolve_device
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
@@ -72,59 +76,109 @@ def run_smoothing(
     device: str | torch.device | None = None,
     allow_tf32: bool = False,
 ) -> ResultsFile:
-    """CERTIFY (``sampling.n0`` set) or PREDICT each selected image not yet in ``out``.
+    """CERTIFY (``sampling.n0`` set) or PREDICT each selected image not yet in ``out``;
+    ``sampling.sequential``: sequential CERTIFY (:meth:`Smooth.certify_sequential`, the image's
+    label given), its rows with the extra column ``samples``.
 
     ``identity`` (checkpoint hash, dataset, split) joins ``sampling`` and the precision
     (:mod:`certify.precision`; TF32 only with ``allow_tf32``) in the settings record, so a re-run
     against another model or other settings is refused rather than mixed in. Noise is drawn and
     ``model`` (any module, with or without parameters) is evaluated on ``device``, by default
-    where the dataset's images are.
+    where the dataset's images are; its train/eval mode is restored afterwards.
     """
     sampling.validate()
+    certifying = sampling.n0 is not None
+    device, generator, smooth = smoother(model, num_classes, sampling.sigma, dataset, indices,
+                                         batch_size, device)
+
+    def evaluate(idx: int) -> dict:
+        x, label = dataset[idx]
+        generator.manual_seed(image_seed(sampling.seed, idx))
+        t0 = time.perf_counter()
+        if not certifying:
+            prediction = smooth.predict(x, sampling.n, sampling.alpha, batch_size)
+            return {"idx": idx, **outcome(int(label), prediction, t0)}
+        if sampling.sequential:
+            prediction, radius, p_a_lower, samples = smooth.certify_sequential(
+                x, sampling.n0, sampling.n, sampling.alpha, batch_size, label=int(label),
+                target_radius=sampling.target_radius)
+            return {"idx": idx, **outcome(int(label), prediction, t0), "radius": radius,
+                    "pA_lower": p_a_lower, "samples": samples}
+        prediction, radius, p_a_lower = smooth.certify_with_bound(
+            x, sampling.n0, sampling.n, sampling.alpha, batch_size)
+        return {"idx": idx, **outcome(int(label), prediction, t0), "radius": radius,
+                "pA_lower": p_a_lower}
+
+    columns = ((CERTIFY_COLUMNS + ("samples",) if sampling.sequential else CERTIFY_COLUMNS)
+               if certifying else PREDICT_COLUMNS)
+    return run_resumable(model, out, columns,
+                         {**(identity or {}), **sampling.record()}, list(indices), evaluate,
+                         desc="certify" if certifying else "predict", unit="img",
+                         progress=progress, device=device, allow_tf32=allow_tf32)
+
+
+def smoother(model: torch.nn.Module, num_classes: int, sigma: float, dataset: Dataset,
+             indices: Sequence[int], batch_size: int, device: str | torch.device | None
+             ) -> tuple[torch.device, torch.Generator, Smooth]:
+    """The device (default: where the first selected image is), a noise generator on it and
+    the smoothed classifier drawing from it; a ``batch_size`` below 1 is refused."""
     if batch_size < 1:
         raise UserError(f"batch: must be ≥ 1, got {batch_size}")
-    certifying = sampling.n0 is not None
-    columns = CERTIFY_COLUMNS if certifying else PREDICT_COLUMNS
     device = torch.device(device) if device is not None else input_device(dataset, indices)
-    settings = {**(identity or {}), **{k: v for k, v in asdict(sampling).items() if v is not None},
-                "precision": precision_name(device, allow_tf32)}
     generator = torch.Generator(device=device)
-    smooth = Smooth(model, num_classes, sampling.sigma, generator=generator, device=device)
+    return device, generator, Smooth(model, num_classes, sigma, generator=generator,
+                                     device=device)
+
+
+def outcome(label: int, prediction: int, t0: float) -> dict:
+    """A row's ``label``, ``predict``, ``correct`` (the label, not an abstention) and ``time``
+    (since ``t0``, a ``time.perf_counter()``)."""
+    elapsed = datetime.timedelta(seconds=time.perf_counter() - t0)
+    return {"label": label, "predict": prediction,
+            "correct": int(prediction == label and prediction != ABSTAIN), "time": str(elapsed)}
+
+
+def run_resumable(
+    model: torch.nn.Module,
+    out: str | Path,
+    columns: Sequence[str],
+    settings: dict,
+    keys: Sequence[Any],
+    evaluate: Callable[[Any], dict],
+    *,
+    key_columns: dict | None = None,
+    desc: str,
+    unit: str,
+    progress: bool,
+    device: torch.device,
+    allow_tf32: bool,
+) -> ResultsFile:
+    """The skeleton of every resumable evaluation: open ``out`` or resume it (its settings
+    record: ``settings`` plus the precision; a torn last line cut off, and said so), then
+    ``evaluate`` each key of ``keys`` not yet done, in order, appending the row it returns,
+    with a progress bar. ``model`` is in eval mode meanwhile and gets its train/eval mode
+    back afterwards, also when anything raises."""
+    record = {**settings, "precision": precision_name(device, allow_tf32)}
     was_training = model.training
     model.eval()
-    with evaluation_precision(device, allow_tf32), ResultsFile(out, columns, settings) as results:
-        if results.repaired_torn_line:
-            tqdm.write(f"{out}: removed a torn last line left by an interrupted run")
-        todo = [i for i in indices if i not in results.done]
-        bar = tqdm(todo, desc="certify" if certifying else "predict", unit="img",
-                   disable=not progress, postfix={"done before": len(indices) - len(todo)})
-        for idx in bar:
-            x, label = dataset[idx]
-            generator.manual_seed(image_seed(sampling.seed, idx))
-            t0 = time.perf_counter()
-            if certifying:
-                prediction, radius, p_a_lower = smooth.certify_with_bound(
-                    x, sampling.n0, sampling.n, sampling.alpha, batch_size)
-            else:
-                prediction = smooth.predict(x, sampling.n, sampling.alpha, batch_size)
-            elapsed = datetime.timedelta(seconds=time.perf_counter() - t0)
-            row = {"idx": idx, "label": int(label), "predict": prediction,
-                   "correct": int(prediction == int(label) and prediction != ABSTAIN),
-                   "time": str(elapsed)}
-            if certifying:
-                row.update(radius=radius, pA_lower=p_a_lower)
-            results.append(row)
-    model.train(was_training)
+    try:
+        with evaluation_precision(device, allow_tf32), ResultsFile(
+                out, columns, record, key_columns=key_columns,
+                provenance=provenance()) as results:
+            if results.repaired_torn_line:
+                tqdm.write(f"{out}: removed a torn last line left by an interrupted run")
+            todo = [k for k in keys if k not in results.done]
+            for key in tqdm(todo, desc=desc, unit=unit, disable=not progress,
+                            postfix={"done before": len(keys) - len(todo)}):
+                results.append(evaluate(key))
+    finally:
+        model.train(was_training)
     return results
 
 
 def input_device(dataset: Dataset, indices: Sequence[int]) -> torch.device:
     """Where the first selected image lives (the CPU when none is selected)."""
     return dataset[indices[0]][0].device if len(indices) else torch.device("cpu")
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -170,7 +224,7 @@ def load_evaluation(
     from trainers.models import place
     from trainers.published import released_model
 
-    device = torch.device(device or default_device())
+    device = resolve_device(device)
     payload = read_weights_file(checkpoint)
     if is_smoothadv_checkpoint(payload):
         if input_layer is not None:

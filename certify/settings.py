@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Self
 
-from trainers.errors import UserError
+from common.errors import UserError
 
 
 def _keys(block: object, keys: type) -> dict[str, Any]:
@@ -61,7 +61,36 @@ class _Noise:
 
 @dataclass(frozen=True, kw_only=True)
 class Sampling(_Noise, SamplingKeys):
-    """Settings that determine a certification's numbers (recorded beside the output)."""
+    """Settings that determine a certification's numbers (recorded beside the output).
+
+    ``sequential`` (CERTIFY only; :meth:`certify.smooth.Smooth.certify_sequential`) draws the
+    ``n`` samples in stages and stops an image early; ``target_radius`` (only with it) adds the
+    early stop once the certified radius reaches it. Off, neither enters the record (see
+    :meth:`record`), so records written before the option existed still match."""
+
+    sequential: bool = False
+    target_radius: float | None = None
+
+    def validate(self, prefix: str = "") -> Self:
+        super().validate(prefix)
+        if self.sequential and self.n0 is None:
+            raise UserError("sequential: only for CERTIFY (give n0)")
+        if self.target_radius is not None:
+            if not self.sequential:
+                raise UserError("target_radius: only with sequential")
+            if not (math.isfinite(self.target_radius) and self.target_radius > 0):
+                raise UserError(f"target_radius: must be finite and > 0, got "
+                                f"{self.target_radius}")
+        return self
+
+    def record(self) -> dict[str, Any]:
+        """The settings record's keys: unset ones (n0 of PREDICT) left out, and the sequential
+        keys only when sequential (then ``target_radius`` always, None when unset)."""
+        record = {k: v for k, v in asdict(self).items()
+                  if v is not None and k not in ("sequential", "target_radius")}
+        if self.sequential:
+            record.update(sequential=True, target_radius=self.target_radius)
+        return record
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from trainers.errors import UserError
+from common.errors import UserError
 
 
 def _add_smoothing_args(p: argparse.ArgumentParser, certifying: bool) -> None:
@@ -18,9 +18,17 @@ def _add_smoothing_args(p: argparse.ArgumentParser, certifying: bool) -> None:
     p.add_argument("--data-root", help="folder holding the dataset files")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--download", action="store_true",
-                   help="let torchvision download CIFAR-10 / Fashion-MNIST if missing")
+                   help="let torchvision download CIFAR-10/100, SVHN, MNIST or Fashion-MNIST "
+                   "if missing")
     if certifying:
         p.add_argument("--n0", type=int, default=100, help="samples to choose the top class")
+        p.add_argument("--sequential", action="store_true",
+                       help="draw the n samples in stages and stop an image early when its "
+                       "top class is not its label or abstention is certain (adds the column "
+                       "samples; see README)")
+        p.add_argument("--target-radius", type=float, metavar="R",
+                       help="with --sequential, also stop once the certified radius reaches R "
+                       "(α is then split over the looks)")
     p.add_argument("--n", type=int, default=100_000,
                    help="samples to estimate the class probability" if certifying
                    else "samples for the binomial test (default: %(default)s)")
@@ -49,7 +57,9 @@ def _run_smoothing(args: argparse.Namespace) -> int:
 
     certifying = args.command == "certify"
     sampling = Sampling(sigma=args.sigma, n=args.n, alpha=args.alpha,
-                        n0=args.n0 if certifying else None, seed=args.seed)
+                        n0=args.n0 if certifying else None, seed=args.seed,
+                        sequential=certifying and args.sequential,
+                        target_radius=args.target_radius if certifying else None)
     results = smooth_checkpoint(
         args.checkpoint, sampling, args.out, dataset=args.dataset, data_root=args.data_root,
         split=args.split, skip=args.skip, max_index=args.max_index, start=args.start,
@@ -63,21 +73,26 @@ def _run_smoothing(args: argparse.Namespace) -> int:
 def _print_summary(path, certifying: bool) -> None:
     import pandas as pd
 
+    from common.metrics import accuracy, certified_summary, right_rows
+
     rows = pd.read_csv(path, sep="\t")
     if rows.empty:
         print(f"{path}: no images selected")
         return
-    line = f"{path}: {len(rows)} images, accuracy {rows['correct'].mean():.3f}"
+    line = f"{path}: {len(rows)} images, accuracy {accuracy(right_rows(rows)):.3f}"
     if certifying:
-        acr = (rows["radius"] * rows["correct"]).mean()
-        abstained = (rows["predict"] < 0).mean()
-        line += f", average certified radius {acr:.3f}, abstained {abstained:.3f}"
+        summary = certified_summary(rows, radii=())
+        line += (f", average certified radius {summary['acr']:.3f}, "
+                 f"abstained {summary['abstain']:.3f}")
     print(line)
 
 
 def _run_attack(args: argparse.Namespace) -> int:
-    from certify.attack import attack_checkpoint, empirical_accuracy
+    import pandas as pd
+
+    from certify.attack import attack_checkpoint
     from certify.settings import AttackSettings
+    from common.metrics import empirical_accuracy
 
     settings = AttackSettings(sigma=args.sigma, epsilons=tuple(args.epsilon), steps=args.steps,
                               m_test=args.m_test, n=args.n, alpha=args.alpha, seed=args.seed)
@@ -87,7 +102,7 @@ def _run_attack(args: argparse.Namespace) -> int:
         stop=args.stop, batch_size=args.batch, device=args.device, download=args.download,
         progress=not args.no_progress, input_layer=args.input_layer, allow_tf32=args.allow_tf32,
     )
-    accuracy = empirical_accuracy(results.path)
+    accuracy = empirical_accuracy(pd.read_csv(results.path, sep="\t"))
     if accuracy.empty:
         print(f"{results.path}: no images selected")
     for epsilon, row in accuracy.iterrows():
@@ -261,11 +276,18 @@ def _add_sweep_parser(sub) -> None:
     p.set_defaults(func=_run_sweep_stop)
 
 
+def _version() -> str:
+    from common.provenance import version
+
+    return version()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothadv",
         description="Train, certify and compare provably robust smoothed classifiers.",
     )
+    parser.add_argument("--version", action="version", version=f"smoothadv {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("certify", help="Cohen et al.'s CERTIFY on a dataset's images",
                        description="Certify images with CERTIFY (Cohen et al. 2019); resumable.")

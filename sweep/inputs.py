@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
 from sweep.spec import SweepSpec, Trial
-from trainers.errors import UserError
 
 PATH_KEYS = ("data_root", "init_from", "extra_data")
 

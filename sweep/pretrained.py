@@ -12,28 +12,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sweep import layout
-from trainers.errors import UserError
+from common import layout
+from common.errors import UserError
 
 KEY = "init_from_sweep"
-CHECKPOINT = "checkpoint.pt"  # trainers.train.CHECKPOINT, named here without importing torch
 
 
-def pretrained_checkpoints(sweep_dir: str | Path) -> dict[tuple[float, float], Path]:
-    """(ε, σ) → checkpoint of the pre-training sweep's finished trial with that ε and σ."""
+def pretraining_spec(sweep_dir: str | Path) -> dict:
+    """The pre-training sweep's spec as run (its ``sweep.yaml``), for sweep.spec to parse."""
     import yaml
-
-    from sweep.spec import parse_spec
 
     folder = Path(sweep_dir)
     try:
-        values = yaml.safe_load((folder / layout.SPEC).read_text(encoding="utf-8"))
+        return yaml.safe_load((folder / layout.SPEC).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         raise UserError(f"{KEY}: {folder} is not a readable sweep folder (no {layout.SPEC})"
                         ) from None
+
+
+def pretrained_checkpoints(sweep_dir: str | Path, trials) -> dict[tuple[float, float], Path]:
+    """(ε, σ) → checkpoint of the pre-training sweep's finished trial with that ε and σ
+    (``trials``: that sweep's trials, as sweep.spec expands its spec)."""
+    folder = Path(sweep_dir)
     found: dict[tuple[float, float], Path] = {}
     names: dict[tuple[float, float], str] = {}
-    for trial in parse_spec(values).trials():
+    for trial in trials:
         key = (trial.config.epsilon, trial.config.sigma)
         if key in names:
             raise UserError(f"{KEY}: {folder} has two pre-trained models for "
@@ -41,8 +44,8 @@ def pretrained_checkpoints(sweep_dir: str | Path) -> dict[tuple[float, float], P
         names[key] = trial.name
         tdir = layout.trial_dir(folder, trial.name)
         state = (layout.read_json(tdir / layout.STATE) or {}).get("state", "PENDING")
-        if state == "TERMINATED" and (tdir / CHECKPOINT).is_file():
-            found[key] = tdir / CHECKPOINT
+        if state == "TERMINATED" and (tdir / layout.CHECKPOINT).is_file():
+            found[key] = tdir / layout.CHECKPOINT
     return found
 
 

@@ -2,10 +2,11 @@
 ``TorchTrainer`` (V2; built from sweep.train_loop so the driver imports no torch) whose workers
 train, certify and report (sweep.trial_worker).
 
-Ray facts relied on (REFERENCE.md, Ray 2.60): Train resumes a run when ``fit()`` is called again
-with the same (storage_path, name), so the Train run is named after the Tune trial id;
-``Tuner.restore(resume_errored=True)`` keeps trial ids, ``restart_errored=True`` makes new ones.
-The Tune function takes a small CPU fraction so the workers' resources are the real budget.
+Ray facts relied on (Ray 2.60; docs/reference-facts.md): Train resumes a run when ``fit()`` is
+called again with the same (storage_path, name), so the Train run is named after the Tune trial
+id; ``Tuner.restore(resume_errored=True)`` keeps trial ids, ``restart_errored=True`` makes new
+ones. The Tune function takes a small CPU fraction so the workers' resources are the real
+budget.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from typing import Any
 
 import yaml
 
-from sweep import layout, processes, trackers
+from common import layout
+from common.atomic import atomic_write_bytes
+from common.errors import UserError
+from sweep import processes, trackers
 from sweep.inputs import check_inputs, with_absolute_paths
 from sweep.spec import Resources, SweepSpec, Trial, load_spec, parse_spec
 from sweep.status import HEARTBEAT_S, STALE_S, driver_alive, heartbeat_age
 from sweep.storage import SweepFolder, open_sweep, read_sweep
-from trainers.atomic import atomic_write_bytes
 from trainers.config import parse_trial_config
-from trainers.errors import UserError
 
 DRIVER_CPUS = 0.01  # the Tune function only waits on its Train run
 
@@ -80,6 +82,8 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from common.provenance import software
+
     # TorchTrainer's parts without torch in this process (sweep.train_loop): training,
     # certification, their imports and torch itself load in Train's workers and controller.
     from sweep.train_loop import TorchBackendConfig, train_and_certify
@@ -90,7 +94,8 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     res = spec.resources
     trial_id = tune.get_context().get_trial_id()
     folder = layout.trial_dir(sweep.local, trial.name)
-    sweep.write_json(folder / layout.TRIAL_INFO, {"name": trial.name, "params": trial.params})
+    sweep.write_json(folder / layout.TRIAL_INFO, {"name": trial.name, "params": trial.params,
+                                                  "provenance": software()})
     started = {"trial_id": trial_id, "started_at": time.time()}  # when Tune started the driver
     sweep.write_json(folder / layout.STATE, {"state": "RUNNING", **started})
     in_bucket = {} if sweep.remote is None else {

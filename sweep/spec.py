@@ -28,10 +28,10 @@ from typing import Any, Self
 import yaml
 
 from certify.settings import AttackKeys
+from common.errors import UserError
 from sweep.pretrained import KEY as INIT_FROM_SWEEP
-from sweep.pretrained import pretrained_checkpoints, pretrained_for
+from sweep.pretrained import pretrained_checkpoints, pretrained_for, pretraining_spec
 from trainers.config import TrialConfig, apply_overrides, parse_trial_config
-from trainers.errors import UserError
 
 SPEC_KEYS = ("name", "defaults", "resources", "grid", "exclude", "attack_eval",
              "init_from_sweep")
@@ -305,8 +305,8 @@ def expand(spec: SweepSpec) -> list[Trial]:
     """The union of each grid part's cartesian product, minus excluded points, each validated."""
     trials: dict[str, Trial] = {}
     seen: set[tuple] = set()
-    pretrained = (None if spec.init_from_sweep is None
-                  else pretrained_checkpoints(spec.init_from_sweep))
+    pretrained = (None if spec.init_from_sweep is None else pretrained_checkpoints(
+        spec.init_from_sweep, parse_spec(pretraining_spec(spec.init_from_sweep)).trials()))
     for part in spec.grid:
         keys = list(part)
         for combo in itertools.product(*(part[k] for k in keys)):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sweep import layout
+from common import layout
+from common.errors import UserError
 from sweep.spec import SweepSpec, parse_spec
-from trainers.errors import UserError
 
 
 def plan_table(spec: SweepSpec) -> pd.DataFrame:
@@ -144,7 +144,7 @@ def status_table(sweep_dir: str | Path) -> tuple[pd.DataFrame, SweepSpec]:
             status = "INTERRUPTED"
         plan = layout.read_json(tdir / layout.CERTIFY_PLAN) or {}
         done = _count_rows(tdir / layout.CERTIFY)
-        epoch = _last_epoch(tdir / "metrics.jsonl")
+        epoch = _last_epoch(tdir / layout.METRICS)
         rows.append({
             "trial": trial.name, "state": status,
             "epoch": f"{epoch or 0}/{trial.config.epochs}",

@@ -1,7 +1,7 @@
 """Sweep folders in a bucket: ``--storage s3://bucket/prefix`` (or ``gs://``, any URI pyarrow's
 filesystems open).
 
-Every process works on a local copy of the folder, laid out as sweep.layout says, and keeps the
+Every process works on a local copy of the folder, laid out as common.layout says, and keeps the
 bucket in step with it:
 
 - the sweep driver and the Tune trial drivers upload the small records they write (sweep.yaml,
@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sweep import layout
-from trainers.atomic import atomic_write_bytes
-from trainers.errors import UserError
+from common import layout
+from common.atomic import atomic_write_bytes
+from common.errors import UserError
 
 CACHE_ENV = "SMOOTHADV_CACHE"
 CHECKPOINT_SUFFIXES = (".pt",)  # not copied down by status, analyze and resume

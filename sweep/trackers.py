@@ -24,16 +24,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainers.errors import UserError
+from common import layout
+from common.errors import UserError
 
 TRACKERS = ("mlflow", "wandb")
-MLFLOW_DB = "mlflow.db"  # SWEEP_DIR/mlflow.db: the default MLflow store
 MLFLOW_ARTIFACTS = "mlartifacts"  # artifact root of an experiment created in that store
 
 
 def mlflow_uri(sweep_dir: Path) -> str:
     """MLFLOW_TRACKING_URI (MLflow's own convention), else a SQLite store in the sweep folder."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{sweep_dir / MLFLOW_DB}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{sweep_dir / layout.MLFLOW_DB}"
 
 
 def wandb_mode() -> str:

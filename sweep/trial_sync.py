@@ -20,13 +20,12 @@ import shutil
 import threading
 from pathlib import Path
 
-from sweep import layout
+from common import layout
 from sweep.storage import Bucket
 
 APPEND_ONLY = (".tsv", ".jsonl")
-LINEAGE = ".lineage"  # the Tune trial id whose rows the local copy holds
 DRIVER_FILES = (layout.STATE, layout.TRIAL_INFO)  # written and uploaded by the trial driver
-PREVIOUS = ".prev.pt"  # trainers.checkpoint.previous_path
+PREVIOUS = layout.PREVIOUS + ".pt"  # checkpoint.prev.pt (trainers.checkpoint.previous_path)
 _SHARD = re.compile(r"\.part(\d+)of(\d+)\.")
 
 
@@ -52,7 +51,7 @@ class TrialSync:
 
     def pull(self) -> None:
         """Make the local copy the trial as the bucket holds it (see the module docstring)."""
-        marker = self.local / LINEAGE
+        marker = self.local / layout.LINEAGE
         if self.local.exists() and (not marker.exists() or marker.read_text() != self.lineage):
             shutil.rmtree(self.local, ignore_errors=True)  # another trial's rows
         self.local.mkdir(parents=True, exist_ok=True)

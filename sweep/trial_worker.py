@@ -20,27 +20,16 @@ import pandas as pd
 import torch
 
 from certify.runner import Evaluation, load_evaluation, run_smoothing
-from sweep import faults, layout
+from common import layout
+from common.atomic import atomic_write_bytes
+from common.layout import CHECKPOINT
+from common.metrics import certified_summary, empirical_accuracy
+from sweep import faults
 from sweep.spec import AttackEval
 from sweep.storage import Bucket, mirror_dir
 from sweep.trial_sync import TrialSync
-from trainers.atomic import atomic_write_bytes
 from trainers.config import TrialConfig, parse_trial_config
-from trainers.train import CHECKPOINT, train_trial
-
-REPORT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def certified_summary(rows: pd.DataFrame, radii=REPORT_RADII) -> dict[str, float]:
-    """Certified accuracy at ``radii`` (correct and radius ≥ r), ACR and abstention rate."""
-    if rows.empty:
-        return {}
-    correct = rows["correct"].astype(bool)
-    out = {f"cert_acc_{r:g}": float((correct & (rows["radius"] >= r)).mean()) for r in radii}
-    out["acr"] = float((rows["radius"] * correct).mean())
-    out["abstain"] = float((rows["predict"] < 0).mean())
-    out["certified_images"] = len(rows)
-    return out
+from trainers.train import train_trial
 
 
 def _shard_path(trial_dir: Path, name: str, rank: int, world: int) -> Path:
@@ -63,9 +52,9 @@ def merge_shards(trial_dir: Path, name: str, world: int) -> None:
         for line in lines[1:]:
             fields = line.split("\t")
             rows[(int(fields[0]), *(float(fields[i]) for i in extra))] = line
-    meta = Path(f"{_shard_path(trial_dir, name, 0, world)}.meta.json").read_bytes()
+    meta = layout.meta_path(_shard_path(trial_dir, name, 0, world)).read_bytes()
     body = "".join(rows[k] + "\n" for k in sorted(rows))
-    atomic_write_bytes(trial_dir / f"{name}.meta.json", lambda f: f.write(meta))
+    atomic_write_bytes(layout.meta_path(trial_dir / name), lambda f: f.write(meta))
     atomic_write_bytes(trial_dir / name, lambda f: f.write(f"{header}\n{body}".encode()))
 
 
@@ -88,7 +77,7 @@ def gathered(trial_dir: Path, name: str, rank: int, world: int,
 
 def _shard_names(trial_dir: Path, name: str, rank: int, world: int) -> list[str]:
     shard = _shard_path(trial_dir, name, rank, world).name
-    return [shard, f"{shard}.meta.json"]
+    return [shard, f"{shard}{layout.META}"]
 
 
 def _final_model(config: TrialConfig, trial_dir: Path, skip: int, max_index: int,
@@ -119,7 +108,7 @@ def attack_trial(config: TrialConfig, attack_eval: AttackEval, trial_dir: Path, 
                  sync: TrialSync | None = None) -> dict[str, float]:
     """The spec's empirical attack (paper Section 4.3) on this rank's share of the images;
     rank 0 merges and returns the empirical accuracy per ε."""
-    from certify.attack import empirical_accuracy, run_attack
+    from certify.attack import run_attack
 
     ev = _final_model(config, trial_dir, attack_eval.skip, attack_eval.max, device)
     settings = attack_eval.with_noise(config.sigma, config.seed)
@@ -129,7 +118,7 @@ def attack_trial(config: TrialConfig, attack_eval: AttackEval, trial_dir: Path, 
                device=ev.device)
     if not gathered(trial_dir, layout.ATTACK, rank, world, sync):
         return {}
-    accuracy = empirical_accuracy(trial_dir / layout.ATTACK)
+    accuracy = empirical_accuracy(pd.read_csv(trial_dir / layout.ATTACK, sep="\t"))
     return {f"attack_acc_{eps:g}": float(row["accuracy"]) for eps, row in accuracy.iterrows()}
 
 
@@ -147,15 +136,18 @@ def _restore_from_ray(trial_dir: Path) -> None:
 
 def _record_node(trial_dir: Path) -> None:
     """Rank 0: add where this start of the trial's workers runs to nodes.jsonl (Ray node id
-    and IP, pid, time); a worker group restarted elsewhere, after a node died, adds a line."""
+    and IP, pid, time, and the node's CUDA, cuDNN and GPU model); a worker group restarted
+    elsewhere, after a node died, adds a line."""
     import json
     import time
 
     import ray
 
+    from common.provenance import hardware
+
     line = {"node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
-            "started_at": time.time()}
+            "started_at": time.time(), **hardware()}
     with open(trial_dir / layout.NODES, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
 

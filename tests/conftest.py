@@ -92,3 +92,17 @@ def local_ray(tmp_path_factory):
     yield markers  # a fault that fired left its marker file here
     ray.shutdown()
     del os.environ["SMOOTHADV_FAULTS"]
+
+
+def assert_resumed_equals_straight(straight, resumed, first_epoch: bytes, epochs: int) -> None:
+    """A run resumed after its first epoch kept that epoch (its metrics line, wall time
+    included, survives as is: it was not trained again) and ends with the uninterrupted run's
+    weights, bit for bit, after ``epochs`` epochs."""
+    from common.layout import CHECKPOINT, METRICS
+
+    assert (resumed / METRICS).read_bytes().startswith(first_epoch)
+    a = torch.load(straight / CHECKPOINT, weights_only=True)
+    b = torch.load(resumed / CHECKPOINT, weights_only=True)
+    assert b["epoch"] == epochs
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key

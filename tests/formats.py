@@ -1,4 +1,4 @@
-"""Writers for tiny files in the real on-disk dataset formats (REFERENCE.md, "Data formats").
+"""Writers for tiny files in the real on-disk dataset formats (docs/reference-facts.md).
 
 Tests write these and read them back through ``trainers.load_dataset``, so the real loaders
 (not an in-memory shortcut) are exercised. Plain functions, no fixtures.
@@ -163,4 +163,62 @@ def write_imagefolder(
                 path = folder / f"{cls}_{k}.png"
                 Image.fromarray(pixels).save(path)
                 out[split].append((path, index[cls], pixels))
+    return out
+
+
+def write_mnist(directory: Path, n_train: int, n_test: int, seed: int = 0) -> dict:
+    """MNIST's four idx .gz files: the format and the names Fashion-MNIST copied."""
+    return write_fashion_mnist(directory, n_train, n_test, seed)
+
+
+def write_cifar100(root: Path, n_train: int, n_test: int, seed: int = 0) -> Written:
+    """Write ``root/cifar-100-python/{train, test, meta}`` as the python version does: bytes
+    keys, ``b"data"`` N×3072 uint8, ``b"fine_labels"`` (0–99) and ``b"coarse_labels"`` (0–19)
+    lists, ``b"filenames"``; ``meta`` names the classes. The training labels start with 0 and
+    99 (the extremes) when there are at least two images. Returns the rows and fine labels."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        rows = _rows(rng, n)
+        fine = [int(v) for v in rng.integers(0, 100, size=n)]
+        if split == "train" and n >= 2:
+            fine[:2] = [0, 99]
+        _dump(folder / split, {
+            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+            b"batch_label": f"{split}ing batch 1 of 1".encode(),
+            b"fine_labels": fine,
+            b"coarse_labels": [v // 5 for v in fine],
+            b"data": rows,
+        })
+        out[split] = (rows, fine)
+    _dump(folder / "meta", {b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+                            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]})
+    return out
+
+
+def write_svhn(root: Path, n_train: int, n_test: int, seed: int = 0) -> dict:
+    """Write ``root/{train,test}_32x32.mat`` (SVHN format 2, MATLAB 5 files as distributed):
+    ``X`` uint8 32×32×3×N (height, width, channel, image), ``y`` uint8 N×1 labels 1..10 where
+    10 is the digit 0. The first image carries the marker pixel (``X[MARK_ROW, MARK_COL, :, 0]
+    = MARK_RGB``); the first labels are 10 and 9 when there are at least two images.
+
+    Returns ``{"train": (images N×32×32×3 uint8, digits N), "test": (...)}``, digits 0..9."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = rng.integers(0, 256, size=(n, SIDE, SIDE, 3), dtype=np.uint8)
+        y = rng.integers(1, 11, size=n).astype(np.uint8)
+        if n:
+            images[0, MARK_ROW, MARK_COL] = MARK_RGB
+        if n >= 2:
+            y[:2] = [10, 9]
+        savemat(root / f"{split}_32x32.mat",
+                {"X": np.ascontiguousarray(images.transpose(1, 2, 3, 0)), "y": y[:, None]})
+        out[split] = (images, np.where(y == 10, 0, y).astype(np.int64))
     return out

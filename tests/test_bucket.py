@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sweep import layout
+from common import layout
 from sweep.storage import Bucket
 from sweep.trial_sync import TrialSync
 

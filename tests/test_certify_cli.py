@@ -9,8 +9,8 @@ import sys
 import pandas as pd
 import pytest
 
-from certify.results_file import meta_path
 from certify.runner import select_indices
+from common.layout import meta_path
 from sweep.cli import main
 
 CERTIFY_HEADER = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower"]

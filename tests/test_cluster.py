@@ -34,7 +34,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from sweep import layout, processes
+from common import layout
+from sweep import processes
 
 BIN = Path(sys.executable).parent
 TINY = {"dataset": "synthetic", "arch": "lenet", "method": "gaussian", "test_subset": 64,

@@ -6,13 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.errors import UserError
 from trainers.config import (
     TrialConfig,
     apply_overrides,
     load_trial_config,
     parse_trial_config,
 )
-from trainers.errors import UserError
 
 
 def test_defaults_are_the_cifar10_recipe():
@@ -44,7 +44,7 @@ def test_yaml_and_overrides(tmp_path):
     ({"method": "trades"}, "method"),
     ({"attack": "fgsm"}, "attack"),
     ({"arch": "vgg"}, "arch"),
-    ({"dataset": "mnist"}, "dataset"),
+    ({"dataset": "emnist"}, "dataset"),
     ({"m_train": 2.5}, "m_train"),
     ({"multi_noise": "yes"}, "multi_noise"),
     ({"sigma": "0.25"}, "sigma"),

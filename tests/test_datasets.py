@@ -16,14 +16,18 @@ from formats import (
     MARK_ROW,
     flat_index,
     write_cifar10,
+    write_cifar100,
     write_fashion_mnist,
     write_idx_gz,
     write_imagefolder,
     write_imagenet32,
+    write_mnist,
+    write_svhn,
 )
 
 import trainers.datasets
-from trainers import UserError, dataset_info, load_dataset
+from common.errors import UserError
+from trainers import dataset_info, load_dataset
 
 # Real Fashion-MNIST where `make test` puts it: Debian's package, or torchvision's download into
 # the repository's ./data when apt is not usable.
@@ -52,6 +56,17 @@ def expected_chw(rows: np.ndarray, i: int) -> np.ndarray:
     return out / 255.0
 
 
+def check_items(ds, name: str, labels, pixels) -> None:
+    """Every item of ``ds`` is a valid ``name`` item with label ``labels[i]`` and exactly the
+    C×H×W pixels ``pixels(i)`` (floats in [0, 1])."""
+    assert len(ds) == len(labels)
+    for i in range(len(ds)):
+        x, y = ds[i]
+        check_item(x, y, name)
+        assert y == int(labels[i])
+        np.testing.assert_array_equal(x.numpy(), pixels(i))
+
+
 def check_item(x, y, name: str) -> None:
     info = dataset_info(name)
     assert isinstance(x, torch.Tensor)
@@ -69,12 +84,8 @@ def test_cifar10_exact_pixels_and_labels(isolated, split):
     written = write_cifar10(isolated / "root", per_batch=3, seed=1)
     rows, labels = written[split]
     ds = load_dataset("cifar10", split, isolated / "root", augment=False, download=False)
-    assert len(ds) == len(labels) == (15 if split == "train" else 3)
-    for i in range(len(ds)):
-        x, y = ds[i]
-        check_item(x, y, "cifar10")
-        assert y == labels[i]
-        np.testing.assert_array_equal(x.numpy(), expected_chw(rows, i))
+    assert len(ds) == (15 if split == "train" else 3)
+    check_items(ds, "cifar10", labels, lambda i: expected_chw(rows, i))
 
 
 def test_cifar10_marker_pixel_channel_layout(isolated):
@@ -175,11 +186,8 @@ def test_imagenet32_pixels_and_zero_based_labels(isolated, split):
     rows, labels = written[split]
     ds = load_dataset("imagenet32", split, isolated, augment=False)
     assert len(ds) == (20 if split == "train" else 2)
-    for i in range(len(ds)):
-        x, y = ds[i]
-        check_item(x, y, "imagenet32")
-        assert y == labels[i] - 1
-        np.testing.assert_array_equal(x.numpy(), expected_chw(rows, i))
+    check_items(ds, "imagenet32", [label - 1 for label in labels],
+                lambda i: expected_chw(rows, i))
     if split == "train":
         assert ds[0][1] == 0 and ds[1][1] == 999
     x, _ = ds[0]
@@ -214,13 +222,8 @@ def test_fashion_mnist_exact_pixels(isolated, split):
     written = write_fashion_mnist(isolated / "fm", n_train=5, n_test=3, seed=10)
     images, labels = written[split]
     ds = load_dataset("fashion_mnist", split, isolated / "fm", augment=True)
-    assert len(ds) == len(labels)
-    for i in range(len(ds)):
-        x, y = ds[i]
-        check_item(x, y, "fashion_mnist")
-        assert y == int(labels[i])
-        # Row-major: (row, col) of the idx image is x[0, row, col], no augmentation ever.
-        np.testing.assert_array_equal(x[0].numpy(), images[i].astype(np.float32) / 255.0)
+    # Row-major: (row, col) of the idx image is x[0, row, col], no augmentation ever.
+    check_items(ds, "fashion_mnist", labels, lambda i: images[i][None] / np.float32(255.0))
 
 
 def test_idx_writer_magic_numbers(tmp_path):
@@ -346,7 +349,8 @@ def test_imagenet_env_dir(isolated, monkeypatch):
 # --------------------------------------------------------------------------- missing / bad names
 
 
-@pytest.mark.parametrize("name", ["cifar10", "imagenet32", "fashion_mnist", "imagenet"])
+@pytest.mark.parametrize("name", ["cifar10", "imagenet32", "fashion_mnist", "imagenet",
+                                  "mnist", "cifar100", "svhn"])
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_missing_dataset_names_folder(isolated, name, split):
     tried = isolated / "nothing-here"
@@ -376,7 +380,7 @@ def test_unknown_dataset_names_field(isolated):
     assert "dataset" in str(err.value)
     assert "mnist_typo" in str(err.value)
     with pytest.raises(UserError, match="dataset"):
-        dataset_info("cifar100")
+        dataset_info("cifar1000")
 
 
 def test_unknown_split_names_field(isolated):
@@ -475,3 +479,137 @@ def test_failed_download_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(UserError, match=r"cifar10.*download failed.*Network is unreachable"):
         load_dataset("cifar10", "test", tmp_path / "x", download=True)
+
+
+# --------------------------------------------------------------------------- MNIST, CIFAR-100, SVHN
+
+
+@pytest.mark.parametrize("name,shape,classes", [("mnist", (1, 28, 28), 10),
+                                                ("cifar100", (3, 32, 32), 100),
+                                                ("svhn", (3, 32, 32), 10)])
+def test_new_builtin_datasets_facts(name, shape, classes):
+    info = dataset_info(name)
+    assert (info.input_shape, info.num_classes) == (shape, classes)
+    assert len(info.mean) == len(info.std) == shape[0]
+    assert all(0 < m < 1 for m in info.mean) and all(0 < s < 1 for s in info.std)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_mnist_exact_pixels_from_torchvision_layout(isolated, split):
+    """MNIST's idx .gz files where torchvision's download leaves them (ROOT/MNIST/raw); a
+    Fashion-MNIST copy (same file names) directly in ROOT is not taken for MNIST."""
+    written = write_mnist(isolated / "root" / "MNIST" / "raw", n_train=5, n_test=4, seed=31)
+    write_fashion_mnist(isolated / "root", n_train=2, n_test=2, seed=32)
+    images, labels = written[split]
+    ds = load_dataset("mnist", split, isolated / "root", download=False)
+    check_items(ds, "mnist", labels, lambda i: images[i][None] / np.float32(255.0))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_cifar100_exact_pixels_and_fine_labels(isolated, split):
+    written = write_cifar100(isolated / "root", n_train=4, n_test=3, seed=33)
+    rows, labels = written[split]
+    ds = load_dataset("cifar100", split, isolated / "root", augment=False)
+    check_items(ds, "cifar100", labels, lambda i: expected_chw(rows, i))
+    if split == "train":
+        assert labels[:2] == [0, 99]  # the fine labels, not the 20 coarse ones
+    x, _ = ds[0]
+    assert [round(float(v) * 255) for v in x[:, MARK_ROW, MARK_COL]] == list(MARK_RGB)
+
+
+def test_cifar100_train_augmentation_and_bad_label(isolated):
+    write_cifar100(isolated, n_train=3, n_test=2, seed=34)
+    assert load_dataset("cifar100", "train", isolated).transform is not None
+    assert load_dataset("cifar100", "train", isolated, augment=False).transform is None
+    path = isolated / "cifar-100-python" / "test"
+    batch = pickle.loads(path.read_bytes(), encoding="bytes")
+    batch[b"fine_labels"][1] = 100
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(UserError) as err:
+        load_dataset("cifar100", "test", isolated)
+    assert str(path) in str(err.value) and "0..99" in str(err.value)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_svhn_exact_pixels_and_digit_zero(isolated, split):
+    written = write_svhn(isolated / "root", n_train=4, n_test=3, seed=35)
+    images, digits = written[split]
+    ds = load_dataset("svhn", split, isolated / "root", augment=False)
+    check_items(ds, "svhn", digits,
+                lambda i: images[i].transpose(2, 0, 1).astype(np.float32) / 255.0)
+    assert [ds[0][1], ds[1][1]] == [0, 9]  # label 10 in the file is the digit 0
+    x, _ = ds[0]
+    assert [round(float(v) * 255) for v in x[:, MARK_ROW, MARK_COL]] == list(MARK_RGB)
+
+
+def test_svhn_augmentation_crops_without_flipping(isolated):
+    from torchvision.transforms import v2
+
+    write_svhn(isolated, n_train=2, n_test=1, seed=36)
+    tf = load_dataset("svhn", "train", isolated).transform
+    assert isinstance(tf, v2.RandomCrop)  # no horizontal flip: a mirrored digit is no digit
+
+
+def test_svhn_damaged_file_names_file(isolated):
+    write_svhn(isolated, n_train=2, n_test=2, seed=37)
+    bad = isolated / "test_32x32.mat"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(UserError) as err:
+        load_dataset("svhn", "test", isolated)
+    assert str(bad) in str(err.value) and len(str(err.value).splitlines()) == 1
+
+
+def test_download_of_new_datasets_lands_where_they_are_read(monkeypatch, tmp_path):
+    """--download hands the first folder to torchvision; fakes leave the files where the real
+    classes do (MNIST/raw, cifar-100-python/, ROOT/{split}_32x32.mat) and the readers find
+    them there."""
+    import torchvision.datasets
+
+    _isolate(monkeypatch, tmp_path)
+    fetched = []
+
+    def fake(name, write):
+        def fetch(root, *args, **kwargs):
+            fetched.append((name, Path(root)))
+            write(Path(root))
+        return fetch
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST",
+                        fake("mnist", lambda r: write_mnist(r / "MNIST" / "raw", 3, 2)))
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100",
+                        fake("cifar100", lambda r: write_cifar100(r, 3, 2)))
+    monkeypatch.setattr(torchvision.datasets, "SVHN",
+                        fake("svhn", lambda r: write_svhn(r, 3, 2)))
+    root = tmp_path / "mine"
+    for name in ("mnist", "cifar100", "svhn"):
+        assert len(load_dataset(name, "test", root, download=True)) == 2
+        assert len(load_dataset(name, "test", root, download=True)) == 2  # no second fetch
+    assert fetched == [("mnist", root), ("cifar100", root), ("svhn", root)]
+
+
+def test_train_and_certify_on_svhn_files_through_the_cli(isolated, capsys):
+    """`smoothadv train` on tiny SVHN .mat files, then `smoothadv certify` of its checkpoint,
+    both reading the dataset through the same loader."""
+    import yaml
+
+    from sweep.cli import main
+
+    write_svhn(isolated / "svhn", n_train=24, n_test=6, seed=38)
+    spec = isolated / "trial.yaml"
+    spec.write_text(yaml.safe_dump({
+        "dataset": "svhn", "data_root": str(isolated / "svhn"), "arch": "lenet",
+        "method": "gaussian", "epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 0.01,
+        "m_train": 1, "steps": 1, "device": "cpu"}))
+    run = isolated / "run"
+    assert main(["train", str(spec), "--out", str(run), "--no-progress"]) == 0
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert (ckpt["dataset"], ckpt["num_classes"]) == ("svhn", 10)
+    out = isolated / "certify.tsv"
+    assert main(["certify", str(run / "checkpoint.pt"), "--sigma", "0.25", "--n0", "4",
+                 "--n", "16", "--batch", "16", "--data-root", str(isolated / "svhn"),
+                 "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    import pandas as pd
+
+    rows = pd.read_csv(out, sep="\t")
+    expected = write_svhn(isolated / "again", 24, 6, seed=38)["test"][1]  # the same files
+    assert rows["label"].tolist() == expected.tolist()

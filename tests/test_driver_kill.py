@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from sweep import layout, processes
+from common import layout
+from common.layout import CHECKPOINT
+from sweep import processes
 from sweep.spec import parse_spec
-from trainers.train import CHECKPOINT, train_trial
+from trainers.train import train_trial
 
 SPEC = {"name": "killed",
         "defaults": {"dataset": "synthetic", "arch": "lenet", "train_subset": 768,

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainers import ARCHS, UserError, build_model, dataset_info
+from common.errors import UserError
+from trainers import ARCHS, build_model, dataset_info
 from trainers.models import BasicBlock, CifarResNet, NormalizeLayer, reset_head
 
 # (arch, dataset, batch): every arch on a dataset it is meant for, kept small for the CPU.
@@ -15,6 +16,9 @@ CASES = [
     ("cifar_resnet20", "synthetic", 2),
     ("cifar_resnet110", "cifar10", 2),
     ("lenet", "fashion_mnist", 3),
+    ("lenet", "mnist", 2),
+    ("cifar_resnet20", "cifar100", 2),
+    ("cifar_resnet20", "svhn", 2),
     ("lenet", "synthetic", 2),
     ("resnet50", "imagenet", 1),
 ]
@@ -122,7 +126,7 @@ def test_unknown_arch_names_field():
 
 def test_unknown_dataset_in_build_model():
     with pytest.raises(UserError, match="dataset"):
-        build_model("lenet", "svhn")
+        build_model("lenet", "stl10")
 
 
 @pytest.mark.parametrize("arch,dataset", [("lenet", "synthetic"), ("cifar_resnet20", "cifar10")])

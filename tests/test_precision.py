@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from certify.attack import AttackSettings, run_attack
-from certify.results_file import meta_path
 from certify.runner import Sampling, run_smoothing
+from common.layout import meta_path
 from sweep.cli import main
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -24,8 +24,8 @@ from formats import write_cifar10, write_imagefolder, write_imagenet32
 from torch import nn
 
 from certify import clopper_pearson_lower
-from certify.results_file import meta_path
 from certify.runner import load_evaluation
+from common.layout import meta_path
 from sweep.cli import main
 from trainers import build_model, save_checkpoint
 from trainers.models import NormalizeLayer

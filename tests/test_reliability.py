@@ -16,10 +16,11 @@ import pytest
 import torch
 import yaml
 
+from common.errors import UserError
+from common.layout import CHECKPOINT
 from trainers.checkpoint import previous_path
 from trainers.config import parse_trial_config
-from trainers.errors import UserError
-from trainers.train import CHECKPOINT, train_trial
+from trainers.train import train_trial
 
 TINY = {"dataset": "synthetic", "arch": "lenet", "train_subset": 64, "test_subset": 32,
         "batch_size": 32, "lr": 0.05, "method": "gaussian", "device": "cpu"}

@@ -14,17 +14,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import assert_resumed_equals_straight
 from formats import write_cifar10
 
+from common.errors import UserError
+from common.layout import METRICS
 from sweep.cli import main
 from trainers import build_model, load_dataset, model_from_checkpoint
 from trainers import train as train_module
 from trainers.config import parse_trial_config
 from trainers.data_formats import read_pickle_dict
 from trainers.datasets import synthetic_arrays
-from trainers.errors import UserError
 from trainers.self_training import load_extra_data, pseudo_label, write_extra_data
-from trainers.train import CHECKPOINT, METRICS, train_trial
+from trainers.train import train_trial
 
 SYNTH = {"dataset": "synthetic", "arch": "lenet", "sigma": 0.25, "epsilon": 0.25, "steps": 2,
          "m_train": 2, "warmup_epochs": 1, "batch_size": 20, "lr": 0.05, "train_subset": 60,
@@ -328,13 +330,7 @@ def test_resume_with_extra_data_is_bit_exact_and_augments_both_halves(tmp_path, 
                 progress=False)
     first_epoch = (tmp_path / "resumed" / METRICS).read_bytes()
     train_trial(c, tmp_path / "resumed", progress=False)
-    # epoch 0 was not trained again: its metrics line, wall time included, survives as is
-    assert (tmp_path / "resumed" / METRICS).read_bytes().startswith(first_epoch)
-    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
-    b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)
-    assert b["epoch"] == 3
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key
+    assert_resumed_equals_straight(tmp_path / "straight", tmp_path / "resumed", first_epoch, 3)
     # the extra half carries the labelled set's crop + flip augmentation
     labelled = load_dataset("cifar10", "train", tmp_path / "data")
     assert loaded[0].transform is not None

@@ -13,11 +13,11 @@ import torch
 import yaml
 
 from certify.attack import AttackSettings, run_attack
-from certify.results_file import meta_path
 from certify.runner import Sampling, run_smoothing
+from common.errors import UserError
+from common.layout import meta_path
 from sweep.spec import AttackEval, parse_spec
 from trainers.config import CertifyConfig, parse_trial_config
-from trainers.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 IDENTITY = {"checkpoint_sha256": "ab" * 32, "dataset": "synthetic", "split": "test"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweep import layout
+from common import layout
 
 ROOT = Path(__file__).resolve().parent.parent
 SBATCH = ROOT / "cluster" / "slurm" / "smoothadv.sbatch"

@@ -4,13 +4,15 @@ resumed from its checkpoint by ``sweep resume``."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
 from conftest import FAULT_TRIAL, KILL_TRIAL, RESTART_TRIAL
 
-from sweep import layout
+from common import layout
 from sweep.cli import main
 
 TINY_DEFAULTS = {
@@ -77,6 +79,11 @@ def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capsys
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "3 trials: 3 terminated"
     assert all("8/8" in line for line in out[1:-1])
+    # the README's `tensorboard --logdir STORAGE/NAME/tune`, with the TensorBoard installed
+    board = subprocess.run([str(Path(sys.executable).parent / "tensorboard"), "--inspect",
+                            "--logdir", str(sweep_dir / layout.TUNE)], capture_output=True,
+                           text=True, timeout=120)
+    assert "ray/tune/acr" in board.stdout and "pgd-sigma0.25" in board.stdout, board.stderr
 
 
 def test_a_trial_larger_than_the_local_cluster_is_refused(local_ray, tmp_path, capsys):

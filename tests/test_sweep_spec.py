@@ -11,11 +11,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sweep import layout
+from common import layout
+from common.errors import UserError
 from sweep.cli import main
 from sweep.spec import load_spec, parse_spec, trial_name
 from sweep.status import format_status
-from trainers.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TINY = {"name": "tiny", "defaults": {"dataset": "synthetic", "arch": "lenet", "epochs": 1},

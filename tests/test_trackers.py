@@ -11,7 +11,7 @@ import pytest
 from conftest import TRACKED_TRIAL
 from test_sweep_ray import TINY_DEFAULTS, run_spec
 
-from sweep import layout
+from common import layout
 from sweep.cli import main
 
 # One gaussian and one pgd trial: the union's parts grid different keys. The pgd trial raises

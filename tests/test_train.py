@@ -7,12 +7,14 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import assert_resumed_equals_straight
 
 from certify.runner import Sampling, run_smoothing, select_indices
+from common.layout import CHECKPOINT, METRICS
 from trainers import build_model, load_dataset, model_from_checkpoint
 from trainers import train as train_module
 from trainers.config import parse_trial_config
-from trainers.train import CHECKPOINT, METRICS, train_trial
+from trainers.train import train_trial
 
 BASE = {"dataset": "synthetic", "arch": "lenet", "sigma": 0.25, "epsilon": 0.25, "steps": 2,
         "m_train": 2, "warmup_epochs": 2, "batch_size": 50, "lr": 0.05, "lr_step": 2,
@@ -33,15 +35,40 @@ def test_resume_from_epoch_checkpoint_equals_uninterrupted(tmp_path, method, att
     train_trial(interrupted, tmp_path / "resumed", progress=False)
     first_epoch = (tmp_path / "resumed" / METRICS).read_bytes()
     train_trial(c, tmp_path / "resumed", progress=False)  # continues at epoch 1
-    # Epoch 0 was not trained again: its metrics line (with its own wall time) survives as is.
-    assert (tmp_path / "resumed" / METRICS).read_bytes().startswith(first_epoch)
-    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
-    b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)
-    assert b["epoch"] == 3
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key
+    assert_resumed_equals_straight(tmp_path / "straight", tmp_path / "resumed", first_epoch, 3)
     epochs = [json.loads(ln)["epoch"] for ln in (tmp_path / "resumed" / METRICS).open()]
     assert epochs == [0, 1, 2]
+
+
+def test_checkpoints_hold_no_generator_state_and_resume_needs_none(tmp_path):
+    """Every epoch reseeds from (seed, epoch), so a checkpoint stores no generator state: a
+    resume in a process whose generators are anywhere, from an older checkpoint that still
+    carries (unused) states, ends bit for bit where the uninterrupted run does."""
+    import random
+
+    import numpy as np
+
+    from trainers.checkpoint import DIGEST_KEY, payload_digest
+
+    c = config(epochs=2)
+    train_trial(c, tmp_path / "straight", progress=False)
+    train_trial(parse_trial_config({**c.to_dict(), "epochs": 1}), tmp_path / "resumed",
+                progress=False)
+    path = tmp_path / "resumed" / CHECKPOINT
+    old = torch.load(path, weights_only=True)
+    assert "rng" not in old
+    old["rng"] = {"python": random.getstate(), "torch": torch.get_rng_state()}  # older format
+    old[DIGEST_KEY] = payload_digest(old)
+    torch.save(old, path)
+    torch.manual_seed(999)
+    np.random.seed(999)
+    random.seed(999)
+    train_trial(c, tmp_path / "resumed", progress=False)
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
+    b = torch.load(path, weights_only=True)
+    assert b["epoch"] == 2 and "rng" not in b
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
 
 
 def test_epsilon_warmup_is_linear():
@@ -99,8 +126,8 @@ def test_short_smoothadv_training_raises_certified_accuracy(tmp_path):
 def test_fine_tuning_keeps_the_body_and_replaces_the_head(tmp_path):
     """ImageNet-32 → CIFAR-10 (Table 2): body weights from the checkpoint, a fresh 10-way head,
     CIFAR-10's normalization."""
+    from common.errors import UserError
     from trainers import save_checkpoint
-    from trainers.errors import UserError
 
     pretrained = build_model("cifar_resnet20", "imagenet32")
     path = tmp_path / "pre.pt"

@@ -15,7 +15,6 @@ _EXPORTS = {
     "load_checkpoint": "trainers.checkpoint",
     "model_from_checkpoint": "trainers.checkpoint",
     "save_checkpoint": "trainers.checkpoint",
-    "UserError": "trainers.errors",
 }
 
 __all__ = sorted(_EXPORTS)

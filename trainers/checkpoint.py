@@ -7,24 +7,27 @@ Each checkpoint carries a SHA-256 digest of its own content (every tensor's byte
 shape, and every other value, key by key): a flipped bit inside the weights, which
 ``torch.load`` reads without complaint, is caught on load as a corrupt file. Checkpoints
 written before the digest existed load unverified.
+
+No generator state is stored: training draws each epoch's randomness from generators
+seeded by (seed, epoch) (trainers.train.epoch_seed), so a resumed run needs none.
+Older checkpoints, which stored an ``rng`` entry, still load; it is ignored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import pickle
-import random
 import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from trainers.atomic import atomic_write_bytes
+from common.atomic import atomic_write_bytes
+from common.errors import UserError
+from common.layout import PREVIOUS
 from trainers.datasets import dataset_info
-from trainers.errors import UserError
 from trainers.models import build_model, place
 
 FORMAT_VERSION = 1
@@ -58,30 +61,6 @@ def payload_digest(payload: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch (CPU and CUDA) generator states, as weights_only-safe objects."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    keys = n["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -113,7 +92,6 @@ def save_checkpoint(
         "epoch": epoch,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": rng_state(),
         **(extra or {}),
     }
     payload[DIGEST_KEY] = payload_digest(payload)
@@ -128,7 +106,7 @@ class CheckpointMismatch(UserError):
 def previous_path(path: str | Path) -> Path:
     """Where save_checkpoint(keep_previous=True) keeps the checkpoint it replaced."""
     path = Path(path)
-    return path.with_name(f"{path.stem}.prev{path.suffix}")
+    return path.with_name(f"{path.stem}{PREVIOUS}{path.suffix}")
 
 
 def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

@@ -14,8 +14,8 @@ from typing import Any, Self
 import yaml
 
 from certify.settings import SamplingKeys
-from trainers.errors import UserError
-from trainers.registry import ARCH_NAMES, DATASETS
+from common.errors import UserError
+from trainers.registry import DATASETS, check_arch, dataset_info, is_import_path
 
 METHODS = ("gaussian", "smoothadv", "vanilla_adv")
 ATTACKS = ("pgd", "ddn")
@@ -128,8 +128,11 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 def validate(config: TrialConfig) -> TrialConfig:
     c = config
-    _require(c.dataset in DATASETS, "dataset", f"unknown {c.dataset!r}; one of {sorted(DATASETS)}")
-    _require(c.arch in ARCH_NAMES, "arch", f"unknown {c.arch!r}; one of {sorted(ARCH_NAMES)}")
+    # A built-in name, or an import path 'module:name' resolved now (trainers.registry).
+    _require(c.dataset in DATASETS or is_import_path(c.dataset), "dataset",
+             f"unknown {c.dataset!r}; one of {sorted(DATASETS)} or 'module.path:factory'")
+    dataset_info(c.dataset)
+    check_arch(c.arch)
     _require(c.method in METHODS, "method", f"unknown {c.method!r}; one of {list(METHODS)}")
     _require(c.attack in ATTACKS, "attack", f"unknown {c.attack!r}; one of {list(ATTACKS)}")
     _require(c.sigma > 0, "sigma", f"must be > 0, got {c.sigma}")

@@ -1,4 +1,4 @@
-"""Readers for the on-disk dataset formats (REFERENCE.md, "Data formats").
+"""Readers for the on-disk dataset formats (docs/reference-facts.md, "Data formats").
 
 Every reader returns images as a uint8 array N×H×W×C and labels as an int64 array N, so the
 datasets above them share one in-memory representation.
@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from trainers.errors import UserError
+from common.errors import UserError
 
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILES = ("test_batch",)
@@ -24,6 +24,9 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+MNIST_FILES = FASHION_MNIST_FILES  # Fashion-MNIST copies MNIST's format and file names
+CIFAR100_FILES = {"train": ("train",), "test": ("test",)}  # in cifar-100-python/, beside meta
+SVHN_FILES = {"train": ("train_32x32.mat",), "test": ("test_32x32.mat",)}  # cropped digits
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -98,17 +101,19 @@ def _rows_to_hwc(data: np.ndarray, side: int, path: Path) -> np.ndarray:
 
 
 def read_pickle_batches(
-    files: list[Path], num_classes: int, label_offset: int = 0, side: int = 32
+    files: list[Path], num_classes: int, label_offset: int = 0, side: int = 32,
+    label_key: str = "labels",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Read CIFAR-10 / ImageNet-32 pickle batches; labels are shifted by ``-label_offset`` and
-    must then lie in [0, num_classes)."""
+    """Read CIFAR-10 / CIFAR-100 / ImageNet-32 pickle batches (CIFAR-100 keeps its 100-class
+    labels under ``label_key="fine_labels"``); labels are shifted by ``-label_offset`` and must
+    then lie in [0, num_classes)."""
     images, labels = [], []
     for path in files:
         batch = read_pickle_dict(path)
-        if "data" not in batch or "labels" not in batch:
-            raise UserError(f"{path}: pickle batch lacks 'data' or 'labels'")
+        if "data" not in batch or label_key not in batch:
+            raise UserError(f"{path}: pickle batch lacks 'data' or {label_key!r}")
         batch_images = _rows_to_hwc(batch["data"], side, path)
-        batch_labels = np.asarray(batch["labels"], dtype=np.int64).reshape(-1) - label_offset
+        batch_labels = np.asarray(batch[label_key], dtype=np.int64).reshape(-1) - label_offset
         if len(batch_images) != len(batch_labels):
             raise UserError(
                 f"{path}: {len(batch_images)} images but {len(batch_labels)} labels"
@@ -148,6 +153,7 @@ def read_idx_gz(path: Path) -> np.ndarray:
 
 
 def read_fashion_mnist(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``split`` of the gzipped idx files in ``directory`` (Fashion-MNIST or MNIST)."""
     image_file, label_file = FASHION_MNIST_FILES[split]
     images = read_idx_gz(directory / image_file)
     labels = read_idx_gz(directory / label_file).astype(np.int64)
@@ -155,3 +161,26 @@ def read_fashion_mnist(directory: Path, split: str) -> tuple[np.ndarray, np.ndar
         raise UserError(f"{directory}: {image_file} and {label_file} do not match")
     check_labels(labels, 10, directory / label_file)
     return images[..., None].astype(np.uint8), labels
+
+
+def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One SVHN ``{split}_32x32.mat`` (MATLAB 5, read with scipy.io as torchvision does): ``X``
+    is uint8 32×32×3×N (H, W, C, image), ``y`` is N×1 with labels 1..10, 10 standing for the
+    digit 0; labels are returned as the digit, 0..9."""
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(path)
+    except Exception as e:  # scipy raises ValueError, MatReadError, NotImplementedError (v7.3) …
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: cannot read SVHN .mat file ({type(e).__name__}: {first})") from e
+    if "X" not in mat or "y" not in mat:
+        raise UserError(f"{path}: SVHN .mat file lacks 'X' or 'y'")
+    x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1).astype(np.int64)
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        raise UserError(f"{path}: 'X' has shape {x.shape}, expected 32×32×3×N")
+    if x.shape[3] != len(y):
+        raise UserError(f"{path}: {x.shape[3]} images but {len(y)} labels")
+    check_labels(y - 1, 10, path, offset=1)
+    images = np.ascontiguousarray(x.transpose(3, 0, 1, 2), dtype=np.uint8)
+    return images, np.where(y == 10, 0, y)

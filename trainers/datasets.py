@@ -1,7 +1,8 @@
 """Datasets by name: shape, classes and normalization, and loaders that yield [0,1] pixels.
 
 Every dataset returns ``(image, label)`` with ``image`` a float32 C×H×W tensor in [0,1]:
-noise is added in pixel space and the model normalizes in its first layer (REFERENCE.md).
+noise is added in pixel space and the model normalizes in its first layer
+(Cohen et al. 2019; docs/reference-facts.md, "Where the noise goes").
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from common.errors import UserError
 from trainers import data_formats as fmt
-from trainers.errors import UserError
-from trainers.registry import DATASETS, DatasetInfo, dataset_info  # noqa: F401 (re-exported)
+from trainers.registry import (  # noqa: F401 (DATASETS, DatasetInfo re-exported)
+    DATASETS,
+    DatasetInfo,
+    dataset_info,
+    is_import_path,
+    resolve_import_path,
+)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "test")
@@ -73,10 +80,13 @@ def _not_found(name: str, tried: Sequence[Path], files: Sequence[str], how: str)
     )
 
 
-def _small_image_transform(side: int, train: bool) -> Callable | None:
-    """CIFAR-style augmentation (random crop with 4-pixel padding, horizontal flip) on uint8."""
+def _small_image_transform(side: int, train: bool, flip: bool = True) -> Callable | None:
+    """CIFAR-style augmentation (random crop with 4-pixel padding, horizontal flip unless
+    ``flip`` is false: a mirrored digit is no digit) on uint8."""
     if not train:
         return None
+    if not flip:
+        return v2.RandomCrop(side, padding=4)
     return v2.Compose([v2.RandomCrop(side, padding=4), v2.RandomHorizontalFlip()])
 
 
@@ -124,6 +134,52 @@ def _cifar10(split: str, data_root, download: bool, augment: bool) -> Dataset:
     return ArrayDataset(images, labels, _small_image_transform(32, split == "train" and augment))
 
 
+def _cifar100_dir(split: str, data_root, download: bool) -> Path:
+    from torchvision.datasets import CIFAR100
+
+    def fetch(root: Path) -> None:  # torchvision unpacks ROOT/cifar-100-python/
+        CIFAR100(str(root), train=split == "train", download=True)
+
+    return _locate(
+        "cifar100", _candidate_dirs(data_root, ["SMOOTHADV_DATA"]), ("cifar-100-python", ""),
+        fmt.CIFAR100_FILES[split],
+        "get the python version from https://www.cs.toronto.edu/~kriz/cifar.html "
+        "(or pass --download) and give its folder with --data-root (config key data_root)",
+        fetch if download else None,
+    )
+
+
+def _cifar100(split: str, data_root, download: bool, augment: bool) -> Dataset:
+    """The 100 fine classes (the coarse superclass labels are not used)."""
+    found = _cifar100_dir(split, data_root, download)
+    images, labels = fmt.read_pickle_batches([found / f for f in fmt.CIFAR100_FILES[split]], 100,
+                                             label_key="fine_labels")
+    return ArrayDataset(images, labels, _small_image_transform(32, split == "train" and augment))
+
+
+def _svhn_dir(split: str, data_root, download: bool) -> Path:
+    from torchvision.datasets import SVHN
+
+    def fetch(root: Path) -> None:  # torchvision saves ROOT/{split}_32x32.mat
+        SVHN(str(root), split=split, download=True)
+
+    return _locate(
+        "svhn", _candidate_dirs(data_root, ["SMOOTHADV_DATA"]), ("", "svhn", "SVHN"),
+        fmt.SVHN_FILES[split],
+        "get the cropped digits (format 2) from http://ufldl.stanford.edu/housenumbers/ "
+        "(or pass --download) and give their folder with --data-root (config key data_root)",
+        fetch if download else None,
+    )
+
+
+def _svhn(split: str, data_root, download: bool, augment: bool) -> Dataset:
+    """SVHN's train and test sets (format 2, the 'extra' set is not used); digit 0 is label 0."""
+    images, labels = fmt.read_svhn_mat(_svhn_dir(split, data_root, download)
+                                       / fmt.SVHN_FILES[split][0])
+    return ArrayDataset(images, labels,
+                        _small_image_transform(32, split == "train" and augment, flip=False))
+
+
 def _imagenet32_dir(split: str, data_root, download: bool) -> Path:
     return _locate(
         "imagenet32", _candidate_dirs(data_root, ["SMOOTHADV_DATA"]),
@@ -159,6 +215,27 @@ def _fashion_mnist_dir(split: str, data_root, download: bool) -> Path:
 
 def _fashion_mnist(split: str, data_root, download: bool, augment: bool) -> Dataset:
     images, labels = fmt.read_fashion_mnist(_fashion_mnist_dir(split, data_root, download), split)
+    return ArrayDataset(images, labels)
+
+
+def _mnist_dir(split: str, data_root, download: bool) -> Path:
+    from torchvision.datasets import MNIST
+
+    def fetch(root: Path) -> None:  # torchvision keeps the .gz files in ROOT/MNIST/raw
+        MNIST(str(root), train=split == "train", download=True)
+
+    # MNIST/raw and mnist/ first: Fashion-MNIST uses the same four file names.
+    return _locate(
+        "mnist", _candidate_dirs(data_root, ["SMOOTHADV_DATA"]), ("MNIST/raw", "mnist", ""),
+        fmt.MNIST_FILES[split],
+        "pass --download, or give the folder of the idx .gz files "
+        "(train-images-idx3-ubyte.gz …) with --data-root (config key data_root)",
+        fetch if download else None,
+    )
+
+
+def _mnist(split: str, data_root, download: bool, augment: bool) -> Dataset:
+    images, labels = fmt.read_fashion_mnist(_mnist_dir(split, data_root, download), split)
     return ArrayDataset(images, labels)
 
 
@@ -217,6 +294,9 @@ _LOCATORS: dict[str, Callable[[str, object, bool], Path]] = {
     "imagenet": _imagenet_dir,
     "imagenet32": _imagenet32_dir,
     "fashion_mnist": _fashion_mnist_dir,
+    "mnist": _mnist_dir,
+    "cifar100": _cifar100_dir,
+    "svhn": _svhn_dir,
 }
 
 _LOADERS = {
@@ -224,6 +304,9 @@ _LOADERS = {
     "imagenet": _imagenet,
     "imagenet32": _imagenet32,
     "fashion_mnist": _fashion_mnist,
+    "mnist": _mnist,
+    "cifar100": _cifar100,
+    "svhn": _svhn,
     "synthetic": _synthetic,
 }
 
@@ -239,19 +322,30 @@ def load_dataset(
     """The ``split`` ('train' or 'test'; ImageNet's 'test' is val/) of dataset ``name``.
 
     Training splits carry the recipe's augmentation unless ``augment`` is false. ``download``
-    lets torchvision fetch CIFAR-10 or Fashion-MNIST into the first candidate folder when the
-    network allows; otherwise a missing dataset raises a UserError naming every folder tried.
+    lets torchvision fetch CIFAR-10, CIFAR-100, SVHN, MNIST or Fashion-MNIST into the first
+    candidate folder when the network allows (the files are then read by this package's own
+    readers, as those the user supplies); otherwise a missing dataset raises a UserError naming
+    every folder tried. An import path ``module:factory`` calls the user's factory
+    (trainers.registry describes the contract).
     """
     dataset_info(name)
     if split not in SPLITS:
         raise UserError(f"split: unknown split {split!r}; expected one of {list(SPLITS)}")
+    if is_import_path(name):
+        dataset = resolve_import_path("dataset", name)(split, data_root, download=download,
+                                                        augment=augment)
+        if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+            raise UserError(f"dataset: {name!r} returned a {type(dataset).__name__}, not a "
+                            "Dataset with __getitem__ and __len__")
+        return dataset
     return _LOADERS[name](split, data_root, download, augment)
 
 
 def locate_dataset(name: str, split: str, data_root: str | Path | None = None, *,
                    download: bool = False) -> Path | None:
-    """The folder the split of ``name`` would be read from (None for in-memory synthetic data),
-    without reading it; a missing dataset raises the UserError :func:`load_dataset` would."""
+    """The folder the split of ``name`` would be read from (None for in-memory synthetic data
+    and for a user's factory, which finds its own files), without reading it; a missing
+    dataset raises the UserError :func:`load_dataset` would."""
     dataset_info(name)
     if split not in SPLITS:
         raise UserError(f"split: unknown split {split!r}; expected one of {list(SPLITS)}")

@@ -1,8 +1,10 @@
 """Base classifiers. Every model takes [0,1] pixels and normalizes in its first layer.
 
 ``build_model(arch, dataset)`` returns ``nn.Sequential(NormalizeLayer, net)``; the number of
-classes and input channels come from the dataset (REFERENCE.md: storing the architecture and its
-normalization together avoids models that predict garbage under the other normalization).
+classes and input channels come from the dataset (docs/reference-facts.md: storing the
+architecture and its normalization together avoids models that predict garbage under the other
+normalization). Each builder in ``ARCHS`` takes the dataset's ``DatasetInfo``; ``arch`` may also
+be an import path ``module:builder`` to a user's callable of that signature (trainers.registry).
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from trainers.errors import UserError
-from trainers.registry import DatasetInfo, dataset_info
+from common.errors import UserError
+from trainers.registry import DatasetInfo, dataset_info, is_import_path, resolve_import_path
 
 
 class NormalizeLayer(nn.Module):
@@ -118,9 +120,16 @@ ARCHS = {
 def build_model(arch: str, dataset: str | DatasetInfo) -> nn.Sequential:
     """``nn.Sequential(NormalizeLayer(mean, std), net)`` for ``arch`` sized to ``dataset``."""
     info = dataset if isinstance(dataset, DatasetInfo) else dataset_info(dataset)
-    if arch not in ARCHS:
-        raise UserError(f"arch: unknown architecture {arch!r}; expected one of {sorted(ARCHS)}")
-    return nn.Sequential(NormalizeLayer(info.mean, info.std), ARCHS[arch](info))
+    if is_import_path(arch):  # a user's builder, same signature as ARCHS' (trainers.registry)
+        net = resolve_import_path("arch", arch)(info)
+        if not isinstance(net, nn.Module):
+            raise UserError(f"arch: {arch!r} returned a {type(net).__name__}, not an nn.Module")
+    elif arch in ARCHS:
+        net = ARCHS[arch](info)
+    else:
+        raise UserError(f"arch: unknown architecture {arch!r}; expected one of {sorted(ARCHS)} "
+                        "or an import path 'module.path:builder'")
+    return nn.Sequential(NormalizeLayer(info.mean, info.std), net)
 
 
 def place(model: nn.Module, device: str | torch.device) -> nn.Module:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainers.errors import UserError
+from common.errors import UserError
 from trainers.models import NormalizeLayer, build_model
 from trainers.registry import dataset_info
 

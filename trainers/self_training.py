@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from trainers.checkpoint import atomic_write_bytes, model_from_checkpoint
+from common.atomic import atomic_write_bytes
+from common.errors import UserError
+from trainers.checkpoint import model_from_checkpoint
 from trainers.data_formats import read_pickle_dict
 from trainers.datasets import DATASETS, SPLITS, ArrayDataset, dataset_info, load_dataset
-from trainers.errors import UserError
+from trainers.device import resolve_device
 
 DATA_KEY = "data"
 TARGETS_KEY = "extrapolated_targets"
@@ -147,13 +149,11 @@ def pseudo_label(teacher_ckpt: str | Path, images: str, out: str | Path, *,
     label with a standard (non-robust) classifier; it takes one forward pass per image, where
     the smoothed classifier's prediction would take many noisy samples.
     """
-    from trainers.train import resolve_device
-
     if batch_size < 1:
         raise UserError(f"--batch: must be ≥ 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise UserError(f"--limit: must be ≥ 1, got {limit}")
-    torch_device = resolve_device(device or "auto")
+    torch_device = resolve_device(device)
     model, ckpt = model_from_checkpoint(teacher_ckpt, device=torch_device)
     array = read_images(images, data_root=data_root, limit=limit)
     _check_images(array, dataset_info(ckpt["dataset"]).input_shape,

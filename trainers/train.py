@@ -1,5 +1,6 @@
 """One training trial: Gaussian augmentation (Cohen et al.), SmoothAdv (Pseudocode 1) and vanilla
-adversarial training, with the reference script's batching (REFERENCE.md).
+adversarial training, with the batching of SmoothAdv's reference script
+(Hadisalman/smoothing-adversarial, code/train_pgd.py; docs/reference-facts.md, "Batching").
 
 Per loader batch of B images, split into m chunks of about B/m images: each chunk, each image
 repeated m times with its own fresh noise, is attacked; with ``multi_noise`` each chunk then takes
@@ -13,7 +14,13 @@ loss weights each example, 1 labelled and ``extra_weight`` pseudo-labelled (see 
 
 Every epoch ends with an atomic checkpoint, then one JSON line of metrics. Each epoch's
 randomness (shuffling, augmentation, noise) is seeded from (seed, epoch), so a run resumed from
-an epoch checkpoint reproduces the uninterrupted run bit for bit on CPU.
+an epoch checkpoint reproduces the uninterrupted run bit for bit on CPU (checkpoints therefore
+store no generator state).
+
+train_trial runs in named steps: prepare_folder (refuse another run's folder, or pick the model
+to start from or resume), build_training (placement, DDP, optimizer and schedule),
+load_trial_data, then per epoch run_epoch (epoch_batches, train_batch) and finish_epoch
+(checkpoint, metrics line).
 
 Under DDP (a torch process group of W ranks, as Ray Train sets up) ``batch_size`` stays the
 global batch: each rank takes batch_size/W images of a shared shuffled order
@@ -26,7 +33,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +45,21 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from common.atomic import atomic_write_bytes
+from common.errors import UserError
+from common.layout import CHECKPOINT, CONFIG, METRICS
 from trainers import attacks
 from trainers.checkpoint import (
     CheckpointMismatch,
-    atomic_write_bytes,
     model_from_checkpoint,
     previous_path,
     save_checkpoint,
 )
 from trainers.config import TrialConfig, parse_trial_config
 from trainers.datasets import dataset_info, load_dataset
-from trainers.errors import UserError
+from trainers.device import resolve_device
 from trainers.models import build_model, place, reset_head
 from trainers.self_training import load_extra_data, mixed_batches
-
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -72,12 +79,6 @@ def distributed_rank() -> tuple[int, int]:
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside a DistributedDataParallel wrapper."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def attack_epsilon(config: TrialConfig, epoch: int) -> float:
@@ -231,7 +232,7 @@ def check_same_run(config: TrialConfig, out: Path) -> None:
     """Refuse to train into ``out`` when its ``config.yaml`` (the run's record) differs from
     ``config`` in a key that changes the model: resuming would mix two runs' settings in one
     checkpoint. Keys absent from an older record count as their defaults."""
-    path = out / "config.yaml"
+    path = out / CONFIG
     if not path.is_file():
         return
     try:
@@ -246,27 +247,52 @@ def check_same_run(config: TrialConfig, out: Path) -> None:
                             f"may change on resume): use another output folder")
 
 
-def train_trial(config: TrialConfig, out_dir: str | Path,
-                report: Callable[[dict[str, Any], Path], None] | None = None,
-                progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) one trial in ``out_dir``; returns the last epoch's metrics.
+@dataclass
+class TrialData:
+    """A trial's images: the labelled training set, the test loader of the epoch's noisy
+    accuracy, the pseudo-labelled set (self-training, else None) and each rank's labelled
+    batch size."""
 
-    ``report(metrics, checkpoint_path)`` is called after every epoch (Ray Train's hook).
-    """
-    from tqdm import tqdm
+    train_set: Any
+    test_loader: DataLoader
+    extra_set: Any
+    labelled_batch: int
 
-    out = Path(out_dir)
+
+@dataclass
+class TrainingState:
+    """What the epochs update: the plain model ``net`` and the one trained (``net`` itself,
+    or its DDP wrapper), the optimizer, the LR schedule, and the first epoch still to run."""
+
+    net: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    start_epoch: int
+
+
+def prepare_folder(config: TrialConfig, out: Path, rank: int,
+                   device: torch.device) -> tuple[nn.Module, dict | None]:
+    """Refuse ``out`` when it holds another run; otherwise the model to train and the
+    checkpoint it resumes from (None for a fresh run, whose model is seeded by
+    ``config.seed``), with the folder created and the run's ``config.yaml`` written.
+
+    A refused run writes nothing."""
     check_same_run(config, out)
-    rank, world = distributed_rank()
-    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    ckpt_path = out / CHECKPOINT
-    resumed = resume_point(ckpt_path, config, device, say=print if rank == 0 else None)
+    resumed = resume_point(out / CHECKPOINT, config, device, say=print if rank == 0 else None)
     net, ckpt = resumed if resumed is not None else (_initial_model(config, device), None)
-    out.mkdir(parents=True, exist_ok=True)  # only now: a refused run writes nothing
+    out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
-        atomic_write_bytes(out / "config.yaml", lambda f: f.write(config_yaml))
+        atomic_write_bytes(out / CONFIG, lambda f: f.write(config_yaml))
+    return net, ckpt
+
+
+def build_training(net: nn.Module, ckpt: dict | None, config: TrialConfig,
+                   device: torch.device, world: int) -> TrainingState:
+    """``net`` placed on ``device`` (wrapped in DDP when ``world`` > 1), SGD and its StepLR
+    schedule, both restored from ``ckpt`` when resuming."""
     net = place(net, device)
     model = net if world == 1 else nn.parallel.DistributedDataParallel(
         net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -278,65 +304,113 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch = ckpt["epoch"]
-    if rank == 0:
-        _trim_metrics(out / METRICS, start_epoch)
+    return TrainingState(net, model, optimizer, scheduler, start_epoch)
 
+
+def load_trial_data(config: TrialConfig, world: int) -> TrialData:
+    """The trial's training and test subsets and, with ``extra_data``, the pseudo-labelled set
+    (augmented as the labelled set is); a labelled batch is half the batch under
+    self-training, and each of ``world`` ranks takes its share."""
     train_set = _subset(load_dataset(config.dataset, "train", config.data_root),
                         config.train_subset)
     test_set = _subset(load_dataset(config.dataset, "test", config.data_root, augment=False),
                        config.test_subset)
-    test_loader = DataLoader(test_set, batch_size=config.batch_size)
     extra_set = None
-    if config.extra_data is not None:  # the labelled set's augmentation for both halves
+    if config.extra_data is not None:
         labelled = train_set.dataset if isinstance(train_set, Subset) else train_set
         extra_set = load_extra_data(config.extra_data, config.dataset, labelled.transform)
     labelled_batch = config.batch_size if extra_set is None else config.batch_size // 2
-    labelled_batch = max(1, labelled_batch // world)
+    return TrialData(train_set, DataLoader(test_set, batch_size=config.batch_size), extra_set,
+                     max(1, labelled_batch // world))
+
+
+def epoch_batches(data: TrialData, config: TrialConfig, epoch: int, rank: int,
+                  world: int) -> tuple[Iterable, int]:
+    """Seed this rank's epoch randomness from (seed, epoch, rank); the epoch's ``(x, y,
+    weight)`` batches (weight None without self-training) and their number.
+
+    The shuffled order is seeded by (seed, epoch) alone: under DDP every rank shares it and
+    takes its own equal share."""
+    seed = epoch_seed(config.seed, epoch)
+    torch.manual_seed(epoch_seed(config.seed, epoch, rank))
+    if world == 1:
+        loader = DataLoader(data.train_set, batch_size=data.labelled_batch, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = DistributedSampler(data.train_set, num_replicas=world, rank=rank, seed=seed)
+        loader = DataLoader(data.train_set, batch_size=data.labelled_batch, sampler=sampler)
+    batches = (((x, y, None) for x, y in loader) if data.extra_set is None
+               else mixed_batches(loader, data.extra_set, config.extra_weight,
+                                  epoch_seed(config.seed, epoch, rank)))
+    return batches, len(loader)
+
+
+def run_epoch(state: TrainingState, data: TrialData, config: TrialConfig, epoch: int,
+              rank: int, world: int, device: torch.device, progress: bool) -> dict[str, Any]:
+    """Train one epoch and step the LR schedule; the epoch's metrics line (loss and accuracy
+    over every rank's samples; the noisy test accuracy on rank 0 only)."""
+    from tqdm import tqdm
+
+    batches, n_batches = epoch_batches(data, config, epoch, rank, world)
+    epsilon = attack_epsilon(config, epoch)
+    stats = {"loss": 0.0, "correct": 0, "samples": 0}
+    lr = state.optimizer.param_groups[0]["lr"]
+    t0 = time.perf_counter()
+    for x, y, w in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                        total=n_batches, disable=not progress or rank != 0, leave=False):
+        train_batch(state.model, state.optimizer, x.to(device), y.to(device), config, epsilon,
+                    stats, None if w is None else w.to(device))
+    state.scheduler.step()
+    seconds = time.perf_counter() - t0
+    if world > 1:
+        totals = torch.tensor([stats["loss"], stats["correct"], stats["samples"]],
+                              dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        stats = dict(zip(("loss", "correct", "samples"), totals.tolist(), strict=True))
+    return {
+        "epoch": epoch, "train_loss": stats["loss"] / stats["samples"],
+        "train_acc": stats["correct"] / stats["samples"],
+        "test_acc_noisy": (noisy_accuracy(state.net, data.test_loader, config.sigma, device)
+                           if rank == 0 else None),
+        "lr": lr, "epsilon": epsilon, "epoch_seconds": seconds,
+        "samples_per_s": len(data.train_set) * (1 if data.extra_set is None else 2) / seconds,
+        "world_size": world, "finished_at": time.time(),  # wall clock (Unix time)
+    }
+
+
+def finish_epoch(out: Path, state: TrainingState, config: TrialConfig,
+                 metrics: dict[str, Any]) -> None:
+    """Record a finished epoch (rank 0): first its atomic checkpoint, keeping the previous
+    one as a fallback, then its metrics line, flushed to disk."""
+    save_checkpoint(out / CHECKPOINT, state.net, arch=config.arch, dataset=config.dataset,
+                    config=config.to_dict(), epoch=metrics["epoch"] + 1,
+                    optimizer=state.optimizer, scheduler=state.scheduler, keep_previous=True)
+    with open(out / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(metrics) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def train_trial(config: TrialConfig, out_dir: str | Path,
+                report: Callable[[dict[str, Any], Path], None] | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) one trial in ``out_dir``; returns the last epoch's metrics.
+
+    ``report(metrics, checkpoint_path)`` is called after every epoch (Ray Train's hook).
+    """
+    out = Path(out_dir)
+    rank, world = distributed_rank()
+    device = resolve_device(config.device)
+    net, ckpt = prepare_folder(config, out, rank, device)
+    state = build_training(net, ckpt, config, device, world)
+    if rank == 0:  # drop the lines of epochs after the checkpoint (a crash may leave some)
+        _trim_metrics(out / METRICS, state.start_epoch)
+    data = load_trial_data(config, world)
     metrics: dict[str, Any] = {}
-    for epoch in range(start_epoch, config.epochs):
-        seed = epoch_seed(config.seed, epoch)
-        torch.manual_seed(epoch_seed(config.seed, epoch, rank))
-        if world == 1:
-            loader = DataLoader(train_set, batch_size=labelled_batch, shuffle=True,
-                                generator=torch.Generator().manual_seed(seed))
-        else:  # one shuffled order shared by all ranks, each taking its own equal share
-            sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=seed)
-            loader = DataLoader(train_set, batch_size=labelled_batch, sampler=sampler)
-        batches = (((x, y, None) for x, y in loader) if extra_set is None
-                   else mixed_batches(loader, extra_set, config.extra_weight,
-                                      epoch_seed(config.seed, epoch, rank)))
-        epsilon = attack_epsilon(config, epoch)
-        stats = {"loss": 0.0, "correct": 0, "samples": 0}
-        lr = optimizer.param_groups[0]["lr"]
-        t0 = time.perf_counter()
-        for x, y, w in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
-                            total=len(loader), disable=not progress or rank != 0, leave=False):
-            train_batch(model, optimizer, x.to(device), y.to(device), config, epsilon, stats,
-                        None if w is None else w.to(device))
-        scheduler.step()
-        seconds = time.perf_counter() - t0
-        if world > 1:  # every rank's samples count in the epoch's loss and accuracy
-            totals = torch.tensor([stats["loss"], stats["correct"], stats["samples"]],
-                                  dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(totals)
-            stats = dict(zip(("loss", "correct", "samples"), totals.tolist(), strict=True))
-        metrics = {
-            "epoch": epoch, "train_loss": stats["loss"] / stats["samples"],
-            "train_acc": stats["correct"] / stats["samples"],
-            "test_acc_noisy": (noisy_accuracy(net, test_loader, config.sigma, device)
-                               if rank == 0 else None),
-            "lr": lr, "epsilon": epsilon, "epoch_seconds": seconds,
-            "samples_per_s": len(train_set) * (1 if extra_set is None else 2) / seconds,
-            "world_size": world, "finished_at": time.time(),  # wall clock (Unix time)
-        }
+    for epoch in range(state.start_epoch, config.epochs):
+        metrics = run_epoch(state, data, config, epoch, rank, world, device, progress)
         if rank == 0:
-            save_checkpoint(ckpt_path, net, arch=config.arch, dataset=config.dataset,
-                            config=config.to_dict(), epoch=epoch + 1, optimizer=optimizer,
-                            scheduler=scheduler, keep_previous=True)
-            with open(out / METRICS, "a", encoding="utf-8") as f:
-                f.write(json.dumps(metrics) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            finish_epoch(out, state, config, metrics)
         if report is not None:
-            report(metrics, ckpt_path)
+            report(metrics, out / CHECKPOINT)
     return metrics

@@ -1,4 +1,4 @@
-"""Atomic file replacement (no torch import, so the files-only analysis can use it too)."""
+"""Atomic file replacement: a reader sees the old file or the new one, never a torn one."""
 
 from __future__ import annotations
 

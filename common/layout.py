@@ -1,16 +1,22 @@
-"""Where a sweep keeps its files (the contract read by ``sweep status`` and ``analyze``)::
+"""Where a sweep and a trial keep their files: every name is defined here, once, and used by
+``sweep`` (which writes the folder), ``trainers`` and ``certify`` (which write a trial's files)
+and ``sweep status`` and ``analysis`` (which read them)::
 
     SWEEP_DIR/sweep.yaml                 the spec as run (with --set applied)
     SWEEP_DIR/driver.json                pid and host of the sweep driver while it runs
     SWEEP_DIR/trials/<trial>/trial.json  {"name", "params"}: the trial's gridded values
-    SWEEP_DIR/trials/<trial>/config.yaml, checkpoint.pt, metrics.jsonl   (trainers.train)
+    SWEEP_DIR/trials/<trial>/config.yaml, checkpoint.pt (+ checkpoint.prev.pt), metrics.jsonl
+                                         what ``smoothadv train`` writes (trainers.train)
     SWEEP_DIR/trials/<trial>/state.json  {"state", "error", "trial_id", "started_at", "ended_at"}
     SWEEP_DIR/trials/<trial>/certify.tsv, attack.tsv (+ .meta.json), certify_plan.json
     SWEEP_DIR/trials/<trial>/nodes.jsonl where its rank-0 worker ran: a line per start
+    SWEEP_DIR/trials/<trial>/.lineage    the Tune trial id whose rows a node's local copy holds
     SWEEP_DIR/tune/                      Ray Tune's experiment (restore point, TensorBoard logs)
     SWEEP_DIR/train/                     Ray Train's runs, one per Tune trial id
     SWEEP_DIR/errored/<trial>.N/         outputs of errored trials restarted from scratch
     SWEEP_DIR/mlflow.db, wandb/          --log-to's default MLflow store, W&B offline runs
+
+Imports neither torch nor Ray.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainers.atomic import atomic_write_bytes
+from common.atomic import atomic_write_bytes
 
 SPEC = "sweep.yaml"
 DRIVER = "driver.json"
@@ -33,10 +39,23 @@ CERTIFY = "certify.tsv"
 NODES = "nodes.jsonl"
 CERTIFY_PLAN = "certify_plan.json"
 ATTACK = "attack.tsv"
+META = ".meta.json"  # beside a results file: the settings it was made with (certify.results_file)
+CONFIG = "config.yaml"
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS = ".prev"  # checkpoint.prev.pt: the one the newest replaced (trainers.checkpoint)
+METRICS = "metrics.jsonl"
+LINEAGE = ".lineage"
+MLFLOW_DB = "mlflow.db"
 
 
 def trial_dir(sweep_dir: str | Path, name: str) -> Path:
     return Path(sweep_dir) / TRIALS / name
+
+
+def meta_path(path: str | Path) -> Path:
+    """The settings record beside the results file ``path`` (``certify.tsv.meta.json``)."""
+    path = Path(path)
+    return path.with_name(path.name + META)
 
 
 def write_json(path: str | Path, value: Any) -> None:

@@ -4,11 +4,13 @@ and ``sweep status`` and ``analysis`` (which read them)::
 
     SWEEP_DIR/sweep.yaml                 the spec as run (with --set applied)
     SWEEP_DIR/driver.json                pid and host of the sweep driver while it runs
-    SWEEP_DIR/trials/<trial>/trial.json  {"name", "params"}: the trial's gridded values
+    SWEEP_DIR/trials/<trial>/trial.json  {"name", "params", "provenance"}: gridded values,
+                                         the versions that ran it
     SWEEP_DIR/trials/<trial>/config.yaml, checkpoint.pt (+ checkpoint.prev.pt), metrics.jsonl
                                          what ``smoothadv train`` writes (trainers.train)
     SWEEP_DIR/trials/<trial>/state.json  {"state", "error", "trial_id", "started_at", "ended_at"}
     SWEEP_DIR/trials/<trial>/certify.tsv, attack.tsv (+ .meta.json), certify_plan.json
+    SWEEP_DIR/trials/<trial>/certify.part<r>of<w>.tsv  rank r's share (a multi-worker trial)
     SWEEP_DIR/trials/<trial>/nodes.jsonl where its rank-0 worker ran: a line per start
     SWEEP_DIR/trials/<trial>/.lineage    the Tune trial id whose rows a node's local copy holds
     SWEEP_DIR/tune/                      Ray Tune's experiment (restore point, TensorBoard logs)
@@ -22,6 +24,7 @@ Imports neither torch nor Ray.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,24 @@ MLFLOW_DB = "mlflow.db"
 
 def trial_dir(sweep_dir: str | Path, name: str) -> Path:
     return Path(sweep_dir) / TRIALS / name
+
+
+_SHARD = re.compile(r"\.part(\d+)of(\d+)\.")
+
+
+def shard_name(name: str, rank: int, world: int) -> str:
+    """The file rank ``rank`` of a ``world``-rank trial writes its share of ``name`` to
+    (``certify.tsv`` → ``certify.part0of2.tsv``); with one rank, ``name`` itself."""
+    if world == 1:
+        return name
+    stem, _, ext = name.partition(".")
+    return f"{stem}.part{rank}of{world}.{ext}"
+
+
+def shard_rank(name: str) -> int | None:
+    """The rank whose share a file named by :func:`shard_name` holds (None: not a share)."""
+    shard = _SHARD.search(name)
+    return int(shard.group(1)) if shard else None
 
 
 def meta_path(path: str | Path) -> Path:

@@ -15,7 +15,6 @@ file ahead of the bucket's checkpoint is trimmed back to it when training resume
 
 from __future__ import annotations
 
-import re
 import shutil
 import threading
 from pathlib import Path
@@ -26,7 +25,6 @@ from sweep.storage import Bucket
 APPEND_ONLY = (".tsv", ".jsonl")
 DRIVER_FILES = (layout.STATE, layout.TRIAL_INFO)  # written and uploaded by the trial driver
 PREVIOUS = layout.PREVIOUS + ".pt"  # checkpoint.prev.pt (trainers.checkpoint.previous_path)
-_SHARD = re.compile(r"\.part(\d+)of(\d+)\.")
 
 
 def _owner(name: str) -> int | None:
@@ -34,8 +32,8 @@ def _owner(name: str) -> int | None:
     and the previous checkpoint kept beside the newest: a bucket's object is never torn)."""
     if name in DRIVER_FILES or name.endswith(PREVIOUS):
         return None
-    shard = _SHARD.search(name)
-    return int(shard.group(1)) if shard else 0
+    shard = layout.shard_rank(name)
+    return 0 if shard is None else shard
 
 
 class TrialSync:

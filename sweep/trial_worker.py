@@ -33,10 +33,7 @@ from trainers.train import train_trial
 
 
 def _shard_path(trial_dir: Path, name: str, rank: int, world: int) -> Path:
-    if world == 1:
-        return trial_dir / name
-    stem, _, ext = name.partition(".")
-    return trial_dir / f"{stem}.part{rank}of{world}.{ext}"
+    return trial_dir / layout.shard_name(name, rank, world)
 
 
 def merge_shards(trial_dir: Path, name: str, world: int) -> None:

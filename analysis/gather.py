@@ -47,16 +47,20 @@ _RESERVED = {"trial", "source", "dataset", "alpha", "images", "planned", "comple
 class Gathered:
     """``trials``: one row per trial (``trial``, ``source``, gridded values, ``sigma``,
     ``dataset``, ``alpha``, ``images``, ``planned`` (NA: unknown), ``complete``, ``status``:
-    "ok" (its rows are in ``results``) or why not: "missing: …" or "incomplete, k/N images").
+    "ok" (its rows are in ``results``) or why not: "missing: …", "incomplete, k/N images" or,
+    in a staged sweep, "stopped at stage s: …").
     ``results``: one row per trial × image (``kind`` "certify") and per trial × image × attack
     ε (``kind`` "attack"), with the trial's gridded values as columns.
     ``grid``: the gridded-value column names. ``torn``: files whose torn last line was ignored.
+    ``target_radius``: the smallest target radius of sequentially certified trials (None: none
+    had one); beyond it their certified accuracies are lower bounds.
     """
 
     trials: pd.DataFrame
     results: pd.DataFrame
     grid: tuple[str, ...]
     torn: tuple[str, ...]
+    target_radius: float | None = None
 
     @property
     def certified(self) -> pd.DataFrame:
@@ -89,6 +93,8 @@ class _Trial:
     certify: Path
     attack: Path | None
     planned: int | None = None  # None: unknown, counted as complete
+    stopped: str | None = None  # a staged sweep: why the trial was not certified in full
+    target_radius: float | None = None  # sequential rows: radii beyond it are lower bounds
 
 
 def read_rows(path: Path, required: Sequence[str]) -> tuple[pd.DataFrame, bool]:
@@ -172,6 +178,7 @@ def _sweep_trials(folder: Path, qualify: bool) -> list[_Trial]:
         raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC} and no {layout.TRIALS}/)")
     trials_dir = folder / layout.TRIALS
     found = sorted(p for p in trials_dir.iterdir() if p.is_dir()) if trials_dir.is_dir() else []
+    stages = (layout.read_json(folder / layout.STAGES) or {}).get("trials", {})
     trials = []
     for trial_dir in found:
         info_path = trial_dir / layout.TRIAL_INFO
@@ -195,8 +202,17 @@ def _sweep_trials(folder: Path, qualify: bool) -> list[_Trial]:
             alpha=float(_number(alpha, f"{trial_dir}: alpha")),
             certify=certify, attack=attack if attack.is_file() else None,
             planned=_planned(trial_dir / layout.CERTIFY_PLAN),
+            stopped=_stopped(stages.get(trial_dir.name)),
+            target_radius=meta.get("target_radius"),
         ))
     return trials
+
+
+def _stopped(stage: Any) -> str | None:
+    """A staged sweep's record of a trial (sweep.staging): why it stopped, if it did."""
+    if not isinstance(stage, dict) or not stage.get("why"):
+        return None
+    return f"stopped at stage {stage.get('stage')}: {stage['why']}"
 
 
 def _mapping_trials(csv_path: Path) -> list[_Trial]:
@@ -279,7 +295,7 @@ def gather(sweeps: Sequence[str | Path], logs: str | Path | None = None,
         cert = _certify_rows(t, torn)
         images = 0 if cert is None else len(cert)
         complete = t.planned is None or images >= t.planned
-        name, status = t.name, _status(cert)
+        name, status = t.name, (t.stopped if cert is None and t.stopped else _status(cert))
         if status == "ok" and not complete:
             if include_incomplete:
                 name = f"{t.name} (incomplete {images}/{t.planned})"
@@ -298,7 +314,9 @@ def gather(sweeps: Sequence[str | Path], logs: str | Path | None = None,
         table.insert(position, key, _column(values))
     _check_one_dataset(table)
     results = _results(parts, table, grid)
-    return Gathered(trials=table, results=results, grid=tuple(grid), torn=tuple(torn))
+    targets = [t.target_radius for t in trials if t.target_radius is not None]
+    return Gathered(trials=table, results=results, grid=tuple(grid), torn=tuple(torn),
+                    target_radius=min(targets) if targets else None)
 
 
 def _certify_rows(t: _Trial, torn: list[str]) -> pd.DataFrame | None:

@@ -296,6 +296,9 @@ def _preamble(data: Gathered, options: Options) -> list[str]:
                    "accuracy is over its own images)")
     lines = [f"{_trial_counts(data)}; {counts}; envelope selection: {options.selection}; "
              f"ρ = {options.rho:g}."]
+    if data.target_radius is not None:
+        lines.append(f"Certified sequentially up to radius {data.target_radius:g}: accuracies at "
+                     "larger radii are lower bounds (sampling stopped once an image reached it).")
     if data.torn:
         lines.append(f"Ignored a torn last line (a writer stopped mid-line) in {len(data.torn)} "
                      f"file(s): {', '.join(data.torn)}.")

@@ -23,7 +23,7 @@ from common.layout import meta_path
 
 # Settings recorded only when on (so records written without them stay byte-identical): absent
 # means False, and a run is refused when its value differs from the record's either way.
-OFF_BY_DEFAULT = ("sequential",)
+OFF_BY_DEFAULT = ("sequential", "compiled")
 
 
 def _format(value: Any) -> str:
@@ -107,6 +107,8 @@ class ResultsFile:
                     f"{key}={now!r}; resume with the same settings or choose another --out"
                 )
         for key, value in self.settings.items():
+            if key in OFF_BY_DEFAULT:
+                continue  # compared above
             if key not in recorded:
                 raise UserError(
                     f"{self.path}: its settings record {meta.name} has no {key} (written by an "

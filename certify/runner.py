@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from certify.precision import evaluation_precision, precision_name
+from certify.compiled import compile_classifier
+from certify.precision import evaluation_precision, precision_name, requested_precision
 from certify.results_file import ResultsFile
 from certify.settings import Sampling
 from certify.smooth import ABSTAIN, Smooth
@@ -75,21 +76,39 @@ def run_smoothing(
     progress: bool = True,
     device: str | torch.device | None = None,
     allow_tf32: bool = False,
+    precision: str | None = None,
+    compile: bool = False,
 ) -> ResultsFile:
     """CERTIFY (``sampling.n0`` set) or PREDICT each selected image not yet in ``out``;
     ``sampling.sequential``: sequential CERTIFY (:meth:`Smooth.certify_sequential`, the image's
     label given), its rows with the extra column ``samples``.
 
     ``identity`` (checkpoint hash, dataset, split) joins ``sampling`` and the precision
-    (:mod:`certify.precision`; TF32 only with ``allow_tf32``) in the settings record, so a re-run
-    against another model or other settings is refused rather than mixed in. Noise is drawn and
-    ``model`` (any module, with or without parameters) is evaluated on ``device``, by default
-    where the dataset's images are; its train/eval mode is restored afterwards.
+    (:mod:`certify.precision`: ``precision`` float32, tf32 or bf16; TF32 also with
+    ``allow_tf32``) in the settings record, so a re-run against another model or other settings
+    is refused rather than mixed in. Noise is drawn and ``model`` (any module, with or without
+    parameters) is evaluated on ``device``, by default where the dataset's images are; its
+    train/eval mode is restored afterwards.
+
+    ``compile``: the forward passes go through ``torch.compile`` when a probe pass compiles,
+    else stay eager with one line saying why (:mod:`certify.compiled`); the record then holds
+    ``"compiled"`` (true or false). Off, the key is absent, so older records still match, and
+    a file recorded with ``"compiled": true`` is refused.
     """
     sampling.validate()
     certifying = sampling.n0 is not None
+    requested_precision(precision, allow_tf32)
     device, generator, smooth = smoother(model, num_classes, sampling.sigma, dataset, indices,
                                          batch_size, device)
+    settings = {**(identity or {}), **sampling.record()}
+    if compile:
+        example = None  # the first forward pass's batch, the probe (none: no image selected)
+        if len(indices):
+            x = dataset[indices[0]][0].to(device)
+            first = min(batch_size, sampling.n0 if certifying else sampling.n)
+            example = x.expand(first, *x.shape).contiguous()
+        smooth.base_classifier, settings["compiled"] = compile_classifier(
+            model, example, context=lambda: evaluation_precision(device, allow_tf32, precision))
 
     def evaluate(idx: int) -> dict:
         x, label = dataset[idx]
@@ -111,10 +130,10 @@ def run_smoothing(
 
     columns = ((CERTIFY_COLUMNS + ("samples",) if sampling.sequential else CERTIFY_COLUMNS)
                if certifying else PREDICT_COLUMNS)
-    return run_resumable(model, out, columns,
-                         {**(identity or {}), **sampling.record()}, list(indices), evaluate,
+    return run_resumable(model, out, columns, settings, list(indices), evaluate,
                          desc="certify" if certifying else "predict", unit="img",
-                         progress=progress, device=device, allow_tf32=allow_tf32)
+                         progress=progress, device=device, allow_tf32=allow_tf32,
+                         precision=precision)
 
 
 def smoother(model: torch.nn.Module, num_classes: int, sigma: float, dataset: Dataset,
@@ -152,17 +171,18 @@ def run_resumable(
     progress: bool,
     device: torch.device,
     allow_tf32: bool,
+    precision: str | None = None,
 ) -> ResultsFile:
     """The skeleton of every resumable evaluation: open ``out`` or resume it (its settings
     record: ``settings`` plus the precision; a torn last line cut off, and said so), then
     ``evaluate`` each key of ``keys`` not yet done, in order, appending the row it returns,
     with a progress bar. ``model`` is in eval mode meanwhile and gets its train/eval mode
     back afterwards, also when anything raises."""
-    record = {**settings, "precision": precision_name(device, allow_tf32)}
+    record = {**settings, "precision": precision_name(device, allow_tf32, precision)}
     was_training = model.training
     model.eval()
     try:
-        with evaluation_precision(device, allow_tf32), ResultsFile(
+        with evaluation_precision(device, allow_tf32, precision), ResultsFile(
                 out, columns, record, key_columns=key_columns,
                 provenance=provenance()) as results:
             if results.repaired_torn_line:
@@ -253,11 +273,15 @@ def smooth_checkpoint(
     batch_size: int = 400,
     progress: bool = True,
     allow_tf32: bool = False,
+    precision: str | None = None,
+    compile: bool = False,
     **selection,
 ) -> ResultsFile:
     """:func:`run_smoothing` on a checkpoint; ``selection`` goes to :func:`load_evaluation`."""
     sampling.validate()
+    requested_precision(precision, allow_tf32)
     ev = load_evaluation(checkpoint, **selection)
     return run_smoothing(ev.model, ev.num_classes, ev.images, ev.indices, sampling, out,
                          batch_size=batch_size, identity=ev.identity, progress=progress,
-                         device=ev.device, allow_tf32=allow_tf32)
+                         device=ev.device, allow_tf32=allow_tf32, precision=precision,
+                         compile=compile)

@@ -9,11 +9,22 @@ and ``sweep status`` and ``analysis`` (which read them)::
     SWEEP_DIR/trials/<trial>/config.yaml, checkpoint.pt (+ checkpoint.prev.pt), metrics.jsonl
                                          what ``smoothadv train`` writes (trainers.train)
     SWEEP_DIR/trials/<trial>/state.json  {"state", "error", "trial_id", "started_at", "ended_at"}
+                                         (+ "why" when STOPPED by the schedule, sweep.scheduler)
     SWEEP_DIR/trials/<trial>/certify.tsv, attack.tsv (+ .meta.json), certify_plan.json
+    SWEEP_DIR/trials/<trial>/certify_stage1.tsv (+ .meta.json), certify_stage1_plan.json
+                                         a staged sweep's cheap first certification
+    SWEEP_DIR/stages.json                a staged sweep: {"stage": the stage running or done,
+                                         "trials": {<trial>: {"stage": reached, "why": ...}}}
+    SWEEP_DIR/schedule.json              early stopping (sweep.scheduler): {"settings", "trials":
+                                         each trial's σ and proxy curve per rung, "stopped":
+                                         {<trial>: {"why", "rung", "epoch", "at"}}}
+    SWEEP_DIR/trials/<trial>/proxy_e<E>.tsv (+ .meta.json)  the proxy certified after epoch E
+                                         (a rung of the schedule)
     SWEEP_DIR/trials/<trial>/certify.part<r>of<w>.tsv  rank r's share (a multi-worker trial)
     SWEEP_DIR/trials/<trial>/nodes.jsonl where its rank-0 worker ran: a line per start
     SWEEP_DIR/trials/<trial>/.lineage    the Tune trial id whose rows a node's local copy holds
     SWEEP_DIR/tune/                      Ray Tune's experiment (restore point, TensorBoard logs)
+    SWEEP_DIR/tune-stage2/, tune-stage3/ a staged sweep's later stages, each its own experiment
     SWEEP_DIR/train/                     Ray Train's runs, one per Tune trial id
     SWEEP_DIR/errored/<trial>.N/         outputs of errored trials restarted from scratch
     SWEEP_DIR/mlflow.db, wandb/          --log-to's default MLflow store, W&B offline runs
@@ -41,6 +52,10 @@ STATE = "state.json"
 CERTIFY = "certify.tsv"
 NODES = "nodes.jsonl"
 CERTIFY_PLAN = "certify_plan.json"
+CERTIFY_STAGE1 = "certify_stage1.tsv"
+CERTIFY_STAGE1_PLAN = "certify_stage1_plan.json"
+STAGES = "stages.json"
+SCHEDULE = "schedule.json"
 ATTACK = "attack.tsv"
 META = ".meta.json"  # beside a results file: the settings it was made with (certify.results_file)
 CONFIG = "config.yaml"
@@ -53,6 +68,11 @@ MLFLOW_DB = "mlflow.db"
 
 def trial_dir(sweep_dir: str | Path, name: str) -> Path:
     return Path(sweep_dir) / TRIALS / name
+
+
+def proxy_name(epoch: int) -> str:
+    """The file of the proxy certification after ``epoch`` epochs (sweep.scheduler)."""
+    return f"proxy_e{epoch}.tsv"
 
 
 _SHARD = re.compile(r"\.part(\d+)of(\d+)\.")

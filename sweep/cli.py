@@ -10,7 +10,10 @@ from collections.abc import Sequence
 from common.errors import UserError
 
 
-def _add_smoothing_args(p: argparse.ArgumentParser, certifying: bool) -> None:
+def _add_smoothing_args(p: argparse.ArgumentParser, certifying: bool,
+                        kernels: bool = True) -> None:
+    """The arguments of certify, predict and attack; ``kernels``: also --precision and
+    --compile (certify and predict)."""
     p.add_argument("checkpoint", help="model checkpoint written by smoothadv, or a released "
                    "Cohen et al./SmoothAdv one (with --input-layer)")
     p.add_argument("--sigma", type=float, required=True, help="noise level σ of the smoothing")
@@ -48,6 +51,15 @@ def _add_smoothing_args(p: argparse.ArgumentParser, certifying: bool) -> None:
     p.add_argument("--allow-tf32", action="store_true",
                    help="on CUDA, let matmuls and convolutions use TF32 (default: full float32; "
                    "the precision is recorded in OUT.meta.json)")
+    if kernels:
+        p.add_argument("--precision", choices=["float32", "tf32", "bf16"],
+                       help="float32 (default), tf32 (as --allow-tf32) or bf16 (the base "
+                       "classifier under bfloat16 autocast, on CPU too; its class counts may "
+                       "differ slightly from float32's); recorded in OUT.meta.json")
+        p.add_argument("--compile", action="store_true",
+                       help="run the base classifier through torch.compile (falls back to eager "
+                       "with a one-line notice when no compiler works; recorded in "
+                       "OUT.meta.json as compiled: true/false)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -65,6 +77,7 @@ def _run_smoothing(args: argparse.Namespace) -> int:
         split=args.split, skip=args.skip, max_index=args.max_index, start=args.start,
         stop=args.stop, batch_size=args.batch, device=args.device, download=args.download,
         progress=not args.no_progress, input_layer=args.input_layer, allow_tf32=args.allow_tf32,
+        precision=args.precision, compile=args.compile,
     )
     _print_summary(results.path, certifying)
     return 0
@@ -300,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attack", help="SmoothAdv-PGD attack, then PREDICT (empirical accuracy)",
                        description="Attack images with SmoothAdv-PGD (Salman et al. 2019, "
                        "Section 4.3) at each ε and classify them with PREDICT; resumable.")
-    _add_smoothing_args(p, certifying=False)
+    _add_smoothing_args(p, certifying=False, kernels=False)
     p.add_argument("--epsilon", type=float, nargs="+", required=True,
                    help="ℓ2 attack radii in [0,1] pixel units, e.g. 0.25 0.5 1.0")
     p.add_argument("--steps", type=int, default=20, help="PGD steps (step size 2ε/steps)")

@@ -26,20 +26,20 @@ import yaml
 from common import layout
 from common.atomic import atomic_write_bytes
 from common.errors import UserError
-from sweep import processes, trackers
+from sweep import processes, staging, trackers
 from sweep.inputs import check_inputs, with_absolute_paths
-from sweep.spec import Resources, SweepSpec, Trial, load_spec, parse_spec
+from sweep.spec import SweepSpec, Trial, load_spec, parse_spec
 from sweep.status import HEARTBEAT_S, STALE_S, driver_alive, heartbeat_age
 from sweep.storage import SweepFolder, open_sweep, read_sweep
+from sweep.train_loop import NO_STATE_API
 from trainers.config import parse_trial_config
 
-DRIVER_CPUS = 0.01  # the Tune function only waits on its Train run
-
-
-def worker_cpus(res: Resources) -> float:
-    """Each worker's CPU request: the spec's share less its part of the driver's, so a trial
-    costs exactly workers × cpus_per_worker (2 one-CPU trials fit 2 cores)."""
-    return res.cpus_per_worker - DRIVER_CPUS / res.workers
+# What a trial's driver (Tune's function, which only waits on its Train run) asks Ray for: no
+# CPU, only its memory. A CPU sliver would leave fragments: once a node dies, the restarted
+# trials' drivers pile onto the survivors, and their slivers keep a whole-CPU worker group
+# from fitting where its CPUs are free (2 drivers on a 1-CPU node: 0.98 CPU left for a
+# 0.99-CPU worker). Memory is a logical Ray resource too; 256 MiB covers a driver's ~130 MiB.
+DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
 OBJECT_STORE_BYTES = 256 * 1024**2  # trials pass configs and metrics only
 
 
@@ -48,15 +48,18 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
-def param_space(trials: list[Trial]) -> dict[str, Any]:
+def param_space(trials: list[Trial], stage: int = 0) -> dict[str, Any]:
     """Tune's view of the grid: the trial's name, each gridded value as a column of its own
     (σ, ε, m_train, T, attack, method, …: the progress table, ``ResultGrid.get_dataframe()``
     and TensorBoard's HParams show them) and the trial's full config, which the trial driver
-    trains. A key some union part does not grid is None in that part's trials."""
+    trains; in a staged sweep, the stage (sweep.staging). A key some union part does not grid
+    is None in that part's trials."""
     from ray import tune
 
     by_name = {t.name: t for t in trials}
     space: dict[str, Any] = {"trial": tune.grid_search(list(by_name))}
+    if stage:
+        space["stage"] = stage
     for key in sorted({k for t in trials for k in t.params}):
         space[key] = tune.sample_from(lambda s, key=key: by_name[s.config.trial].params.get(key))
     space["config"] = tune.sample_from(lambda s: by_name[s.config.trial].config.to_dict())
@@ -68,7 +71,8 @@ def _trial_of(param: dict[str, Any], spec: SweepSpec) -> Trial:
     from the spec)."""
     if "config" not in param:
         return next(t for t in spec.trials() if t.name == param["trial"])
-    params = {k: v for k, v in param.items() if k not in ("trial", "config") and v is not None}
+    params = {k: v for k, v in param.items()
+              if k not in ("trial", "config", "stage") and v is not None}
     return Trial(param["trial"], params, parse_trial_config(param["config"]))
 
 
@@ -79,14 +83,13 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     or its URI in a bucket (sweep.storage)."""
     import ray.train
     from ray import tune
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from common.provenance import software
 
     # TorchTrainer's parts without torch in this process (sweep.train_loop): training,
     # certification, their imports and torch itself load in Train's workers and controller.
-    from sweep.train_loop import TorchBackendConfig, train_and_certify
+    from sweep.train_loop import TorchBackendConfig, train_and_certify, trainer_class
 
     sweep = open_sweep(sweep_dir)
     spec = parse_spec(yaml.safe_load(sweep.read_text(layout.SPEC)))
@@ -96,6 +99,8 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     folder = layout.trial_dir(sweep.local, trial.name)
     sweep.write_json(folder / layout.TRIAL_INFO, {"name": trial.name, "params": trial.params,
                                                   "provenance": software()})
+    if spec.schedule is not None and _stopped_early(sweep, trial.name):
+        return  # stopped before Tune saved it so (a resumed sweep): it stays stopped
     started = {"trial_id": trial_id, "started_at": time.time()}  # when Tune started the driver
     sweep.write_json(folder / layout.STATE, {"state": "RUNNING", **started})
     in_bucket = {} if sweep.remote is None else {
@@ -105,15 +110,17 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     # Train reads this where fit() runs and hands it to its controller: how long the workers
     # may wait for resources (e.g. an autoscaler's new node) before the trial fails.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(res.start_timeout_s)
-    trainer = DataParallelTrainer(  # = TorchTrainer: DDP over gloo on CPU, NCCL on GPU
+    trainer = trainer_class()(  # = TorchTrainer: DDP over gloo on CPU, NCCL on GPU
         train_and_certify,
         backend_config=TorchBackendConfig(backend="nccl" if gpus > 0 else "gloo"),
         train_loop_config={"config": trial.config.to_dict(), "trial_dir": str(folder),
                            "threads": max(1, round(res.cpus_per_worker)),
-                           "attack_eval": spec.to_dict().get("attack_eval"), **in_bucket},
+                           "attack_eval": spec.to_dict().get("attack_eval"),
+                           "stage": param.get("stage", 0), "stages": spec.to_dict().get("stages"),
+                           "schedule": spec.to_dict().get("schedule"), **in_bucket},
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers, use_gpu=gpus > 0,
-            resources_per_worker={"CPU": worker_cpus(res), **({"GPU": gpus} if gpus else {})},
+            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": gpus} if gpus else {})},
         ),
         run_config=ray.train.RunConfig(
             name=f"{trial.name}-{trial_id}",
@@ -127,6 +134,8 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     try:
         trainer.fit()
     except BaseException as e:
+        if spec.schedule is not None and _stopped_early(sweep, trial.name):
+            return  # the schedule's STOP ended the Train run
         # A stopped or dead driver takes the Train run down with it: not the trial's failure.
         sweep.refresh(sweep.local / layout.DRIVER)
         state = "ERROR" if driver_alive(sweep.local) else "INTERRUPTED"
@@ -134,8 +143,23 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
         sweep.write_json(folder / layout.STATE, {"state": state, **started, **error,
                                                  "ended_at": time.time()})
         raise
+    if spec.schedule is not None and _stopped_early(sweep, trial.name):
+        return  # the STOP came as the run ended anyway
     sweep.write_json(folder / layout.STATE, {"state": "TERMINATED", **started,
                                              "ended_at": time.time()})
+
+
+def _stopped_early(sweep: SweepFolder, name: str) -> bool:
+    """Whether the sweep's schedule stopped trial ``name`` (sweep.scheduler: the sweep driver
+    decides and records it in schedule.json); if so, its state.json says STOPPED and why."""
+    from sweep.scheduler import stopped_trials, write_stopped
+
+    sweep.refresh(sweep.local / layout.SCHEDULE)
+    why = stopped_trials(sweep.local).get(name)
+    if why is None:
+        return False
+    write_stopped(sweep, layout.trial_dir(sweep.local, name) / layout.STATE, why)
+    return True
 
 
 def _root_cause(error: BaseException) -> BaseException:
@@ -176,6 +200,10 @@ def init_ray(address: str | None, dashboard: bool = False) -> list[processes.Pro
     # Train controller polls its workers every 2 s by default: a finished trial then idles
     # about 5 s before the next starts; 0.5 s costs nothing locally.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    if dashboard:
+        os.environ.pop(NO_STATE_API, None)
+    else:
+        os.environ[NO_STATE_API] = "1"  # sweep.train_loop.trainer_class
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     # address="local": a new Ray of our own, never a cluster some `ray start` left behind here
     ray.init(address="local", dashboard_host="127.0.0.1", object_store_memory=OBJECT_STORE_BYTES,
@@ -247,8 +275,9 @@ def check_fits(spec: SweepSpec) -> None:
 def concurrency(spec: SweepSpec, max_concurrent: int | None) -> int:
     """Trials run at once: ``--max-concurrent``, else ``resources.max_concurrent``, else as
     many as the connected cluster holds now. Tune cannot see the Train workers' resources (each
-    trial's driver asks it for a sliver of a CPU), so without this bound it would start every
-    trial's driver at once and their worker groups would queue for the same CPUs and GPUs."""
+    trial's driver asks it for memory only, see DRIVER_RESOURCES), so without this bound it
+    would start every trial's driver at once and their worker groups would queue for the same
+    CPUs and GPUs."""
     import ray
 
     if max_concurrent is not None and max_concurrent < 1:
@@ -268,17 +297,56 @@ def _tuner_trainable(sweep: SweepFolder):
     from ray import tune
 
     return tune.with_resources(tune.with_parameters(trial_driver, sweep_dir=sweep.where),
-                               {"CPU": DRIVER_CPUS})
+                               DRIVER_RESOURCES)
 
 
-def _run_config(sweep: SweepFolder, spec: SweepSpec, verbose: int, callbacks: list):
+def _tuner(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: int,
+           at_once: int, verbose: int, callbacks: list):
+    """A new Tune experiment running ``trials`` (in a staged sweep: their ``stage``), at most
+    ``at_once`` at a time, logging to the trackers' ``callbacks``; with a ``schedule`` block,
+    trials that train (stage ≤ 1) are stopped early by sweep.scheduler."""
     from ray import tune
 
-    return tune.RunConfig(
-        name=layout.TUNE, storage_path=sweep.where, verbose=verbose,
-        failure_config=tune.FailureConfig(max_failures=spec.resources.trial_retries),
-        callbacks=callbacks,  # the --log-to trackers (sweep.trackers)
+    scheduler = None
+    if spec.schedule is not None and stage <= 1:
+        from sweep.scheduler import EnvelopeScheduler
+
+        scheduler = EnvelopeScheduler(sweep.where, spec.schedule.record())
+    return tune.Tuner(
+        _tuner_trainable(sweep),
+        param_space=param_space(trials, stage),
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=at_once,
+            trial_name_creator=lambda t: t.config["trial"],
+            trial_dirname_creator=lambda t: t.config["trial"],
+            reuse_actors=True,  # every trial's driver function asks the same resources
+            scheduler=scheduler,  # None: Tune's FIFO, every trial runs to its end
+        ),
+        run_config=tune.RunConfig(
+            name=staging.tune_name(stage), storage_path=sweep.where, verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=spec.resources.trial_retries),
+            callbacks=callbacks,  # the --log-to trackers (sweep.trackers)
+        ),
     )
+
+
+def _later_stages(sweep: SweepFolder, spec: SweepSpec, stage: int, errors: int, *,
+                  address: str | None, dashboard: bool, max_concurrent: int | None,
+                  verbose: int, callbacks: list) -> int:
+    """A staged sweep, once ``stage`` finished without errors: choose the next stage's trials
+    (sweep.staging) and run them, until no stage is left; returns the errored trials."""
+    while spec.stages is not None and errors == 0:
+        stage, trials = staging.next_stage(sweep, spec, stage)
+        if not trials:
+            print(staging.summary(sweep), flush=True)
+            break
+        started = init_ray(address, dashboard)
+        at_once = concurrency(spec, max_concurrent)
+        print(f"{spec.name}: stage {stage}: {len(trials)} trials, at most {at_once} at once",
+              flush=True)
+        errors = _fit(_tuner(sweep, spec, trials, stage, at_once, verbose, callbacks), sweep,
+                      started, [t.name for t in trials])
+    return errors
 
 
 def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, storage: str,
@@ -304,8 +372,6 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
         raise UserError(f"--max-concurrent: must be ≥ 1, got {max_concurrent}")
     loggers = trackers.callbacks(list(log_to), sweep.local, spec.name)  # a missing package: now
 
-    from ray import tune
-
     started = init_ray(address, dashboard)
     if local:
         check_fits(spec)  # before anything is written: a refused sweep leaves no folder
@@ -323,18 +389,16 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
     print(f"{spec.name}: {len(trials)} trials, at most {at_once} at once", flush=True)
     for line in trackers.describe(loggers, sweep.local):
         print(line, flush=True)
-    tuner = tune.Tuner(
-        _tuner_trainable(sweep),
-        param_space=param_space(trials),
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=at_once,
-            trial_name_creator=lambda t: t.config["trial"],
-            trial_dirname_creator=lambda t: t.config["trial"],
-            reuse_actors=True,  # every trial's driver function asks the same resources
-        ),
-        run_config=_run_config(sweep, spec, verbose, loggers),
-    )
-    return _fit(tuner, sweep, started, len(trials))
+    stage = 0
+    if spec.stages is not None:
+        stage = 1
+        staging.begin(sweep, stage, {t.name: {"stage": stage, "why": ""} for t in trials})
+        print(f"{spec.name}: stage 1 of {staging.LAST}: train and screen every trial "
+              f"(n = {spec.stages.n}, every {spec.stages.skip}th image)", flush=True)
+    errors = _fit(_tuner(sweep, spec, trials, stage, at_once, verbose, loggers), sweep, started,
+                  [t.name for t in trials])
+    return _later_stages(sweep, spec, stage, errors, address=address, dashboard=dashboard,
+                         max_concurrent=max_concurrent, verbose=verbose, callbacks=loggers)
 
 
 def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
@@ -350,8 +414,12 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
     spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
     from ray import tune
 
-    tune_dir = f"{sweep.where}/{layout.TUNE}"
-    if not tune.Tuner.can_restore(tune_dir):
+    stage, trials = (0, spec.trials()) if spec.stages is None else staging.current(sweep, spec)
+    tune_dir = f"{sweep.where}/{staging.tune_name(stage)}"
+    if stage > staging.LAST:
+        print(staging.summary(sweep))
+        return 0
+    if not tune.Tuner.can_restore(tune_dir) and stage <= 1:
         raise UserError(f"{sweep.where}: no Ray Tune state to resume under {layout.TUNE}/; "
                         f"start it with `smoothadv sweep run`")
     trackers.check(list(log_to), folder)
@@ -361,6 +429,13 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
         check_fits(spec)
     check_storage(sweep)
     at_once = concurrency(spec, max_concurrent)
+    if not tune.Tuner.can_restore(tune_dir):  # stopped before a later stage's Tune began
+        callbacks = trackers.for_resume([], list(log_to), folder, spec.name)
+        errors = _fit(_tuner(sweep, spec, trials, stage, at_once, verbose, callbacks), sweep,
+                      started, [t.name for t in trials])
+        return _later_stages(sweep, spec, stage, errors, address=address, dashboard=dashboard,
+                             max_concurrent=max_concurrent, verbose=verbose,
+                             callbacks=callbacks)
     try:
         tuner = tune.Tuner.restore(tune_dir, _tuner_trainable(sweep),
                                    resume_errored=not restart_errored,
@@ -374,6 +449,11 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
     # Tune.restore keeps the first run's TuneConfig and has no argument for it: set the bound
     # for this cluster on the restored config (the one attribute Tune reads when it fits).
     tuner._local_tuner._tune_config.max_concurrent_trials = at_once
+    # It keeps the first run's scheduler too (pickled without its state: sweep.scheduler reads
+    # schedule.json again); point it at the sweep folder as named now (it may have moved).
+    scheduler = tuner._local_tuner._tune_config.scheduler
+    if hasattr(scheduler, "sweep_dir"):
+        scheduler.sweep_dir = sweep.where
     # Its RunConfig too, callbacks included: keep logging to the sweep's trackers, add --log-to.
     run_config = tuner._local_tuner._run_config
     run_config.callbacks = trackers.for_resume(run_config.callbacks, list(log_to), folder,
@@ -383,7 +463,10 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
         print(line, flush=True)
     if restart_errored:
         _clear_errored(sweep)
-    return _fit(tuner, sweep, started, len(spec.trials()))
+    errors = _fit(tuner, sweep, started, [t.name for t in trials])
+    return _later_stages(sweep, spec, stage, errors, address=address, dashboard=dashboard,
+                         max_concurrent=max_concurrent, verbose=verbose,
+                         callbacks=run_config.callbacks)
 
 
 def _clear_errored(sweep: SweepFolder) -> None:
@@ -450,16 +533,24 @@ def stop_sweep(sweep_dir: str, grace_s: float = 30.0) -> None:
     print(f"{sweep.where}: stopped; continue with `smoothadv sweep resume {sweep.where}`")
 
 
-def _reconcile_states(sweep: SweepFolder, errored: set[str]) -> int:
-    """After Tune returns: a trial recorded ERROR or RUNNING that Tune did not see fail was cut
+def _reconcile_states(sweep: SweepFolder, errored: set[str], names: list[str]) -> int:
+    """After Tune returns: a trial the schedule stopped (schedule.json, sweep.scheduler) is
+    recorded STOPPED with the reason, whatever its driver wrote as Tune ended it, and counts
+    as finished; a trial recorded ERROR or RUNNING that Tune did not see fail was cut
     short by the sweep being stopped (its Train run dies with the Ray actors), so it is marked
     INTERRUPTED, never ERROR (``--restart-errored`` would discard its progress). Returns the
-    number of finished trials."""
+    number of finished trials among ``names`` (the trials this Tune experiment ran)."""
+    from sweep.scheduler import stopped_trials, write_stopped
+
     sweep.pull(under=layout.TRIALS, only=(layout.STATE,))  # as trial drivers anywhere wrote
+    halted = stopped_trials(sweep.local)
     finished = 0
     for path in (sweep.local / layout.TRIALS).glob(f"*/{layout.STATE}"):
+        if path.parent.name in halted:
+            write_stopped(sweep, path, halted[path.parent.name])
         state = layout.read_json(path) or {}
-        finished += state.get("state") == "TERMINATED"
+        finished += (state.get("state") in ("TERMINATED", "STOPPED")
+                     and path.parent.name in names)
         if state.get("state") in ("ERROR", "RUNNING") and path.parent.name not in errored:
             sweep.write_json(path, {"state": "INTERRUPTED", "trial_id": state.get("trial_id")})
     return finished
@@ -514,10 +605,11 @@ def _stop_on_sigterm() -> list[bool]:
     return got
 
 
-def _fit(tuner, sweep: SweepFolder, started: list[processes.Process], planned: int) -> int:
-    """Run the Tuner; returns the number of errored trials. Stopped early (Ctrl-C, `sweep
-    stop`, SIGTERM), Tune saves its state and returns: that raises KeyboardInterrupt (on
-    SIGTERM :class:`Terminated`) after the summary."""
+def _fit(tuner, sweep: SweepFolder, started: list[processes.Process], names: list[str]) -> int:
+    """Run the Tuner (its trials: ``names``); returns the number of errored trials. Stopped
+    early (Ctrl-C, `sweep stop`, SIGTERM), Tune saves its state and returns: that raises
+    KeyboardInterrupt (on SIGTERM :class:`Terminated`) after the summary."""
+    planned = len(names)
     stop_heartbeat = _heartbeat(sweep, {"pid": os.getpid(), "host": socket.gethostname(),
                                         "ray_processes": started})
     terminated = _stop_on_sigterm()
@@ -535,12 +627,16 @@ def _fit(tuner, sweep: SweepFolder, started: list[processes.Process], planned: i
         ray.shutdown()
     errors = results.num_errors
     finished = _reconcile_states(sweep, {r.config["trial"] for r in results
-                                         if r.error is not None})
+                                         if r.error is not None}, names)
     sweep_dir = sweep.where
     if finished + errors < planned:
         print(f"{sweep_dir}: interrupted with {finished} of {planned} trials finished, {errors} "
               f"errored; continue with `smoothadv sweep resume {sweep_dir}`")
         raise Terminated if terminated[0] else KeyboardInterrupt
+    from sweep.scheduler import stopped_trials
+
+    stopped = len(set(stopped_trials(sweep.local)) & set(names))
     print(f"{sweep_dir}: {planned} trials, {errors} errored"
+          + (f", {stopped} stopped early by the schedule" if stopped else "")
           + (f"; see `smoothadv sweep status {sweep_dir}`" if errors else ""))
     return errors

@@ -11,6 +11,11 @@ A spec is a YAML mapping::
     exclude: [{attack: ddn, m_train: 8}]   # drop trials matching every key of an entry
     attack_eval: {epsilons: [0.25, 0.5], steps: 20, m_test: 128, n: 1000, alpha: 0.001,
                   skip: 20, max: -1}       # optional empirical attack after certification
+    stages: {n: 1000, skip: 100, radii: [], alpha: 0.001, final_skip: 1}
+                                 # optional staged certification (sweep.stages)
+    schedule: {rungs: [0.34, 0.67], images: 100, n0: 32, n: 500, alpha: 0.001,
+               margin: 0.05, radii: [], min_trials: 3}
+                                 # optional early stopping per σ envelope (sweep.scheduler)
 
 Every trial's config is validated before anything starts; errors are one line naming the key.
 """
@@ -34,7 +39,7 @@ from sweep.pretrained import pretrained_checkpoints, pretrained_for, pretraining
 from trainers.config import TrialConfig, apply_overrides, parse_trial_config
 
 SPEC_KEYS = ("name", "defaults", "resources", "grid", "exclude", "attack_eval",
-             "init_from_sweep")
+             "init_from_sweep", "stages", "schedule")
 # Order and short forms of the paper's axes in trial names: pgd-T10-m4-eps0.5-sigma0.25.
 _NAME_PARTS = {"method": "", "attack": "", "steps": "T", "m_train": "m", "epsilon": "eps",
                "sigma": "sigma"}
@@ -98,6 +103,101 @@ class AttackEval(AttackKeys):
 
 
 @dataclass(frozen=True)
+class Stages:
+    """Staged certification (sweep.stages; issue 15): stage 1 certifies every trial on every
+    ``skip``-th test image with ``n`` samples; stage 2 certifies at the trials' full ``certify``
+    settings only those whose certified accuracy can still reach the envelope at some radius
+    of ``radii`` (empty: every 0.25 up to the largest radius the trials' full n certifies, or
+    their ``certify.target_radius``), with risk ``alpha`` per bound; stage 3 re-certifies the
+    envelope's winners on every ``final_skip``-th image (1: the whole test set)."""
+
+    n: int = 1000
+    skip: int = 100
+    radii: tuple[float, ...] = ()
+    alpha: float = 0.001
+    final_skip: int = 1
+
+    def validate(self, prefix: str = "stages.") -> Stages:
+        for key in ("n", "skip", "final_skip"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{prefix}{key}: must be ≥ 1, got {getattr(self, key)}")
+        if not 0 < self.alpha < 0.5:
+            raise UserError(f"{prefix}alpha: must lie in (0, 0.5), got {self.alpha}")
+        if any(r < 0 for r in self.radii):
+            raise UserError(f"{prefix}radii: must be ≥ 0, got {list(self.radii)}")
+        return self
+
+    def record(self) -> dict[str, Any]:
+        return {**asdict(self), "radii": list(self.radii)}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Early stopping (sweep.scheduler; issue 15 part 3): after each rung epoch (a fraction of
+    ``rungs`` of the trial's epochs) a trial certifies its current model on a proxy of about
+    ``images`` test images (every k-th, k = max(1, test images // images)) with ``n0``/``n``
+    samples at risk ``alpha``, and reports its certified accuracy at ``radii`` (empty: every
+    0.25 up to what ``n`` certifies at its σ, or the trials' ``certify.target_radius`` when
+    smaller); it is stopped when, once ``min_trials`` trials of its σ reported the rung, the
+    others' envelope beats it by more than ``margin`` at every radius."""
+
+    rungs: tuple[float, ...] = (0.34, 0.67)
+    images: int = 100
+    n0: int = 32
+    n: int = 500
+    alpha: float = 0.001
+    margin: float = 0.05
+    radii: tuple[float, ...] = ()
+    min_trials: int = 3
+
+    def validate(self, prefix: str = "schedule.") -> Schedule:
+        if not self.rungs:
+            raise UserError(f"{prefix}rungs: give at least one fraction of the epochs")
+        if not all(0 < f < 1 for f in self.rungs):
+            raise UserError(f"{prefix}rungs: each must lie in (0, 1), got {list(self.rungs)}")
+        for key in ("images", "n0", "n"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{prefix}{key}: must be ≥ 1, got {getattr(self, key)}")
+        if not 0 < self.alpha < 0.5:
+            raise UserError(f"{prefix}alpha: must lie in (0, 0.5), got {self.alpha}")
+        if not 0 <= self.margin < 1:
+            raise UserError(f"{prefix}margin: must be ≥ 0 and < 1, got {self.margin}")
+        if any(r < 0 for r in self.radii):
+            raise UserError(f"{prefix}radii: must be ≥ 0, got {list(self.radii)}")
+        if self.min_trials < 2:
+            raise UserError(f"{prefix}min_trials: must be ≥ 2 (a trial is judged against "
+                            f"others of its σ), got {self.min_trials}")
+        return self
+
+    def record(self) -> dict[str, Any]:
+        return {**asdict(self), "rungs": list(self.rungs), "radii": list(self.radii)}
+
+    def rung_epochs(self, epochs: int) -> dict[int, int]:
+        """Epochs trained after which a proxy is certified → their rung (1, 2, …): each
+        max(1, round(f·epochs)) (halves up), duplicates and the last epoch dropped."""
+        ends = sorted({max(1, math.floor(f * epochs + 0.5)) for f in self.rungs} - {epochs})
+        return {e: i + 1 for i, e in enumerate(e for e in ends if e < epochs)}
+
+    def proxy_skip(self, num_images: int) -> int:
+        """Every k-th test image makes the proxy: about ``images`` of ``num_images``."""
+        return max(1, num_images // self.images)
+
+    def radii_for(self, sigma: float, target_radius: float | None = None) -> list[float]:
+        """Where a trial of noise level ``sigma`` reports its proxy: ``radii``, else every
+        0.25 from 0 up to the largest radius the proxy's n certifies at ``sigma``
+        (σ·Φ⁻¹(α^(1/n))) or ``target_radius`` when smaller; radii no trial's proxy can
+        certify would keep every trial (nobody is dominated by 0 there)."""
+        if self.radii:
+            return sorted(self.radii)
+        from common.stages import largest_radius
+
+        top = largest_radius(sigma, self.n, self.alpha)
+        if target_radius:
+            top = min(top, target_radius)
+        return [round(i * 0.25, 10) for i in range(math.floor(top / 0.25 + 1e-9) + 1)]
+
+
+@dataclass(frozen=True)
 class Trial:
     """One point of the grid: its name, gridded values and full validated config."""
 
@@ -115,6 +215,8 @@ class SweepSpec:
     exclude: list[dict[str, Any]] = field(default_factory=list)
     attack_eval: AttackEval | None = None
     init_from_sweep: str | None = None  # a pre-training sweep: init_from per (ε, σ)
+    stages: Stages | None = None  # staged certification; None: every trial certified in full
+    schedule: Schedule | None = None  # early stopping per σ; None: every trial trains in full
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "defaults": self.defaults,
@@ -123,6 +225,10 @@ class SweepSpec:
             out["attack_eval"] = self.attack_eval.record()
         if self.init_from_sweep is not None:
             out["init_from_sweep"] = self.init_from_sweep
+        if self.stages is not None:
+            out["stages"] = self.stages.record()
+        if self.schedule is not None:
+            out["schedule"] = self.schedule.record()
         return out
 
     def trials(self) -> list[Trial]:
@@ -145,10 +251,10 @@ def _block(cls, values: Any, key: str):
     for k, v in values.items():
         if k not in known:
             raise UserError(f"{key}.{k}: unknown key; expected one of {sorted(known)}")
-        if k == "epsilons":
+        if k in ("epsilons", "radii", "rungs"):
             if not isinstance(v, list):
-                raise UserError(f"{key}.epsilons: expected a list of numbers, got {v!r}")
-            typed[k] = tuple(_number(f"{key}.epsilons", e, float) for e in v)
+                raise UserError(f"{key}.{k}: expected a list of numbers, got {v!r}")
+            typed[k] = tuple(_number(f"{key}.{k}", e, float) for e in v)
         else:
             typed[k] = _number(f"{key}.{k}", v, type(known[k].default))
     return cls(**typed).validate()
@@ -215,13 +321,16 @@ def parse_spec(values: Any, overrides: Iterable[str] = ()) -> SweepSpec:
     exclude = values.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(e, Mapping) for e in exclude):
         raise UserError("exclude: expected a list of mappings key → value (or list of values)")
-    attack_eval = values.get("attack_eval")
+    attack_eval, stages = values.get("attack_eval"), values.get("stages")
+    schedule = values.get("schedule")
     spec = SweepSpec(
         name=name, defaults=dict(defaults), resources=_block(Resources, resources, "resources"),
         grid=grid, exclude=[dict(e) for e in exclude],
         attack_eval=None if attack_eval is None else _block(AttackEval, attack_eval,
                                                             "attack_eval"),
         init_from_sweep=init_from_sweep,
+        stages=None if stages is None else _block(Stages, stages, "stages"),
+        schedule=None if schedule is None else _block(Schedule, schedule, "schedule"),
     )
     # Bad defaults are named even if every trial overrides them (init_from as it will resolve).
     placeholder = {} if init_from_sweep is None else {"init_from": init_from_sweep}

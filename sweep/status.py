@@ -92,6 +92,102 @@ def _count_rows(path: Path) -> int:
         return 0
 
 
+def certify_files(tdir: Path, name: str = layout.CERTIFY) -> list[Path]:
+    """The files holding a trial's rows of ``name``: the merged file when it exists, else the
+    shares a multi-worker trial's ranks write (``certify.part<r>of<w>.tsv``) before merging."""
+    merged = tdir / name
+    if merged.is_file():
+        return [merged]
+    stem, _, ext = name.partition(".")
+    return sorted(p for p in tdir.glob(f"{stem}.part*of*.{ext}")
+                  if p.is_file() and layout.shard_rank(p.name) is not None)
+
+
+def parse_durations(values) -> pd.Series:
+    """Seconds of each ``time`` value (``str(datetime.timedelta)``, e.g. "0:00:01.234567");
+    NaN where a value does not parse."""
+    return pd.to_timedelta(pd.Series(list(values), dtype=object), errors="coerce") \
+        .dt.total_seconds()
+
+
+def _timed_rows(path: Path) -> tuple[int, float]:
+    """The complete rows of a results file whose ``time`` parses, and the sum of those
+    durations in seconds (only that column is parsed)."""
+    try:
+        lines = path.read_bytes().split(b"\n")[:-1]  # the last piece: a torn line or b""
+    except FileNotFoundError:
+        return 0, 0.0
+    if len(lines) < 2:
+        return 0, 0.0
+    header = lines[0].decode(errors="replace").split("\t")
+    if "time" not in header:
+        return 0, 0.0
+    col = header.index("time")
+    times = [fields[col].decode(errors="replace") if len(fields) > col else ""
+             for fields in (line.split(b"\t") for line in lines[1:])]
+    seconds = parse_durations(times).dropna()
+    return len(seconds), float(seconds.sum())
+
+
+def certify_rate(files: list[Path]) -> float:
+    """Images per second across a trial's workers: per file (one rank each), its rows over the
+    sum of their durations, summed over the files. 0.0 when no duration is known."""
+    rate = 0.0
+    for path in files:
+        rows, seconds = _timed_rows(path)
+        if rows and seconds > 0:
+            rate += rows / seconds
+    return rate
+
+
+def format_rate(per_second: float) -> str:
+    """Images per minute ("12.3/min"), or per hour ("0.5/h") when under one a minute."""
+    per_minute = per_second * 60
+    return f"{per_minute:.1f}/min" if per_minute >= 1 else f"{per_minute * 60:.1f}/h"
+
+
+def format_eta(seconds: float) -> str:
+    """A remaining time as "3h12m", "45m" or "<1m"."""
+    if seconds < 60:
+        return "<1m"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
+
+
+STAGE_COUNT = 3  # a staged sweep's stages (stages.json's "stage": 1..3)
+
+
+def _stage_key(item: tuple) -> tuple:
+    stage = item[0]
+    return (not isinstance(stage, int), stage if isinstance(stage, int) else 0, str(stage))
+
+
+def _stage_line(current, reached: dict[str, int | None], why: dict[str, str]) -> str:
+    """"stage 2 of 3: 5 trials reached stage 2, 2 stopped at stage 1" from stages.json."""
+    def trials(n: int) -> str:
+        return f"{n} trial{'' if n == 1 else 's'}"
+
+    if not isinstance(current, int):
+        return f"stage ? of {STAGE_COUNT}"
+    stopped = Counter(s for name, s in reached.items() if why.get(name))
+    if current > STAGE_COUNT:  # every stage done (sweep.staging writes STAGE_COUNT + 1)
+        through = Counter(s for name, s in reached.items() if not why.get(name))
+        parts = [f"{trials(n)} certified through stage {s}" for s, n in
+                 sorted(through.items(), key=_stage_key)]
+        parts += [f"{trials(n)} stopped at stage {s}" for s, n in
+                  sorted(stopped.items(), key=_stage_key)]
+        return "every stage done: " + ", ".join(parts)
+    parts = [f"{trials(sum(1 for s in reached.values() if isinstance(s, int) and s >= current))}"
+             f" reached stage {current}"]
+    parts += [f"{trials(n)} stopped at stage {s}" for s, n in
+              sorted(stopped.items(), key=_stage_key)]
+    behind = sum(1 for name, s in reached.items() if not why.get(name)
+                 and not (isinstance(s, int) and s >= current))
+    if behind:
+        parts.append(f"{trials(behind)} not yet at stage {current}")
+    return f"stage {current} of {STAGE_COUNT}: " + ", ".join(parts)
+
+
 def _last_epoch(path: Path) -> int | None:
     try:
         lines = [ln for ln in path.read_text().splitlines() if ln.endswith("}")]
@@ -135,6 +231,7 @@ def status_table(sweep_dir: str | Path) -> tuple[pd.DataFrame, SweepSpec]:
                         "give the folder `smoothadv sweep run` printed")
     spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
     alive = driver_alive(folder)
+    stages = read_stages(folder)
     rows = []
     for trial in spec.trials():
         tdir = layout.trial_dir(folder, trial.name)
@@ -142,21 +239,58 @@ def status_table(sweep_dir: str | Path) -> tuple[pd.DataFrame, SweepSpec]:
         status = state.get("state", "PENDING")
         if status == "RUNNING" and not alive:
             status = "INTERRUPTED"
-        plan = layout.read_json(tdir / layout.CERTIFY_PLAN) or {}
-        done = _count_rows(tdir / layout.CERTIFY)
+        files = certify_files(tdir, layout.CERTIFY)
+        plan_name = layout.CERTIFY_PLAN
+        if stages is not None and not files:  # stage 1: the screening certification
+            files = certify_files(tdir, layout.CERTIFY_STAGE1)
+            plan_name = layout.CERTIFY_STAGE1_PLAN
+        plan = layout.read_json(tdir / plan_name) or {}
+        done = sum(_count_rows(f) for f in files)
+        planned = plan.get("planned")
+        rate = eta = ""
+        if status == "RUNNING" and done and isinstance(planned, int | float):
+            per_second = certify_rate(files)
+            if per_second > 0:
+                rate = format_rate(per_second)
+                eta = format_eta(max(planned - done, 0) / per_second)
         epoch = _last_epoch(tdir / layout.METRICS)
-        rows.append({
-            "trial": trial.name, "state": status,
+        row = {"trial": trial.name, "state": status}
+        entry = {} if stages is None else stages["trials"].get(trial.name, {})
+        if stages is not None:
+            row["stage"] = "" if entry.get("stage") is None else str(entry["stage"])
+        row.update({
             "epoch": f"{epoch or 0}/{trial.config.epochs}",
-            "certified": f"{done}/{plan['planned']}" if "planned" in plan else f"{done}/?",
-            "error": state.get("error", ""),
+            "certified": f"{done}/{planned}" if "planned" in plan else f"{done}/?",
+            "rate": rate, "eta": eta,
         })
+        # why a trial stopped: its stage (a staged sweep), else the early-stopping schedule's
+        row["why"] = str(entry.get("why") or "") if stages is not None else state.get("why", "")
+        row["error"] = state.get("error", "")
+        rows.append(row)
     return pd.DataFrame(rows), spec
+
+
+def read_stages(sweep_dir: Path) -> dict | None:
+    """A staged sweep's stages.json as {"stage": ..., "trials": {name: {"stage", "why"}}} (a
+    malformed trial entry left out); None when the sweep is not staged."""
+    stages = layout.read_json(Path(sweep_dir) / layout.STAGES)
+    if stages is None:
+        return None
+    trials = stages.get("trials") if isinstance(stages.get("trials"), dict) else {}
+    return {"stage": stages.get("stage"),
+            "trials": {k: v for k, v in trials.items() if isinstance(v, dict)}}
 
 
 def format_status(sweep_dir: str | Path) -> str:
     table, _ = status_table(sweep_dir)
     counts = Counter(table["state"])
     summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
-    shown = table if table["error"].astype(bool).any() else table.drop(columns="error")
-    return "\n".join([shown.to_string(index=False), f"{len(table)} trials: {summary}"])
+    hidden = [c for c in ("why", "error") if c in table and not table[c].astype(bool).any()]
+    lines = [table.drop(columns=hidden).to_string(index=False)]
+    stages = read_stages(Path(sweep_dir))
+    if stages is not None:  # before the last line, which stays the trials' summary
+        entries = stages["trials"]
+        lines.append(_stage_line(
+            stages["stage"], {t: entries.get(t, {}).get("stage") for t in table["trial"]},
+            {t: str(entries.get(t, {}).get("why") or "") for t in table["trial"]}))
+    return "\n".join([*lines, f"{len(table)} trials: {summary}"])

@@ -5,11 +5,17 @@ Runs on every rank of the trial's worker group. Training reports each epoch with
 the test images selected by the ``certify`` block are split across ranks; each rank certifies
 its share into its own resumable file, rank 0 merges them into ``certify.tsv`` and reports
 certified accuracy at a few radii and the ACR as the trial's final metrics.
+
+With a ``schedule`` block (sweep.scheduler), rank 0 certifies the checkpoint of each rung
+epoch on a proxy subset of the test set before reporting that epoch, and adds the proxy's
+certified accuracy to the epoch's metrics, from which the sweep driver's scheduler may stop
+the trial.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import tempfile
@@ -23,12 +29,17 @@ from certify.runner import Evaluation, load_evaluation, run_smoothing
 from common import layout
 from common.atomic import atomic_write_bytes
 from common.layout import CHECKPOINT
-from common.metrics import certified_summary, empirical_accuracy
+from common.metrics import (
+    certified_accuracy,
+    certified_summary,
+    empirical_accuracy,
+    right_rows,
+)
 from sweep import faults
-from sweep.spec import AttackEval
+from sweep.spec import AttackEval, Schedule, Stages
 from sweep.storage import Bucket, mirror_dir
 from sweep.trial_sync import TrialSync
-from trainers.config import TrialConfig, parse_trial_config
+from trainers.config import CertifyConfig, TrialConfig, parse_trial_config
 from trainers.train import train_trial
 
 
@@ -85,19 +96,57 @@ def _final_model(config: TrialConfig, trial_dir: Path, skip: int, max_index: int
 
 
 def certify_trial(config: TrialConfig, trial_dir: Path, rank: int, world: int,
-                  device: torch.device, sync: TrialSync | None = None) -> dict[str, float]:
-    """CERTIFY this rank's share of the selected test images; rank 0 merges and summarizes."""
-    c = config.certify
+                  device: torch.device, sync: TrialSync | None = None, *,
+                  certify: CertifyConfig | None = None, name: str = layout.CERTIFY,
+                  plan: str = layout.CERTIFY_PLAN) -> dict[str, float]:
+    """CERTIFY this rank's share of the selected test images into ``name`` (settings:
+    ``certify``, by default the trial's block); rank 0 merges and summarizes."""
+    c = certify or config.certify
     ev = _final_model(config, trial_dir, c.skip, c.max, device)
-    sampling = c.with_noise(config.sigma, config.seed)
+    out = _shard_path(trial_dir, name, rank, world)
+    sampling = c.sampling(config.sigma, config.seed)
+    if sampling.sequential and _begun_without_sequential(out):
+        print(f"{out}: begun without sequential sampling (an earlier smoothadv); "
+              "finishing it so", flush=True)
+        sampling = dataclasses.replace(sampling, sequential=False, target_radius=None)
     if rank == 0:
-        layout.write_json(trial_dir / layout.CERTIFY_PLAN, {"planned": len(ev.indices)})
-    out = _shard_path(trial_dir, layout.CERTIFY, rank, world)
+        layout.write_json(trial_dir / plan, {"planned": len(ev.indices)})
     run_smoothing(ev.model, ev.num_classes, ev.images, ev.indices[rank::world], sampling, out,
                   batch_size=c.batch_size, identity=ev.identity, progress=False, device=ev.device)
-    if not gathered(trial_dir, layout.CERTIFY, rank, world, sync):
+    if not gathered(trial_dir, name, rank, world, sync):
         return {}
-    return certified_summary(pd.read_csv(trial_dir / layout.CERTIFY, sep="\t"))
+    return certified_summary(pd.read_csv(trial_dir / name, sep="\t"))
+
+
+def screening(config: TrialConfig, stages: Stages) -> CertifyConfig:
+    """Stage 1's settings (sweep.stages): every ``stages.skip``-th image with ``stages.n``
+    samples, not sequential (the selection reads each image's vote count back from its
+    pA_lower, which a sequential row's early look does not give)."""
+    return dataclasses.replace(config.certify, n=stages.n, skip=stages.skip, sequential=False,
+                               target_radius=None)
+
+
+def certify_stage(stage: int, stages: Stages | None, config: TrialConfig, trial_dir: Path,
+                  rank: int, world: int, device: torch.device,
+                  sync: TrialSync | None) -> dict[str, float]:
+    """The certification of ``stage`` (0: an unstaged sweep's, the trial's ``certify``
+    block): 1 screens, 2 certifies in full, 3 extends the full certification to every
+    ``stages.final_skip``-th image (the rows already there are kept: each image's noise is
+    seeded by its index, so the file reads as one run at the finer skip)."""
+    if stage == 1:
+        return certify_trial(config, trial_dir, rank, world, device, sync,
+                             certify=screening(config, stages), name=layout.CERTIFY_STAGE1,
+                             plan=layout.CERTIFY_STAGE1_PLAN)
+    certify = None if stage < 3 else dataclasses.replace(config.certify,
+                                                         skip=stages.final_skip)
+    return certify_trial(config, trial_dir, rank, world, device, sync, certify=certify)
+
+
+def _begun_without_sequential(out: Path) -> bool:
+    """Whether ``out`` holds rows certified before trials certified sequentially (its settings
+    record has no ``sequential`` key): such a file is finished in its own mode, never mixed."""
+    record = layout.read_json(layout.meta_path(out))
+    return record is not None and not record.get("sequential", False)
 
 
 def attack_trial(config: TrialConfig, attack_eval: AttackEval, trial_dir: Path, rank: int,
@@ -117,6 +166,34 @@ def attack_trial(config: TrialConfig, attack_eval: AttackEval, trial_dir: Path, 
         return {}
     accuracy = empirical_accuracy(pd.read_csv(trial_dir / layout.ATTACK, sep="\t"))
     return {f"attack_acc_{eps:g}": float(row["accuracy"]) for eps, row in accuracy.iterrows()}
+
+
+def certify_proxy(config: TrialConfig, schedule: Schedule, checkpoint: Path, epoch: int,
+                  rung: int, device: torch.device) -> dict[str, float]:
+    """Rank 0 after ``epoch`` epochs, a rung of ``schedule``: certify ``checkpoint`` on the
+    proxy (every k-th test image, about ``schedule.images``; not sequential; the trial's σ and
+    seed) into ``proxy_e<epoch>.tsv`` (resumed like any results file; rows of another
+    checkpoint, left by a run that trained this epoch before, are discarded) and return
+    ``proxy_rung`` and ``proxy_cert_acc_<r>`` at the schedule's radii for the trial's σ."""
+    ev = load_evaluation(checkpoint, dataset=config.dataset, data_root=config.data_root,
+                         device=str(device))
+    out = checkpoint.parent / layout.proxy_name(epoch)
+    before = layout.read_json(layout.meta_path(out))
+    if before is not None and before.get("checkpoint_sha256") != ev.identity[
+            "checkpoint_sha256"]:
+        out.unlink(missing_ok=True)
+        layout.meta_path(out).unlink(missing_ok=True)
+    c = dataclasses.replace(config.certify, n0=schedule.n0, n=schedule.n,
+                            alpha=schedule.alpha, sequential=False, target_radius=None)
+    indices = ev.indices[::schedule.proxy_skip(len(ev.indices))]
+    run_smoothing(ev.model, ev.num_classes, ev.images, indices,
+                  c.sampling(config.sigma, config.seed), out, batch_size=c.batch_size,
+                  identity=ev.identity, progress=False, device=ev.device)
+    rows = pd.read_csv(out, sep="\t")
+    radii = schedule.radii_for(config.sigma, config.certify.target_radius)
+    accuracy = certified_accuracy(rows["radius"].to_numpy(dtype=float), right_rows(rows), radii)
+    return {"proxy_rung": rung, "proxy_images": len(rows),
+            **{f"proxy_cert_acc_{r:g}": float(a) for r, a in zip(radii, accuracy, strict=True)}}
 
 
 def _restore_from_ray(trial_dir: Path) -> None:
@@ -151,7 +228,9 @@ def _record_node(trial_dir: Path) -> None:
 
 def train_and_certify(loop_config: dict[str, Any]) -> None:
     """Ray Train ``train_loop_per_worker``: ``loop_config`` holds ``config`` (a trial-config
-    dict), ``trial_dir`` and ``attack_eval`` (the spec's block, or None); for a sweep in a
+    dict), ``trial_dir`` and ``attack_eval`` (the spec's block, or None); in a staged sweep
+    ``stage`` and ``stages`` (the spec's block: :func:`certify_stage`); with early stopping
+    ``schedule`` (the spec's block: :func:`certify_proxy`); for a sweep in a
     bucket also ``trial_uri``, ``trial_id`` and ``upload_every_s`` (the worker then works in
     this node's copy of the trial, see sweep.trial_sync)."""
     import ray.train
@@ -186,16 +265,53 @@ def train_and_certify(loop_config: dict[str, Any]) -> None:
             sync.stop()
 
 
+class StoppedEarly(Exception):
+    """The sweep's early-stopping schedule stopped this trial (sweep.scheduler)."""
+
+
+def stopped_by_schedule(loop_config: dict[str, Any], trial: str, rank: int,
+                        world: int) -> bool:
+    """Whether the schedule's record (``schedule.json`` in the sweep folder, or its bucket)
+    names ``trial`` as stopped, as rank 0 read it: every rank gets rank 0's answer, so all
+    leave the epoch loop at the same epoch. The trial then ends as a finished Train run, which
+    frees its workers' resources (Tune stopping the trial's actor would strand them)."""
+    stopped = False
+    if rank == 0:
+        if loop_config.get("trial_uri"):
+            sweep = Bucket(loop_config["trial_uri"].rsplit(f"/{layout.TRIALS}/", 1)[0])
+            data = sweep.read_bytes(layout.SCHEDULE)
+        else:
+            path = Path(loop_config["trial_dir"]).parent.parent / layout.SCHEDULE
+            data = path.read_bytes() if path.exists() else None
+        record = json.loads(data) if data else {}
+        stopped = trial in (record.get("stopped") or {})
+    if world > 1:
+        flag = [stopped]
+        torch.distributed.broadcast_object_list(flag, src=0)
+        stopped = flag[0]
+    return stopped
+
+
 def _train_and_certify(loop_config: dict[str, Any], config: TrialConfig, trial_dir: Path,
                        rank: int, world: int, sync: TrialSync | None) -> None:
     import ray.train
 
+    schedule = loop_config.get("schedule")
+    schedule = None if schedule is None else Schedule(**schedule)
+    rungs = {} if schedule is None else schedule.rung_epochs(config.epochs)
+    first_rung = min(rungs, default=None)
+
     def report(metrics: dict[str, Any], ckpt_path: Path) -> None:
         faults.maybe_fail("after_epoch", metrics["epoch"], trial_dir.name)
         faults.maybe_fail("kill_after_epoch", metrics["epoch"], trial_dir.name)
-        if rank != 0:
+        if rank != 0:  # (its report waits for rank 0's, which may certify a proxy first)
             ray.train.report(metrics)
             return
+        rung = rungs.get(metrics["epoch"] + 1)
+        if rung is not None:  # the Tune scheduler judges the trial on the proxy
+            metrics = {**metrics, **certify_proxy(config, schedule, ckpt_path,
+                                                  metrics["epoch"] + 1, rung,
+                                                  torch.device(config.device))}
         with tempfile.TemporaryDirectory() as d:
             try:
                 os.link(ckpt_path, Path(d) / CHECKPOINT)
@@ -205,14 +321,26 @@ def _train_and_certify(loop_config: dict[str, Any], config: TrialConfig, trial_d
                 sync.push()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-    train_trial(config, trial_dir, report=report, progress=False)
+    def report_then_check(metrics: dict[str, Any], ckpt_path: Path) -> None:
+        report(metrics, ckpt_path)
+        if (first_rung is not None and metrics["epoch"] + 1 >= first_rung
+                and stopped_by_schedule(loop_config, trial_dir.name, rank, world)):
+            raise StoppedEarly
+
+    try:
+        train_trial(config, trial_dir, report=report_then_check, progress=False)
+    except StoppedEarly:
+        return  # no certification: the sweep driver marks the trial STOPPED
     if sync is not None and world > 1:
         torch.distributed.barrier()
         if rank != 0:  # the final model, as rank 0 uploaded it
             sync.fetch(CHECKPOINT)
     device = torch.device(config.device)
-    final = certify_trial(config, trial_dir, rank, world, device, sync)
-    if loop_config.get("attack_eval"):
+    stage = loop_config.get("stage", 0)
+    stages = loop_config.get("stages")
+    final = certify_stage(stage, None if stages is None else Stages(**stages), config,
+                          trial_dir, rank, world, device, sync)
+    if loop_config.get("attack_eval") and stage in (0, 2):
         final.update(attack_trial(config, AttackEval(**loop_config["attack_eval"]), trial_dir,
                                   rank, world, device, sync))
     ray.train.report(final)  # (never a "done" key: Tune would stop the trial on it)

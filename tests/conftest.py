@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from sweep.train_loop import NO_STATE_API
 from trainers import build_model, load_dataset, save_checkpoint
 
 
@@ -86,12 +87,13 @@ def local_ray(tmp_path_factory):
                                       f"kill_after_epoch:0:{KILL_TRIAL}:{markers};"
                                       f"after_epoch:0:{RESTART_TRIAL}:{markers};"
                                       f"after_epoch:0:{TRACKED_TRIAL}:{markers}")
+    os.environ[NO_STATE_API] = "1"  # as sweep.run.init_ray sets it for a dashboard-less Ray
     ray.init(address="local", num_cpus=2, include_dashboard=False,
              object_store_memory=128 * 1024**2,
              log_to_driver=False, configure_logging=False)
     yield markers  # a fault that fired left its marker file here
     ray.shutdown()
-    del os.environ["SMOOTHADV_FAULTS"]
+    del os.environ["SMOOTHADV_FAULTS"], os.environ[NO_STATE_API]
 
 
 def assert_resumed_equals_straight(straight, resumed, first_epoch: bytes, epochs: int) -> None:

@@ -476,3 +476,26 @@ def test_only_incomplete_trials_is_an_error_naming_the_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no trial has finished certification yet (1 incomplete, 1 missing)" in err
     assert "--include-incomplete" in err and not (tmp_path / "r").exists()
+
+
+def test_a_staged_sweeps_stopped_trials_and_sequential_target_radius_are_reported(tmp_path):
+    """A trial a staged sweep did not certify in full is left out with its stage and reason,
+    and a sequential target radius is said (accuracies beyond it are lower bounds)."""
+    sweep = tmp_path / "staged"
+    sweep.mkdir()
+    (sweep / "sweep.yaml").write_text("name: staged\ngrid: {sigma: [0.25]}\n")
+    kept = write_trial(sweep, "kept", {"sigma": 0.25}, [0.3, 0.6, 0.1, ABSTAIN])
+    meta = json.loads((kept / "certify.tsv.meta.json").read_text())
+    meta.update(sequential=True, target_radius=0.5)
+    (kept / "certify.tsv.meta.json").write_text(json.dumps(meta))
+    write_trial(sweep, "pruned", {"sigma": 0.25}, None)
+    (sweep / "stages.json").write_text(json.dumps({"stage": 4, "trials": {
+        "kept": {"stage": 2, "why": ""},
+        "pruned": {"stage": 1, "why": "dominated at every radius: best upper 0.2"}}}))
+    data = gather([sweep])
+    assert data.target_radius == 0.5
+    status = data.trials.set_index("trial")["status"]
+    assert status["pruned"] == "stopped at stage 1: dominated at every radius: best upper 0.2"
+    report = build_report([sweep], None, tmp_path / "report")
+    assert any("pruned: stopped at stage 1: dominated" in line for line in report.summary)
+    assert any("Certified sequentially up to radius 0.5" in line for line in report.summary)

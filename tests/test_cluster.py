@@ -11,6 +11,8 @@ the sweep driven through the `smoothadv` command line with `--address`, as a use
   (the driver survived: Train restarts the workers) and one trial restart (the driver was on
   the killed node: Tune restarts the trial), and the test holds either way;
 - `sweep status` and `analyze` read the results;
+- on the head alone, two trials at once (their drivers on the one node, as restarted trials
+  pile onto the survivors) still finish: drivers take no CPU from the workers;
 - a node that cannot see the storage folder (started in its own mount namespace with a tmpfs
   over it) makes `sweep run` refuse in one line naming that node, leaving nothing behind.
 """
@@ -321,6 +323,34 @@ def test_status_and_analyze_read_the_results(cluster, killed_sweep, tmp_path):
     assert "2 trials certified" in analyze.stdout, analyze.stdout
     per_trial = pd.read_csv(report / "certified_accuracy.csv")
     assert sorted(per_trial["trial"]) == ["sigma0.25", "sigma0.5"], per_trial
+
+
+def test_drivers_piled_on_a_surviving_node_leave_its_cpus_to_the_workers(
+        cluster, killed_sweep, tmp_path):
+    """After the worker node's death only the head's one CPU is left. Two trials at once (as
+    restarted trials pile onto the survivors) each put their driver there: the drivers ask Ray
+    for no CPU, so one trial's worker group still gets the whole CPU and both finish in turn
+    (drivers asking for 0.01 CPU each left 0.98, which no worker fits: a deadlock)."""
+    assert cluster.nodes["worker-a"].process.poll() is not None  # the head alone
+    spec = tmp_path / "pile.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "pile", "defaults": {**TINY, "epochs": 1},
+        "resources": {"workers": 1, "cpus_per_worker": 1, "start_timeout_s": 30},
+        "grid": {"sigma": list(SIGMAS)}}))
+    run, out, err = cluster.smoothadv("sweep", "run", str(spec), "--address", cluster.address,
+                                      "--storage", str(tmp_path), "--max-concurrent", "2",
+                                      "--verbose", "0", logs=tmp_path / "pile")
+    try:
+        run.wait(timeout=240)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, err.read_text()[-3000:]
+    assert "pile: 2 trials, at most 2 at once" in out.read_text()
+    for trial in SIGMAS.values():
+        state = layout.read_json(layout.trial_dir(tmp_path / "pile", trial) / layout.STATE)
+        assert state["state"] == "TERMINATED", state
 
 
 def _can_hide_a_folder(folder: Path) -> str | None:

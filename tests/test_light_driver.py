@@ -56,3 +56,29 @@ def test_the_backend_config_mirrors_rays_torch_config():
     context.__enter__()  # no CUDA here: Ray's context manager does nothing, but it ran
     assert isinstance(context._context, TorchConfigContextManager)
     assert context.__exit__(None, None, None) is False
+
+
+def test_without_a_state_api_the_trainer_drops_only_the_placement_group_cleaner(tmp_path):
+    """A local Ray without a dashboard serves no state API: the cleaner (which asks it) is
+    left out and every other default callback kept; with the API (a cluster, --dashboard) the
+    trainer is Ray's own."""
+    code = f"""
+import os, sys
+import ray.train
+from sweep.train_loop import NO_STATE_API, TorchBackendConfig, train_and_certify, trainer_class
+def callbacks():
+    trainer = trainer_class()(
+        train_and_certify, backend_config=TorchBackendConfig(backend="gloo"),
+        train_loop_config={{}}, scaling_config=ray.train.ScalingConfig(num_workers=1),
+        run_config=ray.train.RunConfig(name="t", storage_path={str(tmp_path)!r}))
+    return [type(c).__name__ for c in trainer._create_default_callbacks()]
+with_api = callbacks()
+os.environ[NO_STATE_API] = "1"
+print(with_api, callbacks(), sep="\\n")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    with_api, without = (eval(line) for line in out.stdout.splitlines()[-2:])
+    assert "PlacementGroupCleanerCallback" in with_api
+    assert without == [c for c in with_api if c != "PlacementGroupCleanerCallback"]

@@ -57,6 +57,7 @@ def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capsys
         trial = layout.trial_dir(sweep_dir, name)
         rows = pd.read_csv(trial / layout.CERTIFY, sep="\t")
         assert list(rows["idx"]) == list(range(0, 512, 64))
+        assert rows["samples"].between(16, 116).all()  # sequential: n0 = 16, n = 100
         attacked = pd.read_csv(trial / layout.ATTACK, sep="\t")
         assert list(attacked["idx"]) == [0, 128, 256, 384]
         assert set(attacked["epsilon"]) == {0.25}
@@ -142,7 +143,7 @@ def test_restart_errored_starts_the_failed_trial_afresh_and_leaves_the_others(lo
 
 def test_two_worker_trial_trains_with_ddp_and_shards_certification(local_ray, tmp_path):
     spec = {"name": "ddp", "defaults": {**TINY_DEFAULTS, "m_train": 2, "multi_noise": True},
-            "resources": {"workers": 2, "cpus_per_worker": 1},
+            "resources": {"workers": 2, "cpus_per_worker": 1, "start_timeout_s": 60},
             "grid": {"attack": ["pgd"]}}
     code, sweep_dir = run_spec(tmp_path, spec)
     assert code == 0

@@ -326,7 +326,9 @@ def test_trials_cut_short_by_a_stopped_sweep_are_interrupted_not_errored(tmp_pat
         layout.trial_dir(tmp_path, name).mkdir(parents=True)
         layout.write_json(layout.trial_dir(tmp_path, name) / layout.STATE,
                           {"state": state, "trial_id": name})
-    assert _reconcile_states(open_sweep(tmp_path), errored={"failed"}) == 1
+    assert _reconcile_states(open_sweep(tmp_path), errored={"failed"}, names=list(states)) == 1
+    # a later stage's experiment counts its own trials only (sweep.staging)
+    assert _reconcile_states(open_sweep(tmp_path), errored={"failed"}, names=["failed"]) == 0
     after = {name: layout.read_json(layout.trial_dir(tmp_path, name) / layout.STATE)["state"]
              for name in states}
     assert after == {"done": "TERMINATED", "failed": "ERROR", "killed": "INTERRUPTED",

@@ -6,6 +6,7 @@ are refused with one line naming the key (a UserError), before anything runs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -13,7 +14,7 @@ from typing import Any, Self
 
 import yaml
 
-from certify.settings import SamplingKeys
+from certify.settings import Sampling, SamplingKeys
 from common.errors import UserError
 from trainers.registry import DATASETS, check_arch, dataset_info, is_import_path
 
@@ -24,15 +25,32 @@ ATTACKS = ("pgd", "ddn")
 @dataclass(frozen=True, kw_only=True)
 class CertifyConfig(SamplingKeys):
     """CERTIFY settings for a trial's final model (Cohen et al.'s defaults): the sampling
-    (``sigma`` and ``seed`` are the trial's), noisy samples per forward pass and the images."""
+    (``sigma`` and ``seed`` are the trial's), noisy samples per forward pass and the images.
+
+    ``sequential`` (on by default in a trial; :meth:`certify.smooth.Smooth.certify_sequential`)
+    stops an image's sampling once its row is decided: wrong label, certain abstention, or,
+    with ``target_radius`` (the largest radius the report reads; the presets set it), a
+    certified radius already ≥ it. Certified accuracy at every radius up to ``target_radius``
+    keeps Cohen et al.'s guarantee; radii beyond it (and so the ACR) are lower bounds."""
 
     n0: int = 100  # always CERTIFY, never PREDICT
     batch_size: int = 400
     skip: int = 1
     max: int = -1
+    sequential: bool = True
+    target_radius: float | None = None
+
+    def sampling(self, sigma: float, seed: int) -> Sampling:
+        """The trial's sampling settings: these keys with its noise level and seed."""
+        return dataclasses.replace(self.with_noise(sigma, seed), sequential=self.sequential,
+                                   target_radius=self.target_radius)
 
     def validate(self, prefix: str = "certify.") -> Self:
         super().validate(prefix)
+        if self.target_radius is not None:
+            _require(self.sequential, f"{prefix}target_radius", "only with sequential: true")
+            _require(math.isfinite(self.target_radius) and self.target_radius > 0,
+                     f"{prefix}target_radius", f"must be > 0, got {self.target_radius}")
         _require(self.batch_size >= 1, f"{prefix}batch_size", f"must be ≥ 1, got {self.batch_size}")
         _require(self.skip >= 1, f"{prefix}skip", f"must be ≥ 1, got {self.skip}")
         return self
@@ -70,6 +88,12 @@ class TrialConfig:
     extra_weight: float = 1.0
     seed: int = 0
     device: str = "auto"
+    # Training data loader processes: null (auto) is min(8, CPUs per GPU) on CUDA, 0 (loading in
+    # the training process, as always) on the CPU; an integer is used as given.
+    loader_workers: int | None = None
+    # On CUDA only: channels-last model and bfloat16 autocast of the forward passes of the
+    # attack and the update (backward passes outside it). The CPU ignores it.
+    amp: bool = True
     certify: CertifyConfig = field(default_factory=CertifyConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +172,8 @@ def validate(config: TrialConfig) -> TrialConfig:
     _require(0 <= c.momentum < 1, "momentum", f"must lie in [0, 1), got {c.momentum}")
     _require(c.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {c.weight_decay}")
     _require(c.extra_weight >= 0, "extra_weight", f"must be ≥ 0, got {c.extra_weight}")
+    _require(c.loader_workers is None or c.loader_workers >= 0, "loader_workers",
+             f"must be ≥ 0 or null (auto), got {c.loader_workers}")
     for key in ("train_subset", "test_subset"):
         value = getattr(c, key)
         _require(value is None or value >= 1, key, f"must be ≥ 1 or null, got {value}")

@@ -26,6 +26,11 @@ Under DDP (a torch process group of W ranks, as Ray Train sets up) ``batch_size`
 global batch: each rank takes batch_size/W images of a shared shuffled order
 (DistributedSampler), draws its own noise, attacks with the plain model and updates through the
 DDP wrapper, whose all-reduce averages the gradients. Rank 0 writes checkpoints and metrics.
+
+On CUDA only: data loads in worker processes into pinned memory (``loader_workers``;
+:func:`loader_options`), and with ``amp`` (default) the model is channels-last and the forward
+passes of the attack and of the update run under bfloat16 autocast (:class:`Autocast`). The CPU
+path is unchanged by both, so it stays bit-for-bit reproducible.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +84,42 @@ def distributed_rank() -> tuple[int, int]:
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside a DistributedDataParallel wrapper."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def amp_enabled(config: TrialConfig, device: torch.device) -> bool:
+    """Whether training runs channels-last under bfloat16 autocast: ``amp`` on CUDA only."""
+    return config.amp and torch.device(device).type == "cuda"
+
+
+class Autocast(nn.Module):
+    """``model`` with its forward passes under bfloat16 autocast, returning float32 logits, so
+    losses and backward passes run outside autocast. bfloat16 has float32's exponent range,
+    so no loss scaling is needed. Training wraps the plain model in it (inside DDP), so the
+    attack, which runs on the unwrapped model, and the update both see it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
+def loader_options(config: TrialConfig, device: torch.device, world: int) -> dict[str, Any]:
+    """DataLoader options. On CUDA: ``loader_workers`` worker processes (null: min(8, this
+    node's CPUs per GPU rank)), pinned memory, workers kept between iterations. On the CPU:
+    none unless ``loader_workers`` is set, so loading stays in this process as always and runs
+    reproduce bit for bit (workers draw augmentations from their own seeded generators, not
+    from the stream the noise comes from, so a run with workers differs from one without)."""
+    cuda = torch.device(device).type == "cuda"
+    workers = config.loader_workers
+    if workers is None:
+        local_ranks = max(1, min(world, torch.cuda.device_count())) if cuda else 1
+        workers = max(1, min(8, (os.cpu_count() or 1) // local_ranks)) if cuda else 0
+    if not cuda and workers == 0:
+        return {}
+    return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}
 
 
 def attack_epsilon(config: TrialConfig, epoch: int) -> float:
@@ -225,7 +266,7 @@ def _trim_metrics(path: Path, before_epoch: int) -> None:
 
 
 # Keys a re-run into an existing folder may change: none of them changes the trained model.
-RESUMABLE_CHANGES = ("epochs", "device", "data_root")
+RESUMABLE_CHANGES = ("epochs", "device", "data_root", "loader_workers")
 
 
 def check_same_run(config: TrialConfig, out: Path) -> None:
@@ -257,6 +298,7 @@ class TrialData:
     test_loader: DataLoader
     extra_set: Any
     labelled_batch: int
+    loader_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -294,8 +336,12 @@ def build_training(net: nn.Module, ckpt: dict | None, config: TrialConfig,
     """``net`` placed on ``device`` (wrapped in DDP when ``world`` > 1), SGD and its StepLR
     schedule, both restored from ``ckpt`` when resuming."""
     net = place(net, device)
-    model = net if world == 1 else nn.parallel.DistributedDataParallel(
-        net, device_ids=[device.index] if device.type == "cuda" else None)
+    trained: nn.Module = net
+    if amp_enabled(config, device):  # CUDA: channels-last convolutions, bfloat16 forwards
+        net = net.to(memory_format=torch.channels_last)
+        trained = Autocast(net)
+    model = trained if world == 1 else nn.parallel.DistributedDataParallel(
+        trained, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step, config.lr_gamma)
@@ -307,10 +353,13 @@ def build_training(net: nn.Module, ckpt: dict | None, config: TrialConfig,
     return TrainingState(net, model, optimizer, scheduler, start_epoch)
 
 
-def load_trial_data(config: TrialConfig, world: int) -> TrialData:
+def load_trial_data(config: TrialConfig, world: int,
+                    device: torch.device | None = None) -> TrialData:
     """The trial's training and test subsets and, with ``extra_data``, the pseudo-labelled set
     (augmented as the labelled set is); a labelled batch is half the batch under
-    self-training, and each of ``world`` ranks takes its share."""
+    self-training, and each of ``world`` ranks takes its share. Loaders for ``device``
+    (default: the CPU) get :func:`loader_options`."""
+    options = loader_options(config, device or torch.device("cpu"), world)
     train_set = _subset(load_dataset(config.dataset, "train", config.data_root),
                         config.train_subset)
     test_set = _subset(load_dataset(config.dataset, "test", config.data_root, augment=False),
@@ -320,8 +369,8 @@ def load_trial_data(config: TrialConfig, world: int) -> TrialData:
         labelled = train_set.dataset if isinstance(train_set, Subset) else train_set
         extra_set = load_extra_data(config.extra_data, config.dataset, labelled.transform)
     labelled_batch = config.batch_size if extra_set is None else config.batch_size // 2
-    return TrialData(train_set, DataLoader(test_set, batch_size=config.batch_size), extra_set,
-                     max(1, labelled_batch // world))
+    return TrialData(train_set, DataLoader(test_set, batch_size=config.batch_size, **options),
+                     extra_set, max(1, labelled_batch // world), options)
 
 
 def epoch_batches(data: TrialData, config: TrialConfig, epoch: int, rank: int,
@@ -335,10 +384,11 @@ def epoch_batches(data: TrialData, config: TrialConfig, epoch: int, rank: int,
     torch.manual_seed(epoch_seed(config.seed, epoch, rank))
     if world == 1:
         loader = DataLoader(data.train_set, batch_size=data.labelled_batch, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed))
+                            generator=torch.Generator().manual_seed(seed), **data.loader_options)
     else:
         sampler = DistributedSampler(data.train_set, num_replicas=world, rank=rank, seed=seed)
-        loader = DataLoader(data.train_set, batch_size=data.labelled_batch, sampler=sampler)
+        loader = DataLoader(data.train_set, batch_size=data.labelled_batch, sampler=sampler,
+                            **data.loader_options)
     batches = (((x, y, None) for x, y in loader) if data.extra_set is None
                else mixed_batches(loader, data.extra_set, config.extra_weight,
                                   epoch_seed(config.seed, epoch, rank)))
@@ -358,8 +408,9 @@ def run_epoch(state: TrainingState, data: TrialData, config: TrialConfig, epoch:
     t0 = time.perf_counter()
     for x, y, w in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                         total=n_batches, disable=not progress or rank != 0, leave=False):
-        train_batch(state.model, state.optimizer, x.to(device), y.to(device), config, epsilon,
-                    stats, None if w is None else w.to(device))
+        train_batch(state.model, state.optimizer, x.to(device, non_blocking=True),
+                    y.to(device, non_blocking=True), config, epsilon, stats,
+                    None if w is None else w.to(device))
     state.scheduler.step()
     seconds = time.perf_counter() - t0
     if world > 1:
@@ -405,7 +456,7 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
     state = build_training(net, ckpt, config, device, world)
     if rank == 0:  # drop the lines of epochs after the checkpoint (a crash may leave some)
         _trim_metrics(out / METRICS, state.start_epoch)
-    data = load_trial_data(config, world)
+    data = load_trial_data(config, world, device)
     metrics: dict[str, Any] = {}
     for epoch in range(state.start_epoch, config.epochs):
         metrics = run_epoch(state, data, config, epoch, rank, world, device, progress)

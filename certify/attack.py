@@ -44,7 +44,7 @@ def run_attack(
     settings: AttackSettings,
     out: str | Path,
     *,
-    batch_size: int = 400,
+    batch_size: int | None = None,
     identity: dict | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
@@ -59,8 +59,8 @@ def run_attack(
     are); ``model`` may have no parameters. Its train/eval mode is restored afterwards.
     """
     settings.validate()
-    device, generator, smooth = smoother(model, num_classes, settings.sigma, dataset, indices,
-                                         batch_size, device)
+    device, generator, smooth, batch_size = smoother(model, num_classes, settings.sigma,
+                                                     dataset, indices, batch_size, device)
 
     @functools.lru_cache(maxsize=1)  # the pairs come image by image: load each image once
     def image(idx: int) -> tuple[torch.Tensor, int]:
@@ -90,7 +90,7 @@ def attack_checkpoint(
     settings: AttackSettings,
     out: str | Path,
     *,
-    batch_size: int = 400,
+    batch_size: int | None = None,
     progress: bool = True,
     allow_tf32: bool = False,
     **selection,

@@ -1,4 +1,6 @@
-"""Opt-in ``torch.compile`` of the base classifier for certification, with a clean fallback.
+"""Opt-in ``torch.compile`` with a clean fallback: of the base classifier for certification
+(:func:`compile_classifier`) and of the trained model (:class:`CompiledOrEager`, a trial's
+``compile: true``).
 
 :func:`compile_classifier` compiles the model (inductor, default mode, static shapes) and runs
 one probe forward pass, so a missing or broken compiler (inductor on CPU needs a working C++
@@ -93,3 +95,32 @@ def compile_classifier(
         finally:
             model.train(was_training)
     return EagerFallback(model, compiled, notify), True
+
+
+class CompiledOrEager(nn.Module):
+    """``module`` called through ``torch.compile`` (inductor, shapes and modes recompiled as
+    they come) until a compilation fails, then eagerly for good, saying so once. It holds
+    ``module`` itself, so parameters, buffers, train/eval mode and gradients are the module's;
+    forward and backward passes compute the same function either way, up to float reordering.
+    A failure shows at a forward call, before any gradient or update."""
+
+    def __init__(self, module: nn.Module, *, backend: str | Callable = "inductor",
+                 notify: Callable[[str], None] = say):
+        super().__init__()
+        self.module = module
+        self.notify = notify
+        # kept in a list, outside the module tree: state_dict() and parameters() stay module's
+        self._compiled = [torch.compile(module, backend=backend)]
+
+    @property
+    def compiled(self) -> bool:
+        return bool(self._compiled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled:
+            try:
+                return self._compiled[0](x)
+            except _compiler_errors() as e:
+                self._compiled.clear()
+                self.notify(f"torch.compile failed ({_reason(e)}); training the eager model")
+        return self.module(x)

@@ -26,7 +26,7 @@ from certify.compiled import compile_classifier
 from certify.precision import evaluation_precision, precision_name, requested_precision
 from certify.results_file import ResultsFile
 from certify.settings import Sampling
-from certify.smooth import ABSTAIN, Smooth
+from certify.smooth import ABSTAIN, Smooth, batch_for
 from common.errors import UserError
 from common.provenance import provenance
 from trainers.device import resolve_device
@@ -71,7 +71,7 @@ def run_smoothing(
     sampling: Sampling,
     out: str | Path,
     *,
-    batch_size: int = 400,
+    batch_size: int | None = None,
     identity: dict | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
@@ -98,8 +98,8 @@ def run_smoothing(
     sampling.validate()
     certifying = sampling.n0 is not None
     requested_precision(precision, allow_tf32)
-    device, generator, smooth = smoother(model, num_classes, sampling.sigma, dataset, indices,
-                                         batch_size, device)
+    device, generator, smooth, batch_size = smoother(model, num_classes, sampling.sigma,
+                                                     dataset, indices, batch_size, device)
     settings = {**(identity or {}), **sampling.record()}
     if compile:
         example = None  # the first forward pass's batch, the probe (none: no image selected)
@@ -137,16 +137,18 @@ def run_smoothing(
 
 
 def smoother(model: torch.nn.Module, num_classes: int, sigma: float, dataset: Dataset,
-             indices: Sequence[int], batch_size: int, device: str | torch.device | None
-             ) -> tuple[torch.device, torch.Generator, Smooth]:
-    """The device (default: where the first selected image is), a noise generator on it and
-    the smoothed classifier drawing from it; a ``batch_size`` below 1 is refused."""
-    if batch_size < 1:
+             indices: Sequence[int], batch_size: int | None,
+             device: str | torch.device | None
+             ) -> tuple[torch.device, torch.Generator, Smooth, int]:
+    """The device (default: where the first selected image is), a noise generator on it, the
+    smoothed classifier drawing from it, and the noisy samples per forward pass
+    (``batch_size``, else certify.smooth.batch_for the device); a batch below 1 is refused."""
+    if batch_size is not None and batch_size < 1:
         raise UserError(f"batch: must be ≥ 1, got {batch_size}")
     device = torch.device(device) if device is not None else input_device(dataset, indices)
     generator = torch.Generator(device=device)
     return device, generator, Smooth(model, num_classes, sigma, generator=generator,
-                                     device=device)
+                                     device=device), batch_for(batch_size, device)
 
 
 def outcome(label: int, prediction: int, t0: float) -> dict:
@@ -270,7 +272,7 @@ def smooth_checkpoint(
     sampling: Sampling,
     out: str | Path,
     *,
-    batch_size: int = 400,
+    batch_size: int | None = None,
     progress: bool = True,
     allow_tf32: bool = False,
     precision: str | None = None,

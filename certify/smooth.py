@@ -16,6 +16,15 @@ from scipy.stats import binomtest, norm
 from torch import nn
 
 ABSTAIN = -1
+# Noisy samples per forward pass when none is given: Cohen et al.'s 400 on the CPU; on CUDA
+# 4,096, which keeps a large GPU busy on CIFAR-10 models. A batch that runs out of GPU memory
+# is halved until it fits (Smooth.sample_counts).
+DEFAULT_BATCH = {"cpu": 400, "cuda": 4096}
+
+
+def batch_for(batch_size: int | None, device: torch.device) -> int:
+    """``batch_size``, or by default DEFAULT_BATCH for ``device``'s type (400 elsewhere)."""
+    return batch_size if batch_size is not None else DEFAULT_BATCH.get(device.type, 400)
 
 
 def clopper_pearson_lower(n_success: int, n_total: int, alpha: float) -> float:
@@ -66,6 +75,7 @@ class Smooth:
         self.sigma = sigma
         self.generator = generator
         self.device = torch.device(device) if device is not None else None
+        self.batch_cap: int | None = None  # set once a batch ran out of memory (halved)
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int
                 ) -> tuple[int, float]:
@@ -161,16 +171,33 @@ class Smooth:
     @torch.inference_mode()
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int) -> torch.Tensor:
         """Counts (on the host, int64, length num_classes) of f's predictions on ``num`` copies
-        of ``x`` (C×H×W) plus fresh N(0, σ²I) noise, evaluated ``batch_size`` at a time."""
+        of ``x`` (C×H×W) plus fresh N(0, σ²I) noise, evaluated ``batch_size`` at a time.
+
+        A batch that runs out of memory is dropped unseen and the batch halved, for this call
+        and every later one (``batch_cap``): the counts hold only completed batches, each of
+        independent fresh noise, so the sampling, and with it the guarantee, is unchanged."""
         device = self.device if self.device is not None else x.device
         x = x.to(device)
         counts = torch.zeros(self.num_classes, dtype=torch.int64, device=device)
+        batch_size = min(batch_size, self.batch_cap or batch_size)
         noise = torch.empty((min(batch_size, num), *x.shape), device=device)
         remaining = num
         while remaining > 0:
             b = min(batch_size, remaining)
-            batch = noise[:b].normal_(0.0, self.sigma, generator=self.generator).add_(x)
-            predictions = self.base_classifier(batch).argmax(1)
+            try:
+                batch = noise[:b].normal_(0.0, self.sigma, generator=self.generator).add_(x)
+                predictions = self.base_classifier(batch).argmax(1)
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise
+                predictions = None  # (the failed pass's memory is freed once out of here)
+            if predictions is None:
+                batch_size = self.batch_cap = batch_size // 2
+                noise = batch = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                noise = torch.empty((min(batch_size, num), *x.shape), device=device)
+                continue
             counts += torch.bincount(predictions, minlength=self.num_classes)
             remaining -= b
         return counts.cpu()

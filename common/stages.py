@@ -45,6 +45,7 @@ stage 1 reaches the radii that matter.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -79,6 +80,18 @@ def largest_radius(sigma: float, n: int, alpha: float) -> float:
     """σ·Φ⁻¹(α^(1/n)): the largest radius CERTIFY with n samples at level α can report (all n
     votes for ĉ: CP_lower(n, n; α) = α^(1/n))."""
     return float(sigma * norm.ppf(alpha ** (1.0 / n)))
+
+
+def default_radii(sigma: float, n: int, alpha: float, target_radius: float | None = None,
+                  step: float = 0.25) -> list[float]:
+    """Where trials of noise level up to ``sigma`` are compared when the spec names no radii:
+    every ``step`` from 0 up to the largest radius ``n`` samples certify at ``sigma``
+    (largest_radius) or ``target_radius`` when smaller. Beyond the former every trial
+    certifies 0, so nobody is dominated there."""
+    top = largest_radius(sigma, n, alpha)
+    if target_radius:
+        top = min(top, target_radius)
+    return [round(i * step, 10) for i in range(math.floor(top / step + 1e-9) + 1)]
 
 
 @functools.lru_cache(maxsize=16)

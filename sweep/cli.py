@@ -36,7 +36,9 @@ def _add_smoothing_args(p: argparse.ArgumentParser, certifying: bool,
                    help="samples to estimate the class probability" if certifying
                    else "samples for the binomial test (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability")
-    p.add_argument("--batch", type=int, default=400, help="noisy samples per forward pass")
+    p.add_argument("--batch", type=int, default=None,
+                   help="noisy samples per forward pass (default: 400 on the CPU, 4096 on CUDA, "
+                   "halved while a batch runs out of GPU memory)")
     p.add_argument("--skip", type=int, default=1, help="use every SKIP-th image")
     p.add_argument("--max", type=int, default=-1, dest="max_index",
                    help="stop before this image index (-1: no limit; Cohen et al.'s meaning)")
@@ -225,7 +227,8 @@ def _add_sweep_parser(sub) -> None:
                             description="List a spec's trials (no Ray started).")
     p.add_argument("spec", help=spec_help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a default (resources.KEY for resources)")
+                   help="override a default (resources.KEY, schedule.KEY, stages.KEY for "
+                   "those blocks; schedule=null turns early stopping off)")
     p.set_defaults(func=_run_sweep_plan)
     p = commands.add_parser("presets", help="list the sweep specs shipped with smoothadv",
                             description="The paper's grids, usable by name from anywhere.")
@@ -249,7 +252,8 @@ def _add_sweep_parser(sub) -> None:
                             description="Run every trial of a spec: train, certify, report.")
     p.add_argument("spec", help=spec_help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a default, e.g. init_from=PATH (resources.KEY for resources)")
+                   help="override a default, e.g. init_from=PATH (resources.KEY, schedule.KEY, "
+                   "stages.KEY for those blocks; schedule=null turns early stopping off)")
     p.add_argument("--address", help=ray_help)
     p.add_argument("--storage", default="sweeps",
                    help="folder holding the sweep folder STORAGE/NAME (one every node mounts "

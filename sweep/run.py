@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from common import layout
+from common import layout, stage_record
 from common.atomic import atomic_write_bytes
 from common.errors import UserError
 from sweep import processes, staging, trackers
@@ -330,6 +330,19 @@ def _tuner(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: int,
     )
 
 
+def _run_stages(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: int,
+                started: bool, *, address: str | None, dashboard: bool,
+                max_concurrent: int | None, verbose: int, callbacks: list) -> int:
+    """Run ``trials`` in a new Tune experiment (their ``stage``; 0: an unstaged sweep), then,
+    in a staged sweep whose stage finished without errors, each later stage
+    (_later_stages); returns the errored trials."""
+    at_once = concurrency(spec, max_concurrent)
+    errors = _fit(_tuner(sweep, spec, trials, stage, at_once, verbose, callbacks), sweep,
+                  started, [t.name for t in trials])
+    return _later_stages(sweep, spec, stage, errors, address=address, dashboard=dashboard,
+                         max_concurrent=max_concurrent, verbose=verbose, callbacks=callbacks)
+
+
 def _later_stages(sweep: SweepFolder, spec: SweepSpec, stage: int, errors: int, *,
                   address: str | None, dashboard: bool, max_concurrent: int | None,
                   verbose: int, callbacks: list) -> int:
@@ -393,12 +406,10 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
     if spec.stages is not None:
         stage = 1
         staging.begin(sweep, stage, {t.name: {"stage": stage, "why": ""} for t in trials})
-        print(f"{spec.name}: stage 1 of {staging.LAST}: train and screen every trial "
+        print(f"{spec.name}: stage 1 of {stage_record.LAST}: train and screen every trial "
               f"(n = {spec.stages.n}, every {spec.stages.skip}th image)", flush=True)
-    errors = _fit(_tuner(sweep, spec, trials, stage, at_once, verbose, loggers), sweep, started,
-                  [t.name for t in trials])
-    return _later_stages(sweep, spec, stage, errors, address=address, dashboard=dashboard,
-                         max_concurrent=max_concurrent, verbose=verbose, callbacks=loggers)
+    return _run_stages(sweep, spec, trials, stage, started, address=address, dashboard=dashboard,
+                       max_concurrent=max_concurrent, verbose=verbose, callbacks=loggers)
 
 
 def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
@@ -416,7 +427,7 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
 
     stage, trials = (0, spec.trials()) if spec.stages is None else staging.current(sweep, spec)
     tune_dir = f"{sweep.where}/{staging.tune_name(stage)}"
-    if stage > staging.LAST:
+    if stage > stage_record.LAST:
         print(staging.summary(sweep))
         return 0
     if not tune.Tuner.can_restore(tune_dir) and stage <= 1:
@@ -428,14 +439,11 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
     if is_local(address):
         check_fits(spec)
     check_storage(sweep)
-    at_once = concurrency(spec, max_concurrent)
     if not tune.Tuner.can_restore(tune_dir):  # stopped before a later stage's Tune began
-        callbacks = trackers.for_resume([], list(log_to), folder, spec.name)
-        errors = _fit(_tuner(sweep, spec, trials, stage, at_once, verbose, callbacks), sweep,
-                      started, [t.name for t in trials])
-        return _later_stages(sweep, spec, stage, errors, address=address, dashboard=dashboard,
-                             max_concurrent=max_concurrent, verbose=verbose,
-                             callbacks=callbacks)
+        return _run_stages(sweep, spec, trials, stage, started, address=address,
+                           dashboard=dashboard, max_concurrent=max_concurrent, verbose=verbose,
+                           callbacks=trackers.for_resume([], list(log_to), folder, spec.name))
+    at_once = concurrency(spec, max_concurrent)
     try:
         tuner = tune.Tuner.restore(tune_dir, _tuner_trainable(sweep),
                                    resume_errored=not restart_errored,

@@ -183,18 +183,14 @@ class Schedule:
         return max(1, num_images // self.images)
 
     def radii_for(self, sigma: float, target_radius: float | None = None) -> list[float]:
-        """Where a trial of noise level ``sigma`` reports its proxy: ``radii``, else every
-        0.25 from 0 up to the largest radius the proxy's n certifies at ``sigma``
-        (σ·Φ⁻¹(α^(1/n))) or ``target_radius`` when smaller; radii no trial's proxy can
-        certify would keep every trial (nobody is dominated by 0 there)."""
+        """Where a trial of noise level ``sigma`` reports its proxy: ``radii``, else
+        common.stages.default_radii at the proxy's n (radii no proxy certifies would keep
+        every trial)."""
         if self.radii:
             return sorted(self.radii)
-        from common.stages import largest_radius
+        from common.stages import default_radii  # scipy: off the sweep driver's import path
 
-        top = largest_radius(sigma, self.n, self.alpha)
-        if target_radius:
-            top = min(top, target_radius)
-        return [round(i * 0.25, 10) for i in range(math.floor(top / 0.25 + 1e-9) + 1)]
+        return default_radii(sigma, self.n, self.alpha, target_radius)
 
 
 @dataclass(frozen=True)
@@ -284,9 +280,38 @@ def _grid(values: Any) -> list[dict[str, list[Any]]]:
     return grid
 
 
+OPTIONAL_BLOCKS = ("attack_eval", "stages", "schedule")  # absent: the feature is off
+
+
+def _optional_block(block: Any, overrides: list[str], name: str) -> Any:
+    """An optional block after ``--set``: ``NAME.KEY=VALUE`` sets a key (the block begins with
+    its defaults when absent), ``NAME=null`` (or false) drops the block, ``NAME=true`` adds it
+    with its defaults."""
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        head, _, tail = key.partition(".")
+        if head != name:
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: cannot read value {raw!r}") from None
+        if tail:
+            block = {**(block if isinstance(block, Mapping) else {}), tail: value}
+        elif value is None or value is False:
+            block = None
+        elif value is True:
+            block = block if isinstance(block, Mapping) else {}
+        else:
+            raise UserError(f"--set {name}: expected null or false (off), true (on, its "
+                            f"defaults) or {name}.KEY=VALUE, got {raw!r}")
+    return block
+
+
 def parse_spec(values: Any, overrides: Iterable[str] = ()) -> SweepSpec:
     """A validated spec; ``overrides`` are ``--set key=value`` on the defaults (or
-    ``resources.key=value``); a gridded key cannot be overridden."""
+    ``resources.key=value``, and for the optional blocks ``schedule.key=value`` or
+    ``schedule=null``: :func:`_optional_block`); a gridded key cannot be overridden."""
     if not isinstance(values, Mapping):
         raise UserError("spec: expected a mapping with keys name, defaults, resources, grid")
     for key in values:
@@ -305,7 +330,10 @@ def parse_spec(values: Any, overrides: Iterable[str] = ()) -> SweepSpec:
     overrides = list(overrides)
     res_overrides = [o.removeprefix("resources.") for o in overrides
                      if o.startswith("resources.")]
-    trial_overrides = [o for o in overrides if not o.startswith("resources.")]
+    optional = {block: _optional_block(values.get(block), overrides, block)
+                for block in OPTIONAL_BLOCKS}
+    trial_overrides = [o for o in overrides if not o.startswith("resources.")
+                       and o.partition("=")[0].partition(".")[0] not in OPTIONAL_BLOCKS]
     gridded = {k for part in grid for k in part}
     for item in trial_overrides:
         key = item.partition("=")[0]
@@ -321,8 +349,8 @@ def parse_spec(values: Any, overrides: Iterable[str] = ()) -> SweepSpec:
     exclude = values.get("exclude") or []
     if not isinstance(exclude, list) or not all(isinstance(e, Mapping) for e in exclude):
         raise UserError("exclude: expected a list of mappings key → value (or list of values)")
-    attack_eval, stages = values.get("attack_eval"), values.get("stages")
-    schedule = values.get("schedule")
+    attack_eval, stages, schedule = optional["attack_eval"], optional["stages"], \
+        optional["schedule"]
     spec = SweepSpec(
         name=name, defaults=dict(defaults), resources=_block(Resources, resources, "resources"),
         grid=grid, exclude=[dict(e) for e in exclude],

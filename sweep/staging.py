@@ -12,18 +12,13 @@ stage-1 certification: it stays at stage 1 with the scheduler's reason.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from common import layout
+from common import layout, stage_record
 from sweep.spec import SweepSpec, Trial
 from sweep.storage import SweepFolder
-
-LAST = 3
-STEP = 0.25  # the default radii: every STEP up to the largest radius that matters
 
 
 def tune_name(stage: int) -> str:
@@ -33,7 +28,7 @@ def tune_name(stage: int) -> str:
 
 def read(sweep: SweepFolder) -> dict[str, Any] | None:
     """The sweep's stages.json (None: not staged, or stage 1 not yet begun)."""
-    return layout.read_json(sweep.local / layout.STAGES)
+    return stage_record.read(sweep.local)
 
 
 def begin(sweep: SweepFolder, stage: int, trials: dict[str, dict[str, Any]]) -> None:
@@ -42,16 +37,14 @@ def begin(sweep: SweepFolder, stage: int, trials: dict[str, dict[str, Any]]) -> 
 
 
 def radii(spec: SweepSpec, trials: list[Trial]) -> list[float]:
-    """Where the stages judge the trials: the spec's ``stages.radii``, else every 0.25 from 0
-    up to the trials' ``certify.target_radius`` or, without one, the largest radius their full
-    n certifies (σ·Φ⁻¹(α^(1/n)) at the largest σ)."""
-    from common.stages import largest_radius  # scipy: not on the sweep driver's import path
+    """Where the stages judge the trials: the spec's ``stages.radii``, else
+    common.stages.default_radii at full n and the largest σ, up to ``certify.target_radius``."""
+    from common.stages import default_radii  # scipy: not on the sweep driver's import path
 
     if spec.stages.radii:
         return sorted(spec.stages.radii)
     c = trials[0].config.certify
-    top = c.target_radius or max(largest_radius(t.config.sigma, c.n, c.alpha) for t in trials)
-    return list(np.round(np.arange(0, math.floor(top / STEP + 1e-9) + 1) * STEP, 10))
+    return default_radii(max(t.config.sigma for t in trials), c.n, c.alpha, c.target_radius)
 
 
 def _rows(sweep: SweepFolder, trials: list[Trial], name: str) -> dict[str, pd.DataFrame]:
@@ -92,7 +85,7 @@ def next_stage(sweep: SweepFolder, spec: SweepSpec, done: int) -> tuple[int, lis
     for name, reason in why.items():
         reached[name] = {"stage": done, "why": reason}
     if not going:
-        begin(sweep, LAST + 1, reached)  # every stage done
+        begin(sweep, stage_record.DONE, reached)
         return 0, []
     for t in going:
         reached[t.name] = {"stage": done + 1, "why": ""}
@@ -101,7 +94,7 @@ def next_stage(sweep: SweepFolder, spec: SweepSpec, done: int) -> tuple[int, lis
 
 
 def current(sweep: SweepFolder, spec: SweepSpec) -> tuple[int, list[Trial]]:
-    """The stage a staged sweep was in and its trials (stage > LAST: all done)."""
+    """The stage a staged sweep was in and its trials (stage > stage_record.LAST: all done)."""
     record = read(sweep)
     if record is None:
         return 1, spec.trials()
@@ -113,11 +106,4 @@ def current(sweep: SweepFolder, spec: SweepSpec) -> tuple[int, list[Trial]]:
 def summary(sweep: SweepFolder) -> str:
     """One line: how many trials stopped at each stage and how many went through the last."""
     record = read(sweep) or {"trials": {}}
-    stopped: dict[int, int] = {}
-    through: dict[int, int] = {}
-    for entry in record["trials"].values():
-        counts = stopped if entry.get("why") else through
-        counts[entry["stage"]] = counts.get(entry["stage"], 0) + 1
-    parts = [f"{n} certified through stage {s}" for s, n in sorted(through.items())]
-    parts += [f"{n} stopped at stage {s}" for s, n in sorted(stopped.items())]
-    return f"{sweep.where}: staged certification: {', '.join(parts)}"
+    return f"{sweep.where}: staged certification: {stage_record.outcome(record['trials'])}"

@@ -15,6 +15,8 @@ import yaml
 
 from common import layout
 from common.errors import UserError
+from common.stage_record import LAST, outcome, stopped_counts, trials
+from common.stage_record import read as read_stage_record
 from sweep.spec import SweepSpec, parse_spec
 
 
@@ -78,7 +80,8 @@ def format_plan(spec: SweepSpec) -> str:
              f"all trials at once would need {total_gpus:g} GPUs and {table['cpus'].sum():g} CPUs",
              f"{epochs} trial-epochs in all: GPU-hours ≈ {epochs} × (hours per epoch of one "
              f"trial) × {spec.resources.workers * spec.resources.gpus_per_worker:g} GPUs per "
-             "trial, plus certification",
+             "trial, plus certification" + (", at most: early stopping (schedule) may stop "
+                                              "trials at their rungs" if spec.schedule else ""),
              concurrency_line(spec),
              f"{len(table)} trials"]
     return "\n".join(lines)
@@ -154,38 +157,21 @@ def format_eta(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
 
 
-STAGE_COUNT = 3  # a staged sweep's stages (stages.json's "stage": 1..3)
-
-
-def _stage_key(item: tuple) -> tuple:
-    stage = item[0]
-    return (not isinstance(stage, int), stage if isinstance(stage, int) else 0, str(stage))
-
-
 def _stage_line(current, reached: dict[str, int | None], why: dict[str, str]) -> str:
-    """"stage 2 of 3: 5 trials reached stage 2, 2 stopped at stage 1" from stages.json."""
-    def trials(n: int) -> str:
-        return f"{n} trial{'' if n == 1 else 's'}"
-
+    """"stage 2 of 3: 5 trials reached stage 2, 2 trials stopped at stage 1" from stages.json
+    (common.stage_record's wording once every stage is done)."""
+    entries = {name: {"stage": s, "why": why.get(name, "")} for name, s in reached.items()}
     if not isinstance(current, int):
-        return f"stage ? of {STAGE_COUNT}"
-    stopped = Counter(s for name, s in reached.items() if why.get(name))
-    if current > STAGE_COUNT:  # every stage done (sweep.staging writes STAGE_COUNT + 1)
-        through = Counter(s for name, s in reached.items() if not why.get(name))
-        parts = [f"{trials(n)} certified through stage {s}" for s, n in
-                 sorted(through.items(), key=_stage_key)]
-        parts += [f"{trials(n)} stopped at stage {s}" for s, n in
-                  sorted(stopped.items(), key=_stage_key)]
-        return "every stage done: " + ", ".join(parts)
+        return f"stage ? of {LAST}"
+    if current > LAST:
+        return "every stage done: " + outcome(entries)
     parts = [f"{trials(sum(1 for s in reached.values() if isinstance(s, int) and s >= current))}"
-             f" reached stage {current}"]
-    parts += [f"{trials(n)} stopped at stage {s}" for s, n in
-              sorted(stopped.items(), key=_stage_key)]
+             f" reached stage {current}", *stopped_counts(entries)]
     behind = sum(1 for name, s in reached.items() if not why.get(name)
                  and not (isinstance(s, int) and s >= current))
     if behind:
         parts.append(f"{trials(behind)} not yet at stage {current}")
-    return f"stage {current} of {STAGE_COUNT}: " + ", ".join(parts)
+    return f"stage {current} of {LAST}: " + ", ".join(parts)
 
 
 def _last_epoch(path: Path) -> int | None:
@@ -231,7 +217,7 @@ def status_table(sweep_dir: str | Path) -> tuple[pd.DataFrame, SweepSpec]:
                         "give the folder `smoothadv sweep run` printed")
     spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
     alive = driver_alive(folder)
-    stages = read_stages(folder)
+    stages = read_stage_record(folder)
     rows = []
     for trial in spec.trials():
         tdir = layout.trial_dir(folder, trial.name)
@@ -270,24 +256,13 @@ def status_table(sweep_dir: str | Path) -> tuple[pd.DataFrame, SweepSpec]:
     return pd.DataFrame(rows), spec
 
 
-def read_stages(sweep_dir: Path) -> dict | None:
-    """A staged sweep's stages.json as {"stage": ..., "trials": {name: {"stage", "why"}}} (a
-    malformed trial entry left out); None when the sweep is not staged."""
-    stages = layout.read_json(Path(sweep_dir) / layout.STAGES)
-    if stages is None:
-        return None
-    trials = stages.get("trials") if isinstance(stages.get("trials"), dict) else {}
-    return {"stage": stages.get("stage"),
-            "trials": {k: v for k, v in trials.items() if isinstance(v, dict)}}
-
-
 def format_status(sweep_dir: str | Path) -> str:
     table, _ = status_table(sweep_dir)
     counts = Counter(table["state"])
     summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     hidden = [c for c in ("why", "error") if c in table and not table[c].astype(bool).any()]
     lines = [table.drop(columns=hidden).to_string(index=False)]
-    stages = read_stages(Path(sweep_dir))
+    stages = read_stage_record(Path(sweep_dir))
     if stages is not None:  # before the last line, which stays the trials' summary
         entries = stages["trials"]
         lines.append(_stage_line(

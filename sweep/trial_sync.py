@@ -15,6 +15,7 @@ file ahead of the bucket's checkpoint is trimmed back to it when training resume
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -25,6 +26,7 @@ from sweep.storage import Bucket
 APPEND_ONLY = (".tsv", ".jsonl")
 DRIVER_FILES = (layout.STATE, layout.TRIAL_INFO)  # written and uploaded by the trial driver
 PREVIOUS = layout.PREVIOUS + ".pt"  # checkpoint.prev.pt (trainers.checkpoint.previous_path)
+SNAPSHOT = ".checkpoint.uploading"  # the checkpoint as one push uploads it (TrialSync.push)
 
 
 def _owner(name: str) -> int | None:
@@ -71,20 +73,53 @@ class TrialSync:
             self._remember(self.local / name)
 
     def push(self) -> list[str]:
-        """Upload this rank's files changed since they were last sent; returns their names."""
+        """Upload this rank's files changed since they were last sent; returns their names.
+
+        The checkpoint commits an epoch (trainers.train.finish_epoch writes the epoch's metrics
+        line first), so it is taken first, as a hard-linked snapshot, and uploaded last: every
+        metrics line written before it is then in the bucket before it, and the bucket never
+        holds a checkpoint whose epoch has no metrics line, however the push interleaves with
+        training."""
         with self._lock:
+            snapshot = self._snapshot_checkpoint()
             sent = []
             for path in sorted(self.local.iterdir()):
                 name = path.name
-                if name.startswith(".") or not path.is_file() or _owner(name) != self.rank:
+                if (name.startswith(".") or name == layout.CHECKPOINT or not path.is_file()
+                        or _owner(name) != self.rank):
                     continue
-                stamp = self._stamp(path)
-                if stamp is None or self._sent.get(name) == stamp:
-                    continue
-                self.remote.upload(path, name)
-                self._sent[name] = stamp
-                sent.append(name)
+                if self._upload_if_changed(path, name):
+                    sent.append(name)
+            if snapshot is not None:
+                if self._upload_if_changed(snapshot, layout.CHECKPOINT):
+                    sent.append(layout.CHECKPOINT)
+                snapshot.unlink(missing_ok=True)
             return sent
+
+    def _snapshot_checkpoint(self) -> Path | None:
+        """The checkpoint as it is now, in a hidden file that later epochs do not replace (None:
+        none, or not this rank's)."""
+        source = self.local / layout.CHECKPOINT
+        if _owner(layout.CHECKPOINT) != self.rank or not source.is_file():
+            return None
+        snapshot = self.local / SNAPSHOT
+        snapshot.unlink(missing_ok=True)
+        try:
+            os.link(source, snapshot)  # the inode: atomic saves rename a new file over the name
+        except FileNotFoundError:
+            return None
+        except OSError:  # a filesystem without hard links: one read of one complete file
+            shutil.copyfile(source, snapshot)
+            shutil.copystat(source, snapshot)
+        return snapshot
+
+    def _upload_if_changed(self, path: Path, name: str) -> bool:
+        stamp = self._stamp(path)
+        if stamp is None or self._sent.get(name) == stamp:
+            return False
+        self.remote.upload(path, name)
+        self._sent[name] = stamp
+        return True
 
     def start(self) -> None:
         """Upload every ``every_s`` seconds from a background thread until :meth:`stop`."""

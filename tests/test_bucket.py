@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,63 +17,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import BUCKET
 
 from common import layout
 from sweep.storage import Bucket
 from sweep.trial_sync import TrialSync
 
-MOTO = Path(sys.executable).parent / "moto_server"
-BUCKET = "smoothadv-test"
 TINY = {"dataset": "synthetic", "arch": "lenet", "train_subset": 256, "test_subset": 64,
         "epochs": 2, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1, "steps": 1,
         "epsilon": 0.25, "device": "cpu",
         "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 64}}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    """moto's S3 server on 127.0.0.1 with one bucket; yields the environment that points
-    pyarrow (and so Ray Tune and Train) at it."""
-    if not MOTO.exists():
-        pytest.skip("moto[server] is not installed (the dev extra installs it)")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
-        import pyarrow.fs as pafs
-
-        pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key="testing",
-                          secret_key="testing", region="us-east-1",
-                          allow_bucket_creation=True).create_dir(BUCKET)
-        yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _cli(env: dict, cache: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -219,3 +171,63 @@ def test_each_rank_uploads_only_its_own_files(s3_server, tmp_path):
         "certify.part1of2.tsv", "certify.part1of2.tsv.meta.json"]
     assert _sync(s3_server, local, "sync3", rank=0).push() == [
         "certify.part0of2.tsv", "checkpoint.pt"]  # state.json is the trial driver's
+
+
+def _epoch(local: Path, epoch: int) -> None:
+    """What trainers.train.finish_epoch leaves after ``epoch``: its metrics line, then the
+    checkpoint of ``epoch + 1`` epochs, atomically renamed over the old one."""
+    with open(local / layout.METRICS, "a") as f:
+        f.write(json.dumps({"epoch": epoch}) + "\n")
+    (local / "new.tmp").write_text(f"weights after {epoch + 1} epochs")
+    os.replace(local / "new.tmp", local / layout.CHECKPOINT)
+
+
+def _bucket_epochs(prefix: str) -> tuple[int, int]:
+    """(epochs the bucket's checkpoint holds, metrics lines the bucket holds)."""
+    remote = Bucket(f"s3://{BUCKET}/{prefix}")
+    ckpt = int(remote.read_bytes(layout.CHECKPOINT).decode().split()[2])
+    return ckpt, len(remote.read_bytes(layout.METRICS).decode().splitlines())
+
+
+def test_the_bucket_never_holds_a_checkpoint_ahead_of_its_metrics_lines(s3_server, tmp_path):
+    """The checkpoint commits an epoch: a push that dies half-way, or that races the next
+    epoch's files, leaves the bucket with every metrics line its checkpoint's epochs wrote
+    (more is fine: resuming trims lines past the checkpoint and trains those epochs again)."""
+    local = tmp_path / "trial"
+    local.mkdir()
+    _epoch(local, 0)
+
+    class Dies(Bucket):  # the node is lost after ``lives`` uploads of a push
+        lives = 1
+
+        def upload(self, path: Path, rel: str) -> None:
+            if Dies.lives == 0:
+                raise OSError("node lost")
+            Dies.lives -= 1
+            super().upload(path, rel)
+
+    sync = TrialSync(local, Dies(f"s3://{BUCKET}/sync4"), lineage="a", rank=0, every_s=60)
+    Dies.lives = 2
+    sync.push()
+    assert _bucket_epochs("sync4") == (1, 1)
+    _epoch(local, 1)
+    Dies.lives = 1
+    with pytest.raises(OSError, match="node lost"):
+        sync.push()
+    ckpt, lines = _bucket_epochs("sync4")
+    assert ckpt <= lines, (ckpt, lines)
+
+    class Races(Bucket):  # training finishes another epoch while the push uploads
+        def upload(self, path: Path, rel: str) -> None:
+            super().upload(path, rel)
+            if rel == layout.METRICS and not (local / "raced").exists():
+                (local / "raced").touch()
+                _epoch(local, 2)
+
+    sync = TrialSync(local, Races(f"s3://{BUCKET}/sync5"), lineage="a", rank=0, every_s=60)
+    sync.push()
+    ckpt, lines = _bucket_epochs("sync5")
+    assert ckpt <= lines, (ckpt, lines)
+    sync.push()  # the next push catches up
+    assert _bucket_epochs("sync5") == (3, 3)
+    assert not any(p.name.startswith(".checkpoint") for p in local.iterdir())

@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from certify.compiled import compile_classifier
+from certify.compiled import CompiledOrEager, compile_classifier
 from certify.precision import evaluation_precision, precision_name
 from certify.runner import Sampling, run_smoothing
 from certify.smooth import Smooth
@@ -281,3 +281,47 @@ def test_cuda_train_step_runs_under_bf16_autocast_channels_last():
     options = train_module.loader_options(config, torch.device("cuda"), 1)
     assert options["pin_memory"] and options["persistent_workers"]
     assert 1 <= options["num_workers"] <= 8
+
+
+def train_steps(compile_model, steps: int = 3) -> nn.Module:
+    """``steps`` SmoothAdv-PGD train steps of a fresh LeNet (fixed seeds), the model trained
+    through ``compile_model(model)`` (None: eagerly); returns the plain trained net."""
+    config = parse_trial_config({**TRAIN, "device": "cpu"})
+    torch.manual_seed(0)
+    net = build_model("lenet", "synthetic")
+    state = train_module.build_training(net, None, config, torch.device("cpu"), world=1)
+    model = state.model if compile_model is None else compile_model(state.model)
+    stats = {"loss": 0.0, "correct": 0, "samples": 0}
+    for step in range(steps):
+        torch.manual_seed(step)
+        x, y = torch.rand(8, 1, 16, 16), torch.randint(4, (8,))
+        train_module.train_batch(model, state.optimizer, x, y, config, 0.25, stats)
+    return net
+
+
+def test_compile_true_trains_through_the_compiler_to_the_eager_weights():
+    config = parse_trial_config({**TRAIN, "device": "cpu", "compile": True})
+    state = train_module.build_training(build_model("lenet", "synthetic"), None, config,
+                                        torch.device("cpu"), world=1)
+    assert isinstance(state.model, CompiledOrEager) and state.model.module is state.net
+    assert state.model.state_dict().keys() == {f"module.{k}" for k in state.net.state_dict()}
+    notices = []
+    compiled = train_steps(lambda m: CompiledOrEager(m, notify=notices.append))
+    if notices:
+        pytest.skip(f"no working compiler here: {notices}")
+    eager = train_steps(None)
+    for (name, a), b in zip(compiled.state_dict().items(), eager.state_dict().values(),
+                            strict=True):  # the attack's and the update's passes, compiled
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
+
+
+def test_a_training_compilation_failure_trains_eagerly_saying_so_once():
+    def backend(graph, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    notices = []
+    fallen = train_steps(lambda m: CompiledOrEager(m, backend=backend, notify=notices.append))
+    eager = train_steps(None)
+    assert all(torch.equal(a, b) for a, b in zip(fallen.state_dict().values(),
+                                                 eager.state_dict().values(), strict=True))
+    assert len(notices) == 1 and "no compiler here" in notices[0] and "eager" in notices[0]

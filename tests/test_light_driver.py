@@ -5,10 +5,11 @@ here rather than in a sweep. The sweep tests run it for real (one and two worker
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 
-from sweep.train_loop import TorchBackendConfig
+from sweep.train_loop import NO_STATE_API, TorchBackendConfig
 
 
 def test_building_the_trial_drivers_trainer_imports_no_torch(tmp_path):
@@ -76,8 +77,9 @@ with_api = callbacks()
 os.environ[NO_STATE_API] = "1"
 print(with_api, callbacks(), sep="\\n")
 """
+    env = {k: v for k, v in os.environ.items() if k != NO_STATE_API}  # (set by local_ray)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     with_api, without = (eval(line) for line in out.stdout.splitlines()[-2:])
     assert "PlacementGroupCleanerCallback" in with_api

@@ -294,3 +294,79 @@ def test_a_staged_sweep_leaves_the_stopped_trials_at_stage_1_with_the_reason(tmp
     assert stage == 2 and [t.name for t in going] == [GOOD]
     assert staging.read(sweep)["trials"] == {BAD: {"stage": 1, "why": why},
                                              GOOD: {"stage": 2, "why": ""}}
+
+
+def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops(s3_server,
+                                                                                 tmp_path):
+    """A scheduled sweep stored in a bucket is stopped (`sweep stop`, a real SIGTERM) before
+    its rung and resumed from another machine's empty cache: the restored scheduler judges the
+    rung, the dominated trial's worker reads the stop from the bucket's schedule.json and ends,
+    the other trains to its last epoch; no epoch is trained twice."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import BUCKET
+
+    from sweep.storage import Bucket
+
+    epochs, rung_epoch = 12, 6  # one rung, at half the epochs
+    defaults = {"dataset": "synthetic", "arch": "lenet", "train_subset": 2048,
+                "test_subset": 64, "epochs": epochs, "batch_size": 64, "method": "gaussian",
+                "device": "cpu", "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 64}}
+    spec = {"name": "resumed", "defaults": defaults,
+            "resources": {"workers": 1, "cpus_per_worker": 1, "upload_every_s": 0.5},
+            "schedule": {"rungs": [0.5], "images": 64, "n0": 16, "n": 100, "min_trials": 2},
+            "grid": {"sigma": [0.25], "lr": [0.05, 1e-6]}}
+    assert Schedule(rungs=(0.5,)).rung_epochs(epochs) == {rung_epoch: 1}
+    path = tmp_path / "resumed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    uri = f"s3://{BUCKET}/scheduled/resumed"
+
+    def env(cache: str) -> dict[str, str]:
+        full = {**os.environ, **s3_server, "SMOOTHADV_CACHE": str(tmp_path / cache)}
+        full.pop("SMOOTHADV_FAULTS", None)
+        return full
+
+    def cli(cache: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sweep.cli", *args], env=env(cache),
+                              capture_output=True, text=True, timeout=600)
+
+    def epochs_of(name: str) -> list[int]:
+        data = Bucket(uri).child(f"{layout.TRIALS}/{name}").read_bytes(layout.METRICS) or b""
+        return [json.loads(line)["epoch"] for line in data.decode().splitlines()
+                if line.endswith("}")]
+
+    driver = subprocess.Popen([sys.executable, "-m", "sweep.cli", "sweep", "run", str(path),
+                               "--storage", f"s3://{BUCKET}/scheduled", "--verbose", "0",
+                               "--max-concurrent", "2"], env=env("head"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (epochs_of(GOOD) and epochs_of(BAD)):  # both trials trained an epoch
+        assert driver.poll() is None and time.monotonic() < deadline, "training never started"
+        time.sleep(0.2)
+    stopped = cli("head", "sweep", "stop", uri)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    driver.wait(timeout=120)
+    before = {name: epochs_of(name) for name in (GOOD, BAD)}
+    assert all(len(e) < rung_epoch for e in before.values()), \
+        f"the stop came after the rung, so resume decides nothing: {before}"
+    assert not (Bucket(uri).read_bytes(layout.SCHEDULE) and
+                json.loads(Bucket(uri).read_bytes(layout.SCHEDULE)).get("stopped"))
+
+    resumed = cli("elsewhere", "sweep", "resume", uri, "--verbose", "0")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    bad = epochs_of(BAD)
+    assert bad == list(range(len(bad))) and rung_epoch <= len(bad) < epochs, bad
+    assert epochs_of(GOOD) == list(range(epochs))  # each epoch once: resumed, not restarted
+    record = json.loads(Bucket(uri).read_bytes(layout.SCHEDULE))
+    assert set(record["stopped"]) == {BAD}
+    assert record["stopped"][BAD]["why"].startswith(f"dominated at rung 1 (epoch {rung_epoch})")
+    trials = Bucket(uri).child(layout.TRIALS)
+    assert json.loads(trials.read_bytes(f"{BAD}/{layout.STATE}"))["state"] == "STOPPED"
+    assert json.loads(trials.read_bytes(f"{GOOD}/{layout.STATE}"))["state"] == "TERMINATED"
+    assert trials.read_bytes(f"{BAD}/{layout.CERTIFY}") is None
+    assert len(trials.read_bytes(f"{GOOD}/{layout.CERTIFY}").decode().splitlines()) == 1 + 8
+    status = cli("third", "sweep", "status", uri)
+    assert status.stdout.splitlines()[-1] == "2 trials: 1 stopped, 1 terminated", status.stdout

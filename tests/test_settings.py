@@ -46,8 +46,9 @@ SWEEP_YAML = (
 # Since then the resources block gained max_concurrent, start_timeout_s and upload_every_s
 # (issue 13); a sweep.yaml written without them still reads, with their defaults.
 NEW_RESOURCE_KEYS = "  max_concurrent: 0\n  start_timeout_s: 3600.0\n  upload_every_s: 120.0\n"
-CERTIFY_BLOCK = ("n0: 100\nn: 1000\nalpha: 0.001\nbatch_size: 400\nskip: 20\nmax: -1\n"
-                 "sequential: true\ntarget_radius: null\n")  # sequential: issue 15
+# issue 15: sequential, target_radius; batch_size null (400 on the CPU, 4,096 on CUDA)
+CERTIFY_BLOCK = ("n0: 100\nn: 1000\nalpha: 0.001\nbatch_size: null\nskip: 20\nmax: -1\n"
+                 "sequential: true\ntarget_radius: null\n")
 
 
 def test_sweep_plan_and_status_modules_load_without_torch():

@@ -14,6 +14,7 @@ import torch
 from scipy.stats import beta, binom, norm
 
 from certify import ABSTAIN, Smooth, clopper_pearson_lower
+from certify.smooth import batch_for
 
 SIGMA = 0.5
 
@@ -57,6 +58,45 @@ def test_generator_makes_counts_reproducible_and_batching_irrelevant(linear_clas
     assert runs[0] == runs[1] == runs[2] == runs[3]
     other = Smooth(linear_classifier, 2, SIGMA, generator=torch.Generator().manual_seed(8))
     assert other.sample_counts(x, 1000, 100).tolist() != runs[0]
+
+
+class RunsOutOfMemory(torch.nn.Module):
+    """A GPU stand-in: ``inner`` on batches of at most ``fits`` samples, out of memory above."""
+
+    def __init__(self, inner: torch.nn.Module, fits: int):
+        super().__init__()
+        self.inner, self.fits, self.sizes = inner, fits, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(len(x))
+        if len(x) > self.fits:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(x)
+
+
+def test_a_batch_out_of_memory_is_halved_until_it_fits_and_stays_halved(linear_classifier):
+    model = RunsOutOfMemory(linear_classifier, fits=64)
+    smooth = Smooth(model, 2, SIGMA, generator=torch.Generator().manual_seed(0))
+    x = point_at(linear_classifier, 0.5)
+    counts = smooth.sample_counts(x, 1000, 400)
+    assert int(counts.sum()) == 1000  # only completed batches count, every sample once
+    assert model.sizes[:4] == [400, 200, 100, 50] and smooth.batch_cap == 50
+    assert max(model.sizes[3:]) == 50
+    model.sizes.clear()
+    prediction, radius = smooth.certify(x, 100, 1000, 0.001, 400)  # later calls start at 50
+    assert max(model.sizes) == 50 and prediction == 1 and radius > 0
+    # the counts follow Φ(margin/σ) as without the out-of-memory batches (±5 s.d.)
+    p = norm.cdf(0.5 / SIGMA)
+    assert abs(int(counts[1]) - 1000 * p) <= 5 * np.sqrt(1000 * p * (1 - p))
+    tiny = Smooth(RunsOutOfMemory(linear_classifier, fits=0), 2, SIGMA)
+    with pytest.raises(torch.OutOfMemoryError):  # not even one sample fits: the error stands
+        tiny.sample_counts(x, 10, 4)
+
+
+def test_the_default_batch_is_cohens_400_on_the_cpu_and_larger_on_cuda():
+    assert batch_for(None, torch.device("cpu")) == 400
+    assert batch_for(None, torch.device("cuda")) == 4096
+    assert batch_for(123, torch.device("cuda")) == 123
 
 
 def test_counts_follow_phi_of_margin_over_sigma(linear_classifier):

@@ -11,7 +11,7 @@ import json
 import pandas as pd
 import yaml
 
-from common import layout
+from common import layout, stage_record
 from sweep.cli import main
 
 DEFAULTS = {"dataset": "synthetic", "arch": "lenet", "test_subset": 64, "epochs": 2,
@@ -40,7 +40,7 @@ def test_a_staged_sweep_certifies_in_full_only_what_can_reach_the_envelope(local
     assert trials[BAD]["stage"] == 1 and trials[BAD]["why"].startswith("dominated at every")
     # each trained trial holds its σ's envelope: certified in full, then on the finer grid
     assert trials[GOOD] == trials[WIDE] == {"stage": 3, "why": ""}, trials
-    assert record["stage"] == 4  # every stage done
+    assert record["stage"] == stage_record.DONE == 4  # every stage done
     for name in (GOOD, BAD, WIDE):
         screened = pd.read_csv(layout.trial_dir(sweep_dir, name) / layout.CERTIFY_STAGE1,
                                sep="\t")
@@ -56,7 +56,7 @@ def test_a_staged_sweep_certifies_in_full_only_what_can_reach_the_envelope(local
         assert [json.loads(m)["epoch"] for m in (trial / layout.METRICS).read_text()
                 .splitlines()] == [0, 1]  # trained once, in stage 1
     assert "stage 2: 2 trials" in out and "stage 3: 2 trials" in out
-    assert "2 certified through stage 3, 1 stopped at stage 1" in out
+    assert "2 trials certified through stage 3, 1 trial stopped at stage 1" in out
     for stage in ("tune", "tune-stage2", "tune-stage3"):
         assert (sweep_dir / stage).is_dir()
     capsys.readouterr()
@@ -66,4 +66,4 @@ def test_a_staged_sweep_certifies_in_full_only_what_can_reach_the_envelope(local
         in status and "dominated at every radius" in status
     # resuming a finished staged sweep runs nothing and says where every trial stopped
     assert main(["sweep", "resume", str(sweep_dir), "--verbose", "0"]) == 0
-    assert "1 stopped at stage 1" in capsys.readouterr().out
+    assert "1 trial stopped at stage 1" in capsys.readouterr().out

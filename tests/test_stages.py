@@ -294,3 +294,12 @@ def test_a_trial_whose_full_n_curve_touches_the_envelope_is_kept():
         stopped += sum(v != stages.REACHABLE for v in verdict.values())
     assert dropped <= 0.001 * pairs, (dropped, pairs)
     assert stopped > 0  # the rule is not vacuous here
+
+
+def test_default_radii_stop_where_n_certifies_nothing_or_at_the_target_radius():
+    default_radii, largest_radius = stages.default_radii, stages.largest_radius
+    assert largest_radius(0.25, 100, 0.001) == pytest.approx(0.375, abs=0.01)
+    assert default_radii(0.25, 100, 0.001) == [0.0, 0.25]
+    assert default_radii(1.0, 500, 0.001) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    assert default_radii(1.0, 500, 0.001, target_radius=0.6) == [0.0, 0.25, 0.5]
+    assert default_radii(0.25, 100, 0.001, target_radius=2.0) == [0.0, 0.25]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from common import layout
 from common.errors import UserError
 from sweep.cli import main
-from sweep.spec import load_spec, parse_spec, trial_name
+from sweep.spec import Schedule, load_spec, parse_spec, trial_name
 from sweep.status import format_status
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -128,6 +128,23 @@ def test_overrides_apply_to_defaults_and_resources():
     assert {t.config.epochs for t in spec.trials()} == {3}
     assert spec.trials()[0].config.certify.n == 500
     assert spec.resources.workers == 2
+
+
+def test_set_turns_the_optional_blocks_on_off_and_sets_their_keys():
+    assert parse_spec(TINY).schedule is None
+    on = parse_spec(TINY, ["schedule.margin=0.1", "stages.n=200"])
+    assert on.schedule == Schedule(margin=0.1) and on.stages.n == 200
+    assert parse_spec(TINY, ["schedule=true"]).schedule == Schedule()
+    paper = load_spec(CONFIGS / "cifar10_paper.yaml")
+    assert paper.schedule == Schedule()  # the paper grids stop dominated trials early
+    assert load_spec(CONFIGS / "cifar10_paper.yaml", ["schedule=null"]).schedule is None
+    assert load_spec(CONFIGS / "cifar10_paper.yaml", ["schedule=false"]).schedule is None
+    assert load_spec(CONFIGS / "cifar10_paper.yaml",
+                     ["schedule.rungs=[0.5]"]).schedule.rungs == (0.5,)
+    with pytest.raises(UserError, match="--set schedule: expected null or false"):
+        parse_spec(TINY, ["schedule=3"])
+    with pytest.raises(UserError, match=r"schedule.margn: unknown key"):
+        parse_spec(TINY, ["schedule.margn=0.1"])
 
 
 @pytest.mark.parametrize("values,needle", [

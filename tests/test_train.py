@@ -40,6 +40,34 @@ def test_resume_from_epoch_checkpoint_equals_uninterrupted(tmp_path, method, att
     assert epochs == [0, 1, 2]
 
 
+class Died(BaseException):
+    """The process dying at a given point (BaseException: nothing on the way catches it)."""
+
+
+@pytest.mark.parametrize("dies", ["before", "after"])
+def test_dying_beside_an_epochs_checkpoint_loses_no_metrics_line(tmp_path, monkeypatch, dies):
+    """The process dies just before or just after an epoch's checkpoint is saved: the re-run
+    ends with one metrics line per epoch (a line past the checkpoint is trimmed and its epoch
+    trained again; a checkpoint is never ahead of the lines)."""
+    c = config(method="gaussian", epochs=2)
+    save = train_module.save_checkpoint
+
+    def dying_save(path, *args, epoch, **kwargs):
+        if epoch == 2 and dies == "before":
+            raise Died
+        save(path, *args, epoch=epoch, **kwargs)
+        if epoch == 2:
+            raise Died
+
+    monkeypatch.setattr(train_module, "save_checkpoint", dying_save)
+    with pytest.raises(Died):
+        train_trial(c, tmp_path, progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    train_trial(c, tmp_path, progress=False)
+    assert [json.loads(ln)["epoch"] for ln in (tmp_path / METRICS).open()] == [0, 1]
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["epoch"] == 2
+
+
 def test_checkpoints_hold_no_generator_state_and_resume_needs_none(tmp_path):
     """Every epoch reseeds from (seed, epoch), so a checkpoint stores no generator state: a
     resume in a process whose generators are anywhere, from an older checkpoint that still
@@ -173,6 +201,12 @@ def test_a_rerun_with_other_model_settings_is_refused_and_writes_nothing(tmp_pat
         key = override.partition("=")[0].partition(".")[0]
         assert len(err.splitlines()) == 1 and f"config.yaml: {key} is" in err, err
         assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # a folder recorded with certify.batch_size 400 (the default before it depended on the
+    # device) resumes with today's default: the batch changes neither model nor rows
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert recorded["certify"]["batch_size"] is None
+    recorded["certify"]["batch_size"] = 400
+    (run / "config.yaml").write_text(yaml.safe_dump(recorded))
     assert main(["train", str(spec), "--out", str(run), "--set", "epochs=2",
                  "--no-progress"]) == 0
     assert [json.loads(ln)["epoch"] for ln in (run / METRICS).open()] == [0, 1]

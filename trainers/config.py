@@ -34,7 +34,7 @@ class CertifyConfig(SamplingKeys):
     keeps Cohen et al.'s guarantee; radii beyond it (and so the ACR) are lower bounds."""
 
     n0: int = 100  # always CERTIFY, never PREDICT
-    batch_size: int = 400
+    batch_size: int | None = None  # None: certify.smooth.DEFAULT_BATCH for the device
     skip: int = 1
     max: int = -1
     sequential: bool = True
@@ -51,7 +51,8 @@ class CertifyConfig(SamplingKeys):
             _require(self.sequential, f"{prefix}target_radius", "only with sequential: true")
             _require(math.isfinite(self.target_radius) and self.target_radius > 0,
                      f"{prefix}target_radius", f"must be > 0, got {self.target_radius}")
-        _require(self.batch_size >= 1, f"{prefix}batch_size", f"must be ≥ 1, got {self.batch_size}")
+        _require(self.batch_size is None or self.batch_size >= 1, f"{prefix}batch_size",
+                 f"must be ≥ 1, got {self.batch_size}")
         _require(self.skip >= 1, f"{prefix}skip", f"must be ≥ 1, got {self.skip}")
         return self
 
@@ -94,6 +95,10 @@ class TrialConfig:
     # On CUDA only: channels-last model and bfloat16 autocast of the forward passes of the
     # attack and the update (backward passes outside it). The CPU ignores it.
     amp: bool = True
+    # torch.compile the trained model (the attack's and the update's passes; eager, with one
+    # line, where no compiler works). On 2 CPU cores it pays for ResNet-20 (1.36-1.62× per
+    # SmoothAdv step) but not for a LeNet (0.86×): benchmarks/train_step_speed.py --compile.
+    compile: bool = False
     certify: CertifyConfig = field(default_factory=CertifyConfig)
 
     def to_dict(self) -> dict[str, Any]:

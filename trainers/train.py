@@ -30,7 +30,8 @@ DDP wrapper, whose all-reduce averages the gradients. Rank 0 writes checkpoints 
 On CUDA only: data loads in worker processes into pinned memory (``loader_workers``;
 :func:`loader_options`), and with ``amp`` (default) the model is channels-last and the forward
 passes of the attack and of the update run under bfloat16 autocast (:class:`Autocast`). The CPU
-path is unchanged by both, so it stays bit-for-bit reproducible.
+path is unchanged by both, so it stays bit-for-bit reproducible. With ``compile`` (any device,
+off by default) the model trains through ``torch.compile`` (certify.compiled.CompiledOrEager).
 """
 
 from __future__ import annotations
@@ -265,8 +266,11 @@ def _trim_metrics(path: Path, before_epoch: int) -> None:
     atomic_write_bytes(path, lambda f: f.write("".join(ln + "\n" for ln in lines).encode()))
 
 
-# Keys a re-run into an existing folder may change: none of them changes the trained model.
-RESUMABLE_CHANGES = ("epochs", "device", "data_root", "loader_workers")
+# Keys a re-run into an existing folder may change: none of them changes the trained model
+# (nor, for certify's batch_size, a certified row: a folder recorded with Cohen et al.'s 400,
+# the default before it became device-dependent, resumes with the new default).
+RESUMABLE_CHANGES = ("epochs", "device", "data_root", "loader_workers", "compile")
+RESUMABLE_CERTIFY_CHANGES = ("batch_size",)
 
 
 def check_same_run(config: TrialConfig, out: Path) -> None:
@@ -281,6 +285,9 @@ def check_same_run(config: TrialConfig, out: Path) -> None:
     except (UserError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the run's recorded config ({e})") from None
     old, new = recorded.to_dict(), config.to_dict()
+    for record in (old, new):
+        record["certify"] = {k: v for k, v in record["certify"].items()
+                             if k not in RESUMABLE_CERTIFY_CHANGES}
     for key in new:
         if key not in RESUMABLE_CHANGES and old[key] != new[key]:
             raise UserError(f"{path}: {key} is {old[key]!r} in this run, {new[key]!r} now; "
@@ -340,6 +347,10 @@ def build_training(net: nn.Module, ckpt: dict | None, config: TrialConfig,
     if amp_enabled(config, device):  # CUDA: channels-last convolutions, bfloat16 forwards
         net = net.to(memory_format=torch.channels_last)
         trained = Autocast(net)
+    if config.compile:  # inside DDP, so the attack (on the unwrapped model) is compiled too
+        from certify.compiled import CompiledOrEager
+
+        trained = CompiledOrEager(trained)
     model = trained if world == 1 else nn.parallel.DistributedDataParallel(
         trained, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
@@ -431,15 +442,17 @@ def run_epoch(state: TrainingState, data: TrialData, config: TrialConfig, epoch:
 
 def finish_epoch(out: Path, state: TrainingState, config: TrialConfig,
                  metrics: dict[str, Any]) -> None:
-    """Record a finished epoch (rank 0): first its atomic checkpoint, keeping the previous
-    one as a fallback, then its metrics line, flushed to disk."""
-    save_checkpoint(out / CHECKPOINT, state.net, arch=config.arch, dataset=config.dataset,
-                    config=config.to_dict(), epoch=metrics["epoch"] + 1,
-                    optimizer=state.optimizer, scheduler=state.scheduler, keep_previous=True)
+    """Record a finished epoch (rank 0): first its metrics line, flushed to disk, then its
+    atomic checkpoint (keeping the previous one as a fallback), which commits the epoch. A
+    crash between the two leaves a line past the checkpoint, which resuming trims and writes
+    again; the other order could leave a checkpoint whose epoch has no line, for good."""
     with open(out / METRICS, "a", encoding="utf-8") as f:
         f.write(json.dumps(metrics) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    save_checkpoint(out / CHECKPOINT, state.net, arch=config.arch, dataset=config.dataset,
+                    config=config.to_dict(), epoch=metrics["epoch"] + 1,
+                    optimizer=state.optimizer, scheduler=state.scheduler, keep_previous=True)
 
 
 def train_trial(config: TrialConfig, out_dir: str | Path,

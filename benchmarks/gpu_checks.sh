@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# GPU checks of issue 11 (items 5 and 8), for a CUDA machine with this repository's .venv:
+# GPU checks of issues 11 (items 5 and 8) and 15 (part 4), for a CUDA machine with this
+# repository's .venv:
 #   1. the CUDA tests (TF32 flags inside the forward passes and restored afterwards, the recorded
 #      precision, a parameter-free classifier on the GPU); none may be skipped;
 #   2. a quick certify of a small LeNet on the GPU, once by default and once with --allow-tf32,
 #      printing the precision each run recorded in its .meta.json;
 #   3. a one-GPU sweep through the embedded local Ray: the trial driver's torch backend
-#      (sweep/train_loop.py) sets up the worker's process group and CUDA device on the GPU.
-# Installs nothing; well under 3 minutes. Usage: bash benchmarks/gpu_checks.sh
+#      (sweep/train_loop.py) sets up the worker's process group and CUDA device on the GPU;
+#   4. issue 15's speed-ups (benchmarks/gpu_speedups.py): a ResNet-110 SmoothAdv training step
+#      in float32, with amp, with amp + compile; ResNet-110 seconds per image at n = 100,000
+#      with batch 400, the default batch, bf16, bf16 + compile.
+# Installs nothing; about 10 minutes (most of it step 4). Usage: bash benchmarks/gpu_checks.sh
 # (PY=python3 bash benchmarks/gpu_checks.sh uses another interpreter than .venv's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +23,7 @@ trap 'rm -rf "$work"' EXIT
 
 echo "== CUDA tests"
 "$py" -m pytest -q -p no:cacheprovider -rs -k cuda tests/test_precision.py \
-    tests/test_any_classifier.py | tee "$work/pytest.txt"
+    tests/test_any_classifier.py tests/test_kernels.py | tee "$work/pytest.txt"
 if grep -qi "skipped" "$work/pytest.txt"; then
     echo "gpu_checks: some CUDA tests were skipped" >&2
     exit 1
@@ -56,6 +60,9 @@ for flag in "" "--allow-tf32"; do
                                      json.load(open(sys.argv[1]))["precision"])' \
         "$out.meta.json" "certify ${flag:-(no flag)}"
 done
+out="$work/certify_default_batch.tsv"  # the default batch on CUDA (4,096)
+"$py" -m sweep.cli certify "$work/lenet.pt" --sigma 0.25 --n0 100 --n 10000 --skip 16 \
+    --device cuda --out "$out" --no-progress
 echo "== a one-GPU sweep (device auto: the worker's CUDA device from Ray Train)"
 cat > "$work/gpu_sweep.yaml" <<'YAML'
 name: gpu
@@ -69,4 +76,6 @@ YAML
 "$py" -m sweep.cli sweep status "$work/sweeps/gpu"
 grep -q '"device": "cuda' "$work/sweeps/gpu/trials/pgd-sigma0.25/config.yaml" 2>/dev/null \
   || grep -q 'device: cuda' "$work/sweeps/gpu/trials/pgd-sigma0.25/config.yaml"
+echo "== speed-ups (issue 15)"
+"$py" benchmarks/gpu_speedups.py --device cuda
 echo "gpu_checks: all passed"

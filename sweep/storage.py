@@ -47,11 +47,16 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/smoothadv").expanduser()
 
 
-def mirror_dir(uri: str) -> Path:
-    """This node's local copy of the folder at ``uri``: CACHE/sweeps/<scheme>/<path>."""
+def mirror_dir(uri: str, kind: str = "sweeps") -> Path:
+    """This node's local copy of the folder at ``uri``: CACHE/<kind>/<scheme>/<path>. The
+    drivers and the commands that read a sweep (status, stop, analyze, resume) keep theirs
+    under ``sweeps``; a trial's workers keep theirs apart, under ``workers``
+    (sweep.trial_sync), so that a command pulling the bucket's copy never replaces a file a
+    worker on the same node is writing (a metrics line or certification rows not yet
+    uploaded would be lost)."""
     scheme, _, path = uri.partition("://")
     parts = [p for p in path.split("/") if p not in ("", ".", "..")]
-    return cache_root() / "sweeps" / scheme / Path(*parts)
+    return cache_root() / kind / scheme / Path(*parts)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """One worker's local trial folder kept in step with the trial's folder in a bucket.
 
-A rank copies the trial down when it starts (:meth:`TrialSync.pull`) and uploads the files it
+A rank copies the trial down when it starts (:meth:`TrialSync.pull`, into :func:`worker_copy`,
+this node's workers' copy) and uploads the files it
 writes: after every epoch (the checkpoint with its metrics line), after its certification
 shard is complete, and at least every ``every_s`` seconds from a background thread while it
 runs, so a node that disappears loses only what it wrote since the last upload.
@@ -21,7 +22,7 @@ import threading
 from pathlib import Path
 
 from common import layout
-from sweep.storage import Bucket
+from sweep.storage import Bucket, mirror_dir
 
 APPEND_ONLY = (".tsv", ".jsonl")
 DRIVER_FILES = (layout.STATE, layout.TRIAL_INFO)  # written and uploaded by the trial driver
@@ -36,6 +37,13 @@ def _owner(name: str) -> int | None:
         return None
     shard = layout.shard_rank(name)
     return 0 if shard is None else shard
+
+
+def worker_copy(trial_uri: str) -> Path:
+    """Where a trial's workers on this node keep their copy of the trial at ``trial_uri``:
+    apart from the copy the sweep's commands pull into (storage.mirror_dir), which would
+    otherwise replace files the workers are still appending to."""
+    return mirror_dir(trial_uri, kind="workers")
 
 
 class TrialSync:

@@ -37,8 +37,8 @@ from common.metrics import (
 )
 from sweep import faults
 from sweep.spec import AttackEval, Schedule, Stages
-from sweep.storage import Bucket, mirror_dir
-from sweep.trial_sync import TrialSync
+from sweep.storage import Bucket
+from sweep.trial_sync import TrialSync, worker_copy
 from trainers.config import CertifyConfig, TrialConfig, parse_trial_config
 from trainers.train import train_trial
 
@@ -245,7 +245,7 @@ def train_and_certify(loop_config: dict[str, Any]) -> None:
     trial_dir = Path(loop_config["trial_dir"])
     sync = None
     if loop_config.get("trial_uri"):
-        trial_dir = mirror_dir(loop_config["trial_uri"])
+        trial_dir = worker_copy(loop_config["trial_uri"])
         sync = TrialSync(trial_dir, Bucket(loop_config["trial_uri"]),
                          lineage=loop_config["trial_id"], rank=rank,
                          every_s=loop_config["upload_every_s"])

@@ -231,3 +231,27 @@ def test_the_bucket_never_holds_a_checkpoint_ahead_of_its_metrics_lines(s3_serve
     sync.push()  # the next push catches up
     assert _bucket_epochs("sync5") == (3, 3)
     assert not any(p.name.startswith(".checkpoint") for p in local.iterdir())
+
+
+def test_a_command_reading_the_sweep_never_replaces_a_running_workers_files(s3_server,
+                                                                           tmp_path,
+                                                                           monkeypatch):
+    """`sweep status` (or stop, analyze) on a node whose workers are writing a trial pulls the
+    bucket's copy, which lags behind them: it must land beside the workers' copy, not over it
+    (the metrics line and rows since the last upload would be lost)."""
+    from sweep.storage import read_sweep
+    from sweep.trial_sync import worker_copy
+
+    monkeypatch.setenv("SMOOTHADV_CACHE", str(tmp_path / "cache"))
+    uri = f"s3://{BUCKET}/readers"
+    remote = Bucket(uri)
+    remote.write_bytes(layout.SPEC, b"name: readers\n")
+    remote.write_bytes(f"{layout.TRIALS}/t/{layout.METRICS}", b'{"epoch": 0}\n')
+    ours = worker_copy(f"{uri}/{layout.TRIALS}/t")
+    ours.mkdir(parents=True)
+    written = b'{"epoch": 0}\n{"epoch": 1}\n'  # epoch 1 not yet uploaded
+    (ours / layout.METRICS).write_bytes(written)
+    folder = read_sweep(uri)
+    assert (layout.trial_dir(folder.local, "t") / layout.METRICS).read_bytes() == \
+        b'{"epoch": 0}\n'
+    assert (ours / layout.METRICS).read_bytes() == written

@@ -47,27 +47,6 @@ def say(message: str) -> None:
     tqdm.write(f"smoothadv: {message}", file=sys.stderr)
 
 
-class EagerFallback:
-    """Calls the compiled model until a compilation fails, then the eager model for good
-    (saying so once)."""
-
-    def __init__(self, model: nn.Module, compiled: Callable[[torch.Tensor], torch.Tensor],
-                 notify: Callable[[str], None] = say):
-        self.model = model
-        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = compiled
-        self.notify = notify
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.compiled is not None:
-            try:
-                return self.compiled(x)
-            except _compiler_errors() as e:
-                self.compiled = None
-                self.notify(f"torch.compile failed ({_reason(e)}); the rest of this run is "
-                            "eager")
-        return self.model(x)
-
-
 def compile_classifier(
     model: nn.Module,
     example: torch.Tensor | None,
@@ -76,45 +55,50 @@ def compile_classifier(
     backend: str | Callable = "inductor",
     notify: Callable[[str], None] = say,
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
-    """(forward, compiled): ``torch.compile(model)`` wrapped in :class:`EagerFallback` and True
+    """(forward, compiled): :class:`CompiledOrEager` around ``model`` (static shapes) and True
     when a probe forward pass on ``example`` (a batch; None: no probe) compiles, else ``model``
     and False with one line saying why.
 
     The probe runs as certification will (``model`` in eval mode, its mode restored after;
     inference mode; inside ``context()``, the precision), so its compiled graph is reused."""
-    compiled = torch.compile(model, backend=backend, dynamic=False)
+    compiled = CompiledOrEager(model, backend=backend, dynamic=False, notify=notify)
     if example is not None:
         was_training = model.training
         model.eval()
         try:
             with context(), torch.inference_mode():
-                compiled(example)
+                compiled.probe(example)
         except _compiler_errors() as e:
             notify(f"torch.compile unavailable ({_reason(e)}); certifying with the eager model")
             return model, False
         finally:
             model.train(was_training)
-    return EagerFallback(model, compiled, notify), True
+    return compiled, True
 
 
 class CompiledOrEager(nn.Module):
-    """``module`` called through ``torch.compile`` (inductor, shapes and modes recompiled as
-    they come) until a compilation fails, then eagerly for good, saying so once. It holds
-    ``module`` itself, so parameters, buffers, train/eval mode and gradients are the module's;
-    forward and backward passes compute the same function either way, up to float reordering.
-    A failure shows at a forward call, before any gradient or update."""
+    """``module`` called through ``torch.compile`` (inductor; ``dynamic`` as torch.compile's)
+    until a compilation fails, then eagerly for good, saying so once. It holds ``module``
+    itself, so parameters, buffers, train/eval mode and gradients are the module's; forward
+    and backward passes compute the same function either way, up to float reordering. A
+    failure shows at a forward call, before any gradient or update."""
 
     def __init__(self, module: nn.Module, *, backend: str | Callable = "inductor",
-                 notify: Callable[[str], None] = say):
+                 dynamic: bool | None = None, notify: Callable[[str], None] = say):
         super().__init__()
         self.module = module
         self.notify = notify
         # kept in a list, outside the module tree: state_dict() and parameters() stay module's
-        self._compiled = [torch.compile(module, backend=backend)]
+        self._compiled = [torch.compile(module, backend=backend, dynamic=dynamic)]
 
     @property
     def compiled(self) -> bool:
+        """Whether forward passes still go through the compiler (no compilation failed)."""
         return bool(self._compiled)
+
+    def probe(self, x: torch.Tensor) -> torch.Tensor:
+        """One compiled forward pass whose compiler error, if any, is raised, not handled."""
+        return self._compiled[0](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._compiled:
@@ -122,5 +106,6 @@ class CompiledOrEager(nn.Module):
                 return self._compiled[0](x)
             except _compiler_errors() as e:
                 self._compiled.clear()
-                self.notify(f"torch.compile failed ({_reason(e)}); training the eager model")
+                self.notify(f"torch.compile failed ({_reason(e)}); the rest of this run is "
+                            "eager")
         return self.module(x)

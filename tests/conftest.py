@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ports import free_port
 from torch import nn
 
 from sweep.train_loop import NO_STATE_API
@@ -121,11 +122,6 @@ MOTO = Path(sys.executable).parent / "moto_server"
 BUCKET = "smoothadv-test"  # the one bucket of the s3_server fixture
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
@@ -133,7 +129,7 @@ def s3_server(tmp_path_factory):
     pyarrow (and so Ray Tune and Train) at it."""
     if not MOTO.exists():
         pytest.skip("moto[server] is not installed (the dev extra installs it)")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
         server = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)],

@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from ports import free_port
 
 from common import layout
 from sweep import processes
@@ -57,11 +57,6 @@ while not want <= {n["NodeName"] for n in ray.nodes() if n["Alive"]}:
 print(json.dumps({n["NodeName"]: n["NodeID"] for n in ray.nodes() if n["Alive"]}))
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -132,13 +127,39 @@ class Cluster:
         self.nodes[name] = node = Node(name, process, log)
         return node
 
+    def start_head(self, name: str, attempts: int = 3) -> Node:
+        """Start the head and wait until `ray start` reports it running. A head that dies at
+        start (one of its ports taken in the meantime) is started again on fresh ports."""
+        for _ in range(attempts):
+            # Ray Train's PlacementGroupCleaner removes the placement group of a Train
+            # controller that died with its node; it asks the dashboard's state API, found
+            # through this address (auto-detection would pick whichever Ray instance on this
+            # machine started last).
+            self.env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{self.dashboard_port}"
+            node = self.start(name, head=True)
+            deadline = time.monotonic() + 90
+            while node.process.poll() is None and time.monotonic() < deadline:
+                if b"Ray runtime started" in node.log.read_bytes():
+                    return node
+                time.sleep(0.3)
+            node.stop()
+            failed = node.log.read_text()[-3000:]
+            self.port, self.dashboard_port = free_port(), free_port()
+        raise AssertionError(f"the head node did not start in {attempts} attempts: {failed}")
+
     def wait_for(self, *names: str) -> dict[str, str]:
         """Until every named node has joined: the alive nodes' ids by name."""
-        out = subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, self.address, *names],
-                             env=self.env, capture_output=True, text=True, timeout=180)
+        waiter = subprocess.Popen([sys.executable, "-c", WAIT_FOR_NODES, self.address, *names],
+                                  env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        try:
+            out, err = waiter.communicate(timeout=180)
+        except subprocess.TimeoutExpired:  # e.g. ray.init waiting on a GCS that never answers
+            waiter.kill()
+            out, err = waiter.communicate()
         logs = {n: node.log.read_text()[-1500:] for n, node in self.nodes.items()}
-        assert out.returncode == 0, (out.stderr[-3000:], logs)
-        self.ids.update(json.loads(out.stdout.splitlines()[-1]))
+        assert waiter.returncode == 0, (f"nodes {names} did not join", err[-3000:], logs)
+        self.ids.update(json.loads(out.splitlines()[-1]))
         return self.ids
 
     def smoothadv(self, *args: str, logs: Path) -> tuple[subprocess.Popen, Path, Path]:
@@ -173,12 +194,8 @@ def cluster():
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     })
     cluster = Cluster(folder, env)
-    # Ray Train's PlacementGroupCleaner removes the placement group of a Train controller that
-    # died with its node; it asks the dashboard's state API, found through this address (auto-
-    # detection would pick whichever Ray instance on this machine started last).
-    env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{cluster.dashboard_port}"
     try:
-        cluster.start("head-node", head=True)
+        cluster.start_head("head-node")
         cluster.start("worker-a")
         cluster.wait_for("head-node", "worker-a")
         yield cluster

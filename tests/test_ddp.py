@@ -4,11 +4,11 @@ passes, and rank 0 alone writes the checkpoint and metrics."""
 from __future__ import annotations
 
 import json
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ports import free_port
 
 from trainers import model_from_checkpoint, train
 from trainers.config import parse_trial_config
@@ -41,15 +41,10 @@ def _rank_main(rank: int, world: int, port: int, out: str, params_file: str) -> 
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_ranks_train_one_model(tmp_path):
     out, params = tmp_path / "trial", tmp_path / "params"
-    mp.spawn(_rank_main, args=(2, _free_port(), str(out), str(params)), nprocs=2)
+    mp.spawn(_rank_main, args=(2, free_port(), str(out), str(params)), nprocs=2)
     results = [torch.load(f"{params}.{r}", weights_only=True) for r in range(2)]
     assert [r["reports"] for r in results] == [2, 2]  # every rank reports every epoch
     assert results[0]["world"] == 2

@@ -1,6 +1,7 @@
 """cluster/slurm/smoothadv.sbatch, run the way SLURM runs its body, on this machine: a one-node
 allocation's environment, real Ray (`ray start --head`), the real sweep driver, and `srun` and
-`scontrol` replaced by the two-line shims a one-node allocation reduces them to."""
+`scontrol` replaced by the two-line shims a one-node allocation reduces them to. The home folder
+is fresh, as on a new cluster: the job makes Ray's token itself."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ports import free_port
 
 from common import layout
 
@@ -41,11 +43,6 @@ def shims(folder: Path) -> Path:
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def ray_address_file():
@@ -72,12 +69,18 @@ def test_the_sbatch_body_starts_ray_runs_the_sweep_and_resumes_on_a_second_run(
            "SLURM_NNODES": "1", "SLURM_CPUS_PER_TASK": "2",
            "SPEC": str(spec), "STORAGE": str(tmp_path / "sweeps"), "PYTHON": sys.executable,
            "RAY_PORT": str(free_port()), "RAY_HEAD_IP": "127.0.0.1",
-           "RAY_DASHBOARD_PORT": str(free_port())}
+           "RAY_DASHBOARD_PORT": str(free_port()),
+           # a fresh home: no Ray token yet (the job makes one), and the user's is left alone
+           "HOME": str(tmp_path / "home")}
+    env.pop("RAY_AUTH_TOKEN", None)
     run = subprocess.run(["bash", str(SBATCH), "--verbose", "0"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, (run.stdout[-2000:], run.stderr[-3000:])
     sweep_dir = tmp_path / "sweeps" / "slurm"
     assert "slurm: 2 trials, at most 2 at once" in run.stdout
+    token = tmp_path / "home" / ".ray" / "auth_token"
+    assert token.stat().st_mode & 0o777 == 0o600, oct(token.stat().st_mode)
+    made = token.read_bytes()
     for trial in ("sigma0.25", "sigma0.5"):
         state = layout.read_json(layout.trial_dir(sweep_dir, trial) / layout.STATE)
         assert state["state"] == "TERMINATED"
@@ -86,6 +89,7 @@ def test_the_sbatch_body_starts_ray_runs_the_sweep_and_resumes_on_a_second_run(
                            capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "slurm: resuming" in again.stdout
+    assert token.read_bytes() == made  # the requeued job keeps the cluster's token
     assert not (bin_dir / "scontrol.log").exists()  # finished: no requeue
     leftover = subprocess.run(["pgrep", "-f", f"--port={env['RAY_PORT']}"],
                               capture_output=True, text=True)

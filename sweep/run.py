@@ -152,7 +152,8 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
 def _stopped_early(sweep: SweepFolder, name: str) -> bool:
     """Whether the sweep's schedule stopped trial ``name`` (sweep.scheduler: the sweep driver
     decides and records it in schedule.json); if so, its state.json says STOPPED and why."""
-    from sweep.scheduler import stopped_trials, write_stopped
+    from common.schedule_record import stopped_trials
+    from sweep.scheduler import write_stopped
 
     sweep.refresh(sweep.local / layout.SCHEDULE)
     why = stopped_trials(sweep.local).get(name)
@@ -548,7 +549,8 @@ def _reconcile_states(sweep: SweepFolder, errored: set[str], names: list[str]) -
     short by the sweep being stopped (its Train run dies with the Ray actors), so it is marked
     INTERRUPTED, never ERROR (``--restart-errored`` would discard its progress). Returns the
     number of finished trials among ``names`` (the trials this Tune experiment ran)."""
-    from sweep.scheduler import stopped_trials, write_stopped
+    from common.schedule_record import stopped_trials
+    from sweep.scheduler import write_stopped
 
     sweep.pull(under=layout.TRIALS, only=(layout.STATE,))  # as trial drivers anywhere wrote
     halted = stopped_trials(sweep.local)
@@ -641,7 +643,7 @@ def _fit(tuner, sweep: SweepFolder, started: list[processes.Process], names: lis
         print(f"{sweep_dir}: interrupted with {finished} of {planned} trials finished, {errors} "
               f"errored; continue with `smoothadv sweep resume {sweep_dir}`")
         raise Terminated if terminated[0] else KeyboardInterrupt
-    from sweep.scheduler import stopped_trials
+    from common.schedule_record import stopped_trials
 
     stopped = len(set(stopped_trials(sweep.local)) & set(names))
     print(f"{sweep_dir}: {planned} trials, {errors} errored"

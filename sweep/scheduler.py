@@ -22,15 +22,11 @@ send after its training ended). The final certification's report is never judged
 the envelope is below ``margin`` can never dominate, so a trial that holds (nearly) the
 envelope anywhere goes on.
 
-What it decided is kept in the sweep folder's ``schedule.json`` (common.layout.SCHEDULE)::
-
-    {"settings": {...the block...},
-     "trials": {<trial>: {"sigma": σ, "rungs": {"1": {"epoch": E, "curve": {"0": a, ...}}}}},
-     "stopped": {<trial>: {"why": "...", "rung": k, "epoch": E, "at": unix time}}}
-
-so the sweep driver marks the stopped trials STOPPED (sweep.run), staging skips them
-(sweep.staging), and a restored Tune experiment's scheduler picks up where it left off: the
-scheduler keeps no state of its own beyond this file (it is pickled with the Tuner without it).
+What it decided is kept in the sweep folder's ``schedule.json`` (its format and its readers:
+common.schedule_record), so the sweep driver marks the stopped trials STOPPED (sweep.run),
+staging skips them (sweep.staging), and a restored Tune experiment's scheduler picks up where
+it left off: the scheduler keeps no state of its own beyond this file (it is pickled with the
+Tuner without it).
 """
 
 from __future__ import annotations
@@ -44,6 +40,7 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from common import layout
+from common.schedule_record import stopped_entries
 
 PROXY_PREFIX = "proxy_cert_acc_"  # + radius ({r:g}): a rung's reported certified accuracy
 RUNG_KEY = "proxy_rung"
@@ -95,7 +92,7 @@ class Rungs:
                 int(k): {"epoch": int(v["epoch"]),
                          "curve": {float(r): float(a) for r, a in v["curve"].items()}}
                 for k, v in entry["rungs"].items()}}
-        self.stopped: dict[str, dict[str, Any]] = dict(record.get("stopped") or {})
+        self.stopped: dict[str, dict[str, Any]] = stopped_entries(record)
 
     def record(self, name: str, sigma: float, rung: int, epoch: int,
                curve: Mapping[float, float]) -> None:
@@ -160,15 +157,6 @@ class Rungs:
                     for k, v in sorted(e["rungs"].items())}}
                            for name, e in sorted(self.trials.items())},
                 "stopped": dict(sorted(self.stopped.items()))}
-
-
-def stopped_trials(sweep_dir: str | Path) -> dict[str, str]:
-    """The trials the scheduler stopped, each with its reason, as the local copy of
-    ``schedule.json`` says (empty when the sweep has no schedule or stopped none)."""
-    record = layout.read_json(Path(sweep_dir) / layout.SCHEDULE) or {}
-    stopped = record.get("stopped")
-    return {name: str(entry.get("why", "")) for name, entry in stopped.items()
-            if isinstance(entry, dict)} if isinstance(stopped, dict) else {}
 
 
 def _name(trial) -> str:

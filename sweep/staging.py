@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from common import layout, stage_record
+from common.schedule_record import stopped_trials
 from sweep.spec import SweepSpec, Trial
 from sweep.storage import SweepFolder
 
@@ -65,8 +66,6 @@ def next_stage(sweep: SweepFolder, spec: SweepSpec, done: int) -> tuple[int, lis
     sigma_of = {t.name: t.config.sigma for t in trials}
     where = radii(spec, trials)
     if done == 1:
-        from sweep.scheduler import stopped_trials  # (imports Ray Tune)
-
         halted = stopped_trials(sweep.local)  # stopped early by the schedule: no stage-1 file
         why = {t.name: halted[t.name] for t in at if t.name in halted}
         at = [t for t in at if t.name not in halted]

@@ -35,6 +35,7 @@ from common.metrics import (
     empirical_accuracy,
     right_rows,
 )
+from common.schedule_record import stopped_entries
 from sweep import faults
 from sweep.spec import AttackEval, Schedule, Stages
 from sweep.storage import Bucket
@@ -283,8 +284,7 @@ def stopped_by_schedule(loop_config: dict[str, Any], trial: str, rank: int,
         else:
             path = Path(loop_config["trial_dir"]).parent.parent / layout.SCHEDULE
             data = path.read_bytes() if path.exists() else None
-        record = json.loads(data) if data else {}
-        stopped = trial in (record.get("stopped") or {})
+        stopped = trial in stopped_entries(json.loads(data) if data else None)
     if world > 1:
         flag = [stopped]
         torch.distributed.broadcast_object_list(flag, src=0)

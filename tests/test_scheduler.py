@@ -14,7 +14,8 @@ import yaml
 
 from common import layout
 from common.errors import UserError
-from sweep.scheduler import EnvelopeScheduler, Rungs, dominated, stopped_trials
+from common.schedule_record import stopped_trials
+from sweep.scheduler import EnvelopeScheduler, Rungs, dominated
 from sweep.spec import Schedule, parse_spec
 
 RADII = (0.0, 0.25, 0.5)
@@ -99,6 +100,14 @@ def test_the_bookkeeping_round_trips_through_its_record():
     again = Rungs(0.05, 2, json.loads(json.dumps(rungs.to_dict())))
     assert again.trials == rungs.trials and again.stopped == rungs.stopped
     assert again.verdict("bad") == rungs.stopped["bad"]["why"]  # stopped stays stopped
+
+
+def test_every_reader_of_the_record_skips_the_same_malformed_stopped_entries(tmp_path):
+    record = {"stopped": {"bad": {"why": "dominated"}, "torn": "?", "none": None}}
+    (tmp_path / "schedule.json").write_text(json.dumps(record))
+    assert stopped_trials(tmp_path) == {"bad": "dominated"}
+    rungs = Rungs(0.05, 2, record)
+    assert set(rungs.stopped) == {"bad"} and rungs.verdict("torn") is None
 
 
 # --- the Tune scheduler, without a cluster ------------------------------------------------

@@ -182,6 +182,25 @@ def is_local(address: str | None) -> bool:
     return not (address or os.environ.get("RAY_ADDRESS"))
 
 
+# What a local Ray's processes inherit (see set_local_ray_env).
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+def set_local_ray_env(dashboard: bool = False) -> None:
+    """The environment a local Ray must start with (its processes inherit it): one machine has
+    no spot preemption to watch, so each trial is spared that actor process; a Train controller
+    polls its workers every 2 s by default, so a finished trial idles about 5 s before the next
+    starts (0.5 s costs nothing locally); without a dashboard there is no state API for Ray
+    Train's placement-group cleaner (sweep.train_loop.trainer_class)."""
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    if dashboard:
+        os.environ.pop(NO_STATE_API, None)
+    else:
+        os.environ[NO_STATE_API] = "1"
+
+
 def init_ray(address: str | None, dashboard: bool = False) -> list[processes.Process]:
     """Join ``address`` (or RAY_ADDRESS); with neither, start Ray locally on 127.0.0.1 (its
     dashboard only when asked: it costs a dozen processes on a small machine). Returns the Ray
@@ -197,15 +216,7 @@ def init_ray(address: str | None, dashboard: bool = False) -> list[processes.Pro
             raise UserError(f"--address {address or os.environ['RAY_ADDRESS']}: cannot "
                             f"connect to a Ray cluster ({_first_line(e)})") from None
         return []
-    # One machine has no spot preemption to watch: spare each trial that actor process. And a
-    # Train controller polls its workers every 2 s by default: a finished trial then idles
-    # about 5 s before the next starts; 0.5 s costs nothing locally.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    if dashboard:
-        os.environ.pop(NO_STATE_API, None)
-    else:
-        os.environ[NO_STATE_API] = "1"  # sweep.train_loop.trainer_class
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    set_local_ray_env(dashboard)
     # address="local": a new Ray of our own, never a cluster some `ray start` left behind here
     ray.init(address="local", dashboard_host="127.0.0.1", object_store_memory=OBJECT_STORE_BYTES,
              log_to_driver=False, include_dashboard=dashboard)

@@ -14,6 +14,7 @@ import torch
 from ports import free_port
 from torch import nn
 
+from sweep.run import LOCAL_RAY_ENV, set_local_ray_env
 from sweep.train_loop import NO_STATE_API
 from trainers import build_model, load_dataset, save_checkpoint
 
@@ -95,13 +96,19 @@ def local_ray(tmp_path_factory):
                                       f"kill_after_epoch:0:{KILL_TRIAL}:{markers};"
                                       f"after_epoch:0:{RESTART_TRIAL}:{markers};"
                                       f"after_epoch:0:{TRACKED_TRIAL}:{markers}")
-    os.environ[NO_STATE_API] = "1"  # as sweep.run.init_ray sets it for a dashboard-less Ray
+    saved = {k: os.environ.get(k) for k in (*LOCAL_RAY_ENV, NO_STATE_API)}
+    set_local_ray_env()  # as sweep.run.init_ray starts a local Ray
     ray.init(address="local", num_cpus=2, include_dashboard=False,
              object_store_memory=128 * 1024**2,
              log_to_driver=False, configure_logging=False)
     yield markers  # a fault that fired left its marker file here
     ray.shutdown()
-    del os.environ["SMOOTHADV_FAULTS"], os.environ[NO_STATE_API]
+    del os.environ["SMOOTHADV_FAULTS"]
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def assert_resumed_equals_straight(straight, resumed, first_epoch: bytes, epochs: int) -> None:

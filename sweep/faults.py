@@ -4,13 +4,16 @@
 ``maybe_fail(point, value, trial)`` a matching entry raises :class:`InjectedFault` once (the
 marker file ``marker_dir/<point>-<value>-<trial>`` records that it fired), so a retried or
 resumed trial then runs through. Points named ``kill_…`` SIGKILL the calling process instead
-of raising (a worker process dying for real). Unset in normal use; the check costs one lookup.
+of raising (a worker process dying for real); points named ``hold_…`` park it until something
+kills it (a trial held at a known epoch while a test stops the sweep). Unset in normal use; the
+check costs one lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 
@@ -35,4 +38,6 @@ def maybe_fail(point: str, value: object, trial: str) -> None:
             continue
         if point.startswith("kill_"):
             os.kill(os.getpid(), signal.SIGKILL)
+        while point.startswith("hold_"):
+            time.sleep(1)
         raise InjectedFault(f"injected fault at {point}={value} (SMOOTHADV_FAULTS)")

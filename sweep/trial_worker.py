@@ -323,6 +323,7 @@ def _train_and_certify(loop_config: dict[str, Any], config: TrialConfig, trial_d
 
     def report_then_check(metrics: dict[str, Any], ckpt_path: Path) -> None:
         report(metrics, ckpt_path)
+        faults.maybe_fail("hold_after_epoch", metrics["epoch"], trial_dir.name)
         if (first_rung is not None and metrics["epoch"] + 1 >= first_rung
                 and stopped_by_schedule(loop_config, trial_dir.name, rank, world)):
             raise StoppedEarly

@@ -310,7 +310,9 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
     """A scheduled sweep stored in a bucket is stopped (`sweep stop`, a real SIGTERM) before
     its rung and resumed from another machine's empty cache: the restored scheduler judges the
     rung, the dominated trial's worker reads the stop from the bucket's schedule.json and ends,
-    the other trains to its last epoch; no epoch is trained twice."""
+    the other trains to its last epoch; no epoch is trained twice. Both trials are held after
+    their first epoch (SMOOTHADV_FAULTS' hold point) until the stop ends them: a trial left to
+    run could reach its rung before the stop did (it once trained 7 epochs meanwhile)."""
     import os
     import subprocess
     import sys
@@ -332,11 +334,12 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
     path = tmp_path / "resumed.yaml"
     path.write_text(yaml.safe_dump(spec))
     uri = f"s3://{BUCKET}/scheduled/resumed"
+    held = tmp_path / "held"  # the hold points' markers: each fires once
 
-    def env(cache: str) -> dict[str, str]:
+    def env(cache: str, faults: str | None = None) -> dict[str, str]:
         full = {**os.environ, **s3_server, "SMOOTHADV_CACHE": str(tmp_path / cache)}
         full.pop("SMOOTHADV_FAULTS", None)
-        return full
+        return full if faults is None else {**full, "SMOOTHADV_FAULTS": faults}
 
     def cli(cache: str, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "sweep.cli", *args], env=env(cache),
@@ -349,7 +352,9 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
 
     driver = subprocess.Popen([sys.executable, "-m", "sweep.cli", "sweep", "run", str(path),
                                "--storage", f"s3://{BUCKET}/scheduled", "--verbose", "0",
-                               "--max-concurrent", "2"], env=env("head"),
+                               "--max-concurrent", "2"],
+                              env=env("head", ";".join(f"hold_after_epoch:0:{name}:{held}"
+                                                       for name in (GOOD, BAD))),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not (epochs_of(GOOD) and epochs_of(BAD)):  # both trials trained an epoch
@@ -358,9 +363,9 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
     stopped = cli("head", "sweep", "stop", uri)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     driver.wait(timeout=120)
-    before = {name: epochs_of(name) for name in (GOOD, BAD)}
-    assert all(len(e) < rung_epoch for e in before.values()), \
-        f"the stop came after the rung, so resume decides nothing: {before}"
+    assert {name: epochs_of(name) for name in (GOOD, BAD)} == {GOOD: [0], BAD: [0]}
+    assert sorted(p.name for p in held.iterdir()) == sorted(f"hold_after_epoch-0-{name}"
+                                                            for name in (GOOD, BAD))
     assert not (Bucket(uri).read_bytes(layout.SCHEDULE) and
                 json.loads(Bucket(uri).read_bytes(layout.SCHEDULE)).get("stopped"))
 

@@ -60,9 +60,10 @@ def param_space(trials: list[Trial], stage: int = 0) -> dict[str, Any]:
     space: dict[str, Any] = {"trial": tune.grid_search(list(by_name))}
     if stage:
         space["stage"] = stage
+    # (Tune passes a sample_from function the config resolved so far: the trial's name first)
     for key in sorted({k for t in trials for k in t.params}):
-        space[key] = tune.sample_from(lambda s, key=key: by_name[s.config.trial].params.get(key))
-    space["config"] = tune.sample_from(lambda s: by_name[s.config.trial].config.to_dict())
+        space[key] = tune.sample_from(lambda c, key=key: by_name[c["trial"]].params.get(key))
+    space["config"] = tune.sample_from(lambda c: by_name[c["trial"]].config.to_dict())
     return space
 
 

@@ -382,3 +382,26 @@ def test_presets_work_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
     assert "needs --set init_from_sweep=DIR" in listed["cifar10_finetune"]
     assert main(["sweep", "plan", "cifar10_papr"]) == 2
     assert "presets: cifar10_cohen" in capsys.readouterr().err
+
+
+def test_tunes_param_space_resolves_each_trials_columns_and_config_without_warnings(caplog):
+    """Tune expands sweep.run.param_space into one variant per trial: its gridded keys as
+    columns (None where its union part does not grid the key) and its full config; the
+    functions take the config dict (the spec-dict form logs a deprecation warning per trial)."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    from sweep.run import param_space
+
+    trials = parse_spec({"name": "cols", "defaults": {"dataset": "synthetic", "arch": "lenet"},
+                         "grid": [{"method": ["gaussian"], "sigma": [0.25, 0.5]},
+                                  {"epsilon": [0.5], "sigma": [0.25]}]}).trials()
+    with caplog.at_level("WARNING", logger="ray.tune"):
+        variants = [v for _, v in generate_variants(param_space(trials, stage=2))]
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+    by_name = {t.name: t for t in trials}
+    assert sorted(v["trial"] for v in variants) == sorted(by_name)
+    for v in variants:
+        trial = by_name[v["trial"]]
+        assert v["stage"] == 2 and v["config"] == trial.config.to_dict()
+        assert {k: v[k] for k in ("method", "epsilon", "sigma")} == \
+            {k: trial.params.get(k) for k in ("method", "epsilon", "sigma")}

@@ -144,10 +144,31 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
         sweep.write_json(folder / layout.STATE, {"state": state, **started, **error,
                                                  "ended_at": time.time()})
         raise
+    await_train_results_in_tune()
     if spec.schedule is not None and _stopped_early(sweep, trial.name):
         return  # the STOP came as the run ended anyway
     sweep.write_json(folder / layout.STATE, {"state": "TERMINATED", **started,
                                              "ended_at": time.time()})
+
+
+def await_train_results_in_tune(timeout_s: float = 120.0) -> None:
+    """Return only once the Tune trial has taken every result Train sent it (call it in a
+    Tune function after ``trainer.fit()``). Ray 2.60 deadlocks the trial otherwise: Train's
+    TuneReportCallback hands results over through a queue actor that the trial's main thread
+    polls between Tune's steps, moving each into a one-slot thread queue; a returning
+    function puts its closing (duplicate) result into that slot, and if Train's last result
+    still waits in the actor queue then, the main thread blocks forever putting it into the
+    full slot (seen in a sweep logging to W&B, whose slow result callbacks widen the gap)."""
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    handover = getattr(session, "_inter_actor_queue", None)
+    if handover is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while not handover.empty() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # the main thread's take-then-put of the last result is two statements
 
 
 def _stopped_early(sweep: SweepFolder, name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -79,6 +80,20 @@ RESTART_TRIAL = "seed454545"  # raises after epoch 0 (once); restarted from scra
 TRACKED_TRIAL = "pgd-sigma0.5-seed484848"  # raises after epoch 0 (once); test_trackers resumes it
 
 
+@contextlib.contextmanager
+def environ_restored(*keys: str):
+    """Within: change these environment variables freely; after: each is as it was."""
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def local_ray(tmp_path_factory):
     """One local Ray cluster shared by every test that runs sweeps (start-up costs seconds).
@@ -92,23 +107,17 @@ def local_ray(tmp_path_factory):
     import ray
 
     markers = tmp_path_factory.mktemp("fault-markers")
-    os.environ["SMOOTHADV_FAULTS"] = (f"after_epoch:0:{FAULT_TRIAL}:{markers};"
-                                      f"kill_after_epoch:0:{KILL_TRIAL}:{markers};"
-                                      f"after_epoch:0:{RESTART_TRIAL}:{markers};"
-                                      f"after_epoch:0:{TRACKED_TRIAL}:{markers}")
-    saved = {k: os.environ.get(k) for k in (*LOCAL_RAY_ENV, NO_STATE_API)}
-    set_local_ray_env()  # as sweep.run.init_ray starts a local Ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             object_store_memory=128 * 1024**2,
-             log_to_driver=False, configure_logging=False)
-    yield markers  # a fault that fired left its marker file here
-    ray.shutdown()
-    del os.environ["SMOOTHADV_FAULTS"]
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with environ_restored("SMOOTHADV_FAULTS", NO_STATE_API, *LOCAL_RAY_ENV):
+        os.environ["SMOOTHADV_FAULTS"] = (f"after_epoch:0:{FAULT_TRIAL}:{markers};"
+                                          f"kill_after_epoch:0:{KILL_TRIAL}:{markers};"
+                                          f"after_epoch:0:{RESTART_TRIAL}:{markers};"
+                                          f"after_epoch:0:{TRACKED_TRIAL}:{markers}")
+        set_local_ray_env()  # as sweep.run.init_ray starts a local Ray
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 object_store_memory=128 * 1024**2,
+                 log_to_driver=False, configure_logging=False)
+        yield markers  # a fault that fired left its marker file here
+        ray.shutdown()
 
 
 def assert_resumed_equals_straight(straight, resumed, first_epoch: bytes, epochs: int) -> None:
@@ -143,28 +152,23 @@ def s3_server(tmp_path_factory):
                                   stdout=out, stderr=subprocess.STDOUT)
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
-        import pyarrow.fs as pafs
+    with environ_restored(*env):
+        os.environ.update(env)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.2)
+            import pyarrow.fs as pafs
 
-        pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key="testing",
-                          secret_key="testing", region="us-east-1",
-                          allow_bucket_creation=True).create_dir(BUCKET)
-        yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key="testing",
+                              secret_key="testing", region="us-east-1",
+                              allow_bucket_creation=True).create_dir(BUCKET)
+            yield env
+        finally:
+            server.terminate()
+            server.wait(timeout=30)

@@ -36,7 +36,7 @@ data: install
 # then the analysis report. Re-running continues an interrupted sweep instead of starting over.
 SWEEPS ?= sweeps
 quickstart: data
-	if [ -d $(SWEEPS)/quickstart/tune ]; then \
+	if [ -f $(SWEEPS)/quickstart/sweep.yaml ]; then \
 	  $(VENV)/bin/smoothadv sweep resume $(SWEEPS)/quickstart; \
 	else \
 	  $(VENV)/bin/smoothadv sweep run configs/quickstart.yaml --storage $(SWEEPS); \

@@ -65,6 +65,17 @@ def _add_smoothing_args(p: argparse.ArgumentParser, certifying: bool,
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def one_writer(out: str):
+    """Hold ``--out``'s writer lock (common.writer_lock) while the block writes it: a second
+    command writing the same output is refused in one line naming the first."""
+    from pathlib import Path
+
+    from common.writer_lock import exclusive, lock_path
+
+    path = Path(out).expanduser().absolute()
+    return exclusive(lock_path(path), f"--out {out}")
+
+
 def _run_smoothing(args: argparse.Namespace) -> int:
     from certify.runner import smooth_checkpoint
     from certify.settings import Sampling
@@ -74,13 +85,14 @@ def _run_smoothing(args: argparse.Namespace) -> int:
                         n0=args.n0 if certifying else None, seed=args.seed,
                         sequential=certifying and args.sequential,
                         target_radius=args.target_radius if certifying else None)
-    results = smooth_checkpoint(
-        args.checkpoint, sampling, args.out, dataset=args.dataset, data_root=args.data_root,
-        split=args.split, skip=args.skip, max_index=args.max_index, start=args.start,
-        stop=args.stop, batch_size=args.batch, device=args.device, download=args.download,
-        progress=not args.no_progress, input_layer=args.input_layer, allow_tf32=args.allow_tf32,
-        precision=args.precision, compile=args.compile,
-    )
+    with one_writer(args.out):
+        results = smooth_checkpoint(
+            args.checkpoint, sampling, args.out, dataset=args.dataset, data_root=args.data_root,
+            split=args.split, skip=args.skip, max_index=args.max_index, start=args.start,
+            stop=args.stop, batch_size=args.batch, device=args.device, download=args.download,
+            progress=not args.no_progress, input_layer=args.input_layer,
+            allow_tf32=args.allow_tf32, precision=args.precision, compile=args.compile,
+        )
     _print_summary(results.path, certifying)
     return 0
 
@@ -111,12 +123,15 @@ def _run_attack(args: argparse.Namespace) -> int:
 
     settings = AttackSettings(sigma=args.sigma, epsilons=tuple(args.epsilon), steps=args.steps,
                               m_test=args.m_test, n=args.n, alpha=args.alpha, seed=args.seed)
-    results = attack_checkpoint(
-        args.checkpoint, settings, args.out, dataset=args.dataset, data_root=args.data_root,
-        split=args.split, skip=args.skip, max_index=args.max_index, start=args.start,
-        stop=args.stop, batch_size=args.batch, device=args.device, download=args.download,
-        progress=not args.no_progress, input_layer=args.input_layer, allow_tf32=args.allow_tf32,
-    )
+    with one_writer(args.out):
+        results = attack_checkpoint(
+            args.checkpoint, settings, args.out, dataset=args.dataset,
+            data_root=args.data_root, split=args.split, skip=args.skip,
+            max_index=args.max_index, start=args.start, stop=args.stop,
+            batch_size=args.batch, device=args.device, download=args.download,
+            progress=not args.no_progress, input_layer=args.input_layer,
+            allow_tf32=args.allow_tf32,
+        )
     accuracy = empirical_accuracy(pd.read_csv(results.path, sep="\t"))
     if accuracy.empty:
         print(f"{results.path}: no images selected")
@@ -131,7 +146,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from trainers.train import train_trial
 
     config = load_trial_config(args.config, args.set)
-    metrics = train_trial(config, args.out, progress=not args.no_progress)
+    with one_writer(args.out):
+        metrics = train_trial(config, args.out, progress=not args.no_progress)
     print(f"{args.out}: trained {metrics['epoch'] + 1} epochs, noisy test accuracy "
           f"{metrics['test_acc_noisy']:.3f}" if metrics else f"{args.out}: already trained")
     return 0
@@ -207,7 +223,7 @@ def _run_sweep_status(args: argparse.Namespace) -> int:
     from sweep.status import format_status
     from sweep.storage import read_sweep
 
-    print(format_status(read_sweep(args.sweep_dir).local))
+    print(format_status(read_sweep(args.sweep_dir)))
     return 0
 
 

@@ -21,6 +21,14 @@ class InjectedFault(RuntimeError):
     """Raised on purpose by a test through SMOOTHADV_FAULTS."""
 
 
+def armed(point: str, trial: str) -> bool:
+    """Whether SMOOTHADV_FAULTS names ``point`` for ``trial`` (fired or not)."""
+    spec = os.environ.get("SMOOTHADV_FAULTS")
+    return bool(spec) and any(entry.split(":")[0] == point and
+                              (entry.split(":") + ["", ""])[2] == trial
+                              for entry in spec.split(";"))
+
+
 def maybe_fail(point: str, value: object, trial: str) -> None:
     spec = os.environ.get("SMOOTHADV_FAULTS")
     if not spec:

@@ -4,20 +4,18 @@ train, certify and report (sweep.trial_worker).
 
 Ray facts relied on (Ray 2.60; docs/reference-facts.md): Train resumes a run when ``fit()`` is
 called again with the same (storage_path, name), so the Train run is named after the Tune trial
-id; ``Tuner.restore(resume_errored=True)`` keeps trial ids, ``restart_errored=True`` makes new
-ones. The Tune function takes a small CPU fraction so the workers' resources are the real
-budget.
+id; ``Tuner.restore(resume_errored=True)`` keeps trial ids. The trial drivers ask Ray for no CPU
+(DRIVER_RESOURCES), so the workers' resources are the real budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
-import threading
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +24,13 @@ import yaml
 from common import layout, stage_record
 from common.atomic import atomic_write_bytes
 from common.errors import UserError
-from sweep import processes, staging, trackers
+from sweep import driver_record, processes, staging, trackers, trial_states
 from sweep.inputs import check_inputs, with_absolute_paths
+from sweep.param_space import param_space, trial_name, trial_of
 from sweep.spec import SweepSpec, Trial, load_spec, parse_spec
-from sweep.status import HEARTBEAT_S, STALE_S, driver_alive, heartbeat_age
+from sweep.status import STALE_S, driver_alive, heartbeat_age
 from sweep.storage import SweepFolder, open_sweep, read_sweep
 from sweep.train_loop import NO_STATE_API
-from trainers.config import parse_trial_config
 
 # What a trial's driver (Tune's function, which only waits on its Train run) asks Ray for: no
 # CPU, only its memory. A CPU sliver would leave fragments: once a node dies, the restarted
@@ -48,39 +46,10 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
-def param_space(trials: list[Trial], stage: int = 0) -> dict[str, Any]:
-    """Tune's view of the grid: the trial's name, each gridded value as a column of its own
-    (σ, ε, m_train, T, attack, method, …: the progress table, ``ResultGrid.get_dataframe()``
-    and TensorBoard's HParams show them) and the trial's full config, which the trial driver
-    trains; in a staged sweep, the stage (sweep.staging). A key some union part does not grid
-    is None in that part's trials."""
-    from ray import tune
-
-    by_name = {t.name: t for t in trials}
-    space: dict[str, Any] = {"trial": tune.grid_search(list(by_name))}
-    if stage:
-        space["stage"] = stage
-    # (Tune passes a sample_from function the config resolved so far: the trial's name first)
-    for key in sorted({k for t in trials for k in t.params}):
-        space[key] = tune.sample_from(lambda c, key=key: by_name[c["trial"]].params.get(key))
-    space["config"] = tune.sample_from(lambda c: by_name[c["trial"]].config.to_dict())
-    return space
-
-
-def _trial_of(param: dict[str, Any], spec: SweepSpec) -> Trial:
-    """The trial Tune started, from its param space (sweeps begun before it held the config:
-    from the spec)."""
-    if "config" not in param:
-        return next(t for t in spec.trials() if t.name == param["trial"])
-    params = {k: v for k, v in param.items()
-              if k not in ("trial", "config", "stage") and v is not None}
-    return Trial(param["trial"], params, parse_trial_config(param["config"]))
-
-
 def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
-    """One Tune trial (``param["trial"]`` names it): build and fit its Ray Train run (a
-    TorchTrainer whose driver side loads no torch: sweep.train_loop) on the trial's config
-    as Tune holds it; record the outcome in state.json. ``sweep_dir`` is the sweep's folder
+    """One Tune trial (Tune's trial name names it: sweep.param_space): build and fit its Ray
+    Train run (a TorchTrainer whose driver side loads no torch: sweep.train_loop) on the
+    trial's config; record the outcome in state.json. ``sweep_dir`` is the sweep's folder
     or its URI in a bucket (sweep.storage)."""
     import ray.train
     from ray import tune
@@ -94,7 +63,7 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
 
     sweep = open_sweep(sweep_dir)
     spec = parse_spec(yaml.safe_load(sweep.read_text(layout.SPEC)))
-    trial = _trial_of(param, spec)
+    trial = trial_of(tune.get_context().get_trial_name(), param, spec)
     res = spec.resources
     trial_id = tune.get_context().get_trial_id()
     folder = layout.trial_dir(sweep.local, trial.name)
@@ -351,8 +320,8 @@ def _tuner(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: int,
         param_space=param_space(trials, stage),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=at_once,
-            trial_name_creator=lambda t: t.config["trial"],
-            trial_dirname_creator=lambda t: t.config["trial"],
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
             reuse_actors=True,  # every trial's driver function asks the same resources
             scheduler=scheduler,  # None: Tune's FIFO, every trial runs to its end
         ),
@@ -365,21 +334,22 @@ def _tuner(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: int,
 
 
 def _run_stages(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: int,
-                started: bool, *, address: str | None, dashboard: bool,
+                driver: dict[str, Any], *, address: str | None, dashboard: bool,
                 max_concurrent: int | None, verbose: int, callbacks: list) -> int:
     """Run ``trials`` in a new Tune experiment (their ``stage``; 0: an unstaged sweep), then,
     in a staged sweep whose stage finished without errors, each later stage
     (_later_stages); returns the errored trials."""
     at_once = concurrency(spec, max_concurrent)
     errors = _fit(_tuner(sweep, spec, trials, stage, at_once, verbose, callbacks), sweep,
-                  started, [t.name for t in trials])
-    return _later_stages(sweep, spec, stage, errors, address=address, dashboard=dashboard,
-                         max_concurrent=max_concurrent, verbose=verbose, callbacks=callbacks)
+                  driver, [t.name for t in trials])
+    return _later_stages(sweep, spec, stage, errors, driver, address=address,
+                         dashboard=dashboard, max_concurrent=max_concurrent, verbose=verbose,
+                         callbacks=callbacks)
 
 
-def _later_stages(sweep: SweepFolder, spec: SweepSpec, stage: int, errors: int, *,
-                  address: str | None, dashboard: bool, max_concurrent: int | None,
-                  verbose: int, callbacks: list) -> int:
+def _later_stages(sweep: SweepFolder, spec: SweepSpec, stage: int, errors: int,
+                  driver: dict[str, Any], *, address: str | None, dashboard: bool,
+                  max_concurrent: int | None, verbose: int, callbacks: list) -> int:
     """A staged sweep, once ``stage`` finished without errors: choose the next stage's trials
     (sweep.staging) and run them, until no stage is left; returns the errored trials."""
     while spec.stages is not None and errors == 0:
@@ -387,20 +357,26 @@ def _later_stages(sweep: SweepFolder, spec: SweepSpec, stage: int, errors: int, 
         if not trials:
             print(staging.summary(sweep), flush=True)
             break
-        started = init_ray(address, dashboard)
+        driver["ray_processes"] = init_ray(address, dashboard)
         at_once = concurrency(spec, max_concurrent)
         print(f"{spec.name}: stage {stage}: {len(trials)} trials, at most {at_once} at once",
               flush=True)
         errors = _fit(_tuner(sweep, spec, trials, stage, at_once, verbose, callbacks), sweep,
-                      started, [t.name for t in trials])
+                      driver, [t.name for t in trials])
     return errors
+
+
+def _sweep_of(spec: SweepSpec, storage: str) -> SweepFolder:
+    return open_sweep(f"{storage.rstrip('/')}/{spec.name}" if "://" in storage
+                      else Path(storage).expanduser().resolve() / spec.name)
 
 
 def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, storage: str,
               max_concurrent: int | None, verbose: int = 1, dashboard: bool = False,
               log_to: list[str] = ()) -> int:
     """Validate the spec, write it into the sweep folder, run every trial (logging to the
-    trackers of ``log_to``, sweep.trackers); returns the number of errored trials."""
+    trackers of ``log_to``, sweep.trackers); returns the number of errored trials. One
+    driver at a time (sweep.driver_record): a second is refused before it writes anything."""
     spec = with_absolute_paths(load_spec(spec_path, overrides))
     trials = spec.trials()
     local = is_local(address)
@@ -409,41 +385,56 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
             check_inputs(trials)
         except UserError as e:
             raise UserError(f"{spec_path}: {e}") from None
-    sweep = open_sweep(f"{storage.rstrip('/')}/{spec.name}" if "://" in storage
-                       else Path(storage).expanduser().resolve() / spec.name)
+    sweep = _sweep_of(spec, storage)
     sweep.check_writable()  # a missing bucket or its credentials: before Ray starts
-    if sweep.exists(layout.TUNE):
-        raise UserError(f"{sweep.where}: a sweep already ran here; continue it with "
-                        f"`smoothadv sweep resume {sweep.where}` or give another --storage/name")
     if max_concurrent is not None and max_concurrent < 1:
         raise UserError(f"--max-concurrent: must be ≥ 1, got {max_concurrent}")
     loggers = trackers.callbacks(list(log_to), sweep.local, spec.name)  # a missing package: now
-
-    started = init_ray(address, dashboard)
-    if local:
-        check_fits(spec)  # before anything is written: a refused sweep leaves no folder
     fresh = not sweep.local.exists()
     try:
-        check_storage(sweep)
+        with driver_record.locked(sweep):
+            if sweep.exists(layout.TUNE) or sweep.exists(layout.SPEC):
+                raise UserError(f"{sweep.where}: a sweep already ran here; continue it with "
+                                f"`smoothadv sweep resume {sweep.where}` or give another "
+                                "--storage/name")
+            return _start(sweep, spec, trials, address=address, dashboard=dashboard,
+                          max_concurrent=max_concurrent, verbose=verbose, loggers=loggers)
     except UserError:
-        if fresh:
-            sweep.local.rmdir()
+        if fresh and sweep.local.is_dir() and not sweep.exists(layout.SPEC):
+            driver_record.remove_lock_file(sweep)  # a refused sweep leaves no folder
+            with contextlib.suppress(OSError):
+                sweep.local.rmdir()
         raise
-    spec_yaml = yaml.safe_dump(spec.to_dict(), sort_keys=False).encode()
-    atomic_write_bytes(sweep.local / layout.SPEC, lambda f: f.write(spec_yaml))
-    sweep.push(sweep.local / layout.SPEC)
-    at_once = concurrency(spec, max_concurrent)
-    print(f"{spec.name}: {len(trials)} trials, at most {at_once} at once", flush=True)
-    for line in trackers.describe(loggers, sweep.local):
-        print(line, flush=True)
-    stage = 0
-    if spec.stages is not None:
-        stage = 1
-        staging.begin(sweep, stage, {t.name: {"stage": stage, "why": ""} for t in trials})
-        print(f"{spec.name}: stage 1 of {stage_record.LAST}: train and screen every trial "
-              f"(n = {spec.stages.n}, every {spec.stages.skip}th image)", flush=True)
-    return _run_stages(sweep, spec, trials, stage, started, address=address, dashboard=dashboard,
-                       max_concurrent=max_concurrent, verbose=verbose, callbacks=loggers)
+
+
+def _start(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], *, address: str | None,
+           dashboard: bool, max_concurrent: int | None, verbose: int, loggers: list) -> int:
+    """run_sweep once it holds the sweep: start Ray, check, write the spec, run."""
+    started = init_ray(address, dashboard)
+    if is_local(address):
+        check_fits(spec)  # before anything is written: a refused sweep leaves no folder
+    check_storage(sweep)
+    driver = driver_record.this_driver(started)
+    release = driver_record.claim(sweep, driver)
+    try:
+        spec_yaml = yaml.safe_dump(spec.to_dict(), sort_keys=False).encode()
+        atomic_write_bytes(sweep.local / layout.SPEC, lambda f: f.write(spec_yaml))
+        sweep.push(sweep.local / layout.SPEC)
+        at_once = concurrency(spec, max_concurrent)
+        print(f"{spec.name}: {len(trials)} trials, at most {at_once} at once", flush=True)
+        for line in trackers.describe(loggers, sweep.local):
+            print(line, flush=True)
+        stage = 0
+        if spec.stages is not None:
+            stage = 1
+            staging.begin(sweep, stage, {t.name: {"stage": stage, "why": ""} for t in trials})
+            print(f"{spec.name}: stage 1 of {stage_record.LAST}: train and screen every trial "
+                  f"(n = {spec.stages.n}, every {spec.stages.skip}th image)", flush=True)
+        return _run_stages(sweep, spec, trials, stage, driver, address=address,
+                           dashboard=dashboard, max_concurrent=max_concurrent, verbose=verbose,
+                           callbacks=loggers)
+    finally:
+        release()
 
 
 def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
@@ -451,37 +442,72 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
                  dashboard: bool = False, log_to: list[str] = ()) -> int:
     """Continue a sweep: unfinished trials go on, errored ones resume from their checkpoint
     (or restart from scratch), finished ones are untouched; returns the number errored. It
-    logs to the trackers the sweep logged to so far and to those of ``log_to``."""
+    logs to the trackers the sweep logged to so far and to those of ``log_to``. A sweep whose
+    driver died before Tune saved any state starts its (current stage's) experiment anew."""
     sweep = read_sweep(sweep_dir)
     folder = sweep.local
     if not (folder / layout.SPEC).exists():
         raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC})")
     spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
+    with driver_record.locked(sweep):
+        stage, trials = (0, spec.trials()) if spec.stages is None else \
+            staging.current(sweep, spec)
+        if stage > stage_record.LAST:
+            print(staging.summary(sweep))
+            return 0
+        if spec.stages is None and not _left_to_run(sweep, trials):
+            print(f"{sweep.where}: every trial finished; nothing to resume")
+            return 0
+        trackers.check(list(log_to), folder)
+        end_leftovers(sweep)
+        started = init_ray(address, dashboard)
+        if is_local(address):
+            check_fits(spec)
+        check_storage(sweep)
+        driver = driver_record.this_driver(started)
+        release = driver_record.claim(sweep, driver)
+        try:
+            return _resume(sweep, spec, stage, trials, driver, restart_errored=restart_errored,
+                           address=address, dashboard=dashboard,
+                           max_concurrent=max_concurrent, verbose=verbose, log_to=log_to)
+        finally:
+            release()
+
+
+def _left_to_run(sweep: SweepFolder, trials: list[Trial]) -> list[str]:
+    """The trials a resume would run (sweep.trial_states.will_run; no driver runs)."""
+    tune = trial_states.tune_statuses(sweep, layout.TUNE)
+    return trial_states.will_run({t.name: trial_states.reconciled(
+        (layout.read_json(layout.trial_dir(sweep.local, t.name) / layout.STATE) or {})
+        .get("state"), tune.get(t.name), False) for t in trials})
+
+
+def _resume(sweep: SweepFolder, spec: SweepSpec, stage: int, trials: list[Trial],
+            driver: dict[str, Any], *, restart_errored: bool, address: str | None,
+            dashboard: bool, max_concurrent: int | None, verbose: int,
+            log_to: list[str]) -> int:
+    """resume_sweep once it holds the sweep and Ray runs: reconcile the trials' records with
+    Tune's (sweep.trial_states), restore Tune's experiment (or start one: none was made) and
+    run it, then any later stage."""
     from ray import tune
 
-    stage, trials = (0, spec.trials()) if spec.stages is None else staging.current(sweep, spec)
+    folder = sweep.local
     tune_dir = f"{sweep.where}/{staging.tune_name(stage)}"
-    if stage > stage_record.LAST:
-        print(staging.summary(sweep))
-        return 0
-    if not tune.Tuner.can_restore(tune_dir) and stage <= 1:
-        raise UserError(f"{sweep.where}: no Ray Tune state to resume under {layout.TUNE}/; "
-                        f"start it with `smoothadv sweep run`")
-    trackers.check(list(log_to), folder)
-    end_leftovers(sweep)
-    started = init_ray(address, dashboard)
-    if is_local(address):
-        check_fits(spec)
-    check_storage(sweep)
-    if not tune.Tuner.can_restore(tune_dir):  # stopped before a later stage's Tune began
-        return _run_stages(sweep, spec, trials, stage, started, address=address,
+    statuses = trial_states.tune_statuses(sweep, staging.tune_name(stage))
+    trial_states.settle_before_resume(sweep, statuses)
+    if not tune.Tuner.can_restore(tune_dir):  # the driver died before it made the Tuner
+        return _run_stages(sweep, spec, trials, stage, driver, address=address,
                            dashboard=dashboard, max_concurrent=max_concurrent, verbose=verbose,
                            callbacks=trackers.for_resume([], list(log_to), folder, spec.name))
     at_once = concurrency(spec, max_concurrent)
     try:
-        tuner = tune.Tuner.restore(tune_dir, _tuner_trainable(sweep),
-                                   resume_errored=not restart_errored,
-                                   restart_errored=restart_errored)
+        # Errored trials resume, keeping their Tune trial ids; with --restart-errored their
+        # outputs and Train runs are moved aside first (_clear_errored), so they start afresh
+        # (Tune's own restart re-creates each trial from its stored record, which can fail).
+        # The param space is given again: Tune keeps only its keys, and a driver killed before
+        # Tune saved any experiment state leaves a Tuner that would restart with an empty one.
+        tuner = tune.Tuner.restore(tune_dir, _tuner_trainable(sweep), resume_errored=True,
+                                   param_space=param_space(trials, stage))
     except ModuleNotFoundError as e:  # its restore point holds the callback of a tracker
         kind = (e.name or "").split(".")[0]
         if kind not in trackers.TRACKERS:
@@ -504,24 +530,29 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
     for line in trackers.describe(run_config.callbacks, folder):
         print(line, flush=True)
     if restart_errored:
-        _clear_errored(sweep)
-    errors = _fit(tuner, sweep, started, [t.name for t in trials])
-    return _later_stages(sweep, spec, stage, errors, address=address, dashboard=dashboard,
-                         max_concurrent=max_concurrent, verbose=verbose,
+        _clear_errored(sweep, {n for n, s in statuses.items() if s == "ERROR"})
+    errors = _fit(tuner, sweep, driver, [t.name for t in trials])
+    return _later_stages(sweep, spec, stage, errors, driver, address=address,
+                         dashboard=dashboard, max_concurrent=max_concurrent, verbose=verbose,
                          callbacks=run_config.callbacks)
 
 
-def _clear_errored(sweep: SweepFolder) -> None:
-    """Restarting errored trials from scratch: move their old outputs to errored/ (kept)."""
+def _clear_errored(sweep: SweepFolder, errored: set[str]) -> None:
+    """Restarting errored trials from scratch (those Tune recorded as errored, ``errored``,
+    and those recorded ERROR): move each one's outputs to errored/<trial>.N (kept) and remove
+    its Ray Train run (train/<trial>-<Tune trial id>), so that it trains anew."""
     folder = sweep.local
     for state_file in sorted((folder / layout.TRIALS).glob(f"*/{layout.STATE}")):
         state = layout.read_json(state_file) or {}
-        if state.get("state") == "ERROR":
-            trial = state_file.parent
-            n = 1
-            while sweep.exists(f"{layout.ERRORED}/{trial.name}.{n}"):
-                n += 1
-            sweep.move(trial, folder / layout.ERRORED / f"{trial.name}.{n}")
+        trial = state_file.parent
+        if state.get("state") != "ERROR" and trial.name not in errored:
+            continue
+        n = 1
+        while sweep.exists(f"{layout.ERRORED}/{trial.name}.{n}"):
+            n += 1
+        sweep.move(trial, folder / layout.ERRORED / f"{trial.name}.{n}")
+        if isinstance(state.get("trial_id"), str):
+            sweep.remove_tree(f"{layout.TRAIN}/{trial.name}-{state['trial_id']}")
 
 
 def end_leftovers(sweep: SweepFolder) -> None:
@@ -575,57 +606,6 @@ def stop_sweep(sweep_dir: str, grace_s: float = 30.0) -> None:
     print(f"{sweep.where}: stopped; continue with `smoothadv sweep resume {sweep.where}`")
 
 
-def _reconcile_states(sweep: SweepFolder, errored: set[str], names: list[str]) -> int:
-    """After Tune returns: a trial the schedule stopped (schedule.json, sweep.scheduler) is
-    recorded STOPPED with the reason, whatever its driver wrote as Tune ended it, and counts
-    as finished; a trial recorded ERROR or RUNNING that Tune did not see fail was cut
-    short by the sweep being stopped (its Train run dies with the Ray actors), so it is marked
-    INTERRUPTED, never ERROR (``--restart-errored`` would discard its progress). Returns the
-    number of finished trials among ``names`` (the trials this Tune experiment ran)."""
-    from common.schedule_record import stopped_trials
-    from sweep.scheduler import write_stopped
-
-    sweep.pull(under=layout.TRIALS, only=(layout.STATE,))  # as trial drivers anywhere wrote
-    halted = stopped_trials(sweep.local)
-    finished = 0
-    for path in (sweep.local / layout.TRIALS).glob(f"*/{layout.STATE}"):
-        if path.parent.name in halted:
-            write_stopped(sweep, path, halted[path.parent.name])
-        state = layout.read_json(path) or {}
-        finished += (state.get("state") in ("TERMINATED", "STOPPED")
-                     and path.parent.name in names)
-        if state.get("state") in ("ERROR", "RUNNING") and path.parent.name not in errored:
-            sweep.write_json(path, {"state": "INTERRUPTED", "trial_id": state.get("trial_id")})
-    return finished
-
-
-def _heartbeat(sweep: SweepFolder, record: dict[str, Any]) -> Callable[[], None]:
-    """Write ``record`` with a ``heartbeat`` time to ``path`` now and every HEARTBEAT_S seconds
-    until the returned function is called (a write in progress finishes first). Another machine
-    judges the driver gone once its heartbeat is STALE_S old."""
-    stop, lock = threading.Event(), threading.Lock()
-
-    def beat() -> None:
-        try:
-            sweep.write_json(sweep.local / layout.DRIVER, {**record, "heartbeat": time.time()})
-        except OSError as e:  # a bucket unreachable for a while: the next beat tries again
-            print(f"{sweep.where}: heartbeat not written ({_first_line(e)})", flush=True)
-
-    def loop() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            with lock:
-                if not stop.is_set():
-                    beat()
-
-    def end() -> None:
-        with lock:
-            stop.set()
-
-    beat()
-    threading.Thread(target=loop, name="driver-heartbeat", daemon=True).start()
-    return end
-
-
 class Terminated(KeyboardInterrupt):
     """The driver got SIGTERM (Kubernetes deleting its pod, SLURM ending its job) and stopped
     the sweep as Ctrl-C does; the command line exits 143 (128 + SIGTERM)."""
@@ -648,29 +628,27 @@ def _stop_on_sigterm() -> list[bool]:
     return got
 
 
-def _fit(tuner, sweep: SweepFolder, started: list[processes.Process], names: list[str]) -> int:
+def _fit(tuner, sweep: SweepFolder, driver: dict[str, Any], names: list[str]) -> int:
     """Run the Tuner (its trials: ``names``); returns the number of errored trials. Stopped
     early (Ctrl-C, `sweep stop`, SIGTERM), Tune saves its state and returns: that raises
-    KeyboardInterrupt (on SIGTERM :class:`Terminated`) after the summary."""
+    KeyboardInterrupt (on SIGTERM :class:`Terminated`) after the summary. ``driver`` is the
+    driver's record (sweep.driver_record), rewritten with the Ray processes it started."""
     planned = len(names)
-    stop_heartbeat = _heartbeat(sweep, {"pid": os.getpid(), "host": socket.gethostname(),
-                                        "ray_processes": started})
+    sweep.write_json(sweep.local / layout.DRIVER, {**driver, "heartbeat": time.time()})
     terminated = _stop_on_sigterm()
     try:
         results = tuner.fit()
     except Exception:
         traceback.print_exc()
         raise
-    finally:
-        stop_heartbeat()
-        sweep.unlink(sweep.local / layout.DRIVER)
-    if started:  # our own local cluster: end its actors before reading their last states
+    if driver["ray_processes"]:  # our own local cluster: end its actors before reading states
         import ray
 
         ray.shutdown()
     errors = results.num_errors
-    finished = _reconcile_states(sweep, {r.config["trial"] for r in results
-                                         if r.error is not None}, names)
+    finished = trial_states.settle_after_fit(
+        sweep, {Path(r.path).name: _first_line(r.error) for r in results if r.error is not None},
+        names)
     sweep_dir = sweep.where
     if finished + errors < planned:
         print(f"{sweep_dir}: interrupted with {finished} of {planned} trials finished, {errors} "

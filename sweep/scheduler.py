@@ -41,6 +41,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from common import layout
 from common.schedule_record import stopped_entries
+from sweep.param_space import KEY, name_of
 
 PROXY_PREFIX = "proxy_cert_acc_"  # + radius ({r:g}): a rung's reported certified accuracy
 RUNG_KEY = "proxy_rung"
@@ -160,16 +161,12 @@ class Rungs:
 
 
 def _name(trial) -> str:
-    return trial.config.get("trial", trial.trial_id)
+    return name_of(trial.config) or trial.trial_id
 
 
 def sigma_of(config: Mapping[str, Any]) -> float:
-    """A Tune trial's σ: from the trial config it trains (sweep.run.param_space), else from
-    the gridded column."""
-    inner = config.get("config")
-    if isinstance(inner, Mapping) and "sigma" in inner:
-        return float(inner["sigma"])
-    return float(config["sigma"])
+    """A Tune trial's σ: from the trial config its record holds (sweep.param_space)."""
+    return float(config[KEY]["config"]["sigma"])
 
 
 class EnvelopeScheduler(FIFOScheduler):

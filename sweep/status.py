@@ -17,7 +17,10 @@ from common import layout
 from common.errors import UserError
 from common.stage_record import LAST, outcome, stopped_counts, trials
 from common.stage_record import read as read_stage_record
+from sweep import processes
 from sweep.spec import SweepSpec, parse_spec
+from sweep.storage import SweepFolder
+from sweep.trial_states import reconciled, tune_statuses, will_run
 
 
 def plan_table(spec: SweepSpec) -> pd.DataFrame:
@@ -202,29 +205,32 @@ def driver_alive(sweep_dir: Path) -> bool:
         age = heartbeat_age(info)
         return age is None or age < STALE_S  # no heartbeat recorded: trust the record
     try:
-        os.kill(int(info["pid"]), 0)
-    except (ProcessLookupError, ValueError, KeyError):
+        pid, start = int(info["pid"]), int(info["start"])
+    except (KeyError, TypeError, ValueError):
         return False
-    except PermissionError:
-        return True
-    return True
+    # by pid and start time: a killed driver not yet reaped by its parent (a zombie) is dead,
+    # and so is another process that took its pid since
+    return processes.alive((pid, start))
 
 
-def status_table(sweep_dir: str | Path) -> tuple[pd.DataFrame, SweepSpec]:
-    folder = Path(sweep_dir)
+def status_table(sweep_dir: str | Path | SweepFolder) -> tuple[pd.DataFrame, SweepSpec]:
+    """One row per trial: its state (state.json reconciled with the driver's liveness and
+    Tune's record: sweep.trial_states), stage, epochs, certified images, rate, ETA, why it
+    stopped and its error."""
+    sweep = sweep_dir if isinstance(sweep_dir, SweepFolder) else SweepFolder(Path(sweep_dir))
+    folder = sweep.local
     if not (folder / layout.SPEC).is_file():
         raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC}); "
                         "give the folder `smoothadv sweep run` printed")
     spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
     alive = driver_alive(folder)
     stages = read_stage_record(folder)
+    tune = {} if alive else tune_statuses(sweep, _tune_name(stages))
     rows = []
     for trial in spec.trials():
         tdir = layout.trial_dir(folder, trial.name)
         state = layout.read_json(tdir / layout.STATE) or {}
-        status = state.get("state", "PENDING")
-        if status == "RUNNING" and not alive:
-            status = "INTERRUPTED"
+        status = reconciled(state.get("state"), tune.get(trial.name), alive)
         files = certify_files(tdir, layout.CERTIFY)
         plan_name = layout.CERTIFY_PLAN
         if stages is not None and not files:  # stage 1: the screening certification
@@ -251,21 +257,46 @@ def status_table(sweep_dir: str | Path) -> tuple[pd.DataFrame, SweepSpec]:
         })
         # why a trial stopped: its stage (a staged sweep), else the early-stopping schedule's
         row["why"] = str(entry.get("why") or "") if stages is not None else state.get("why", "")
-        row["error"] = state.get("error", "")
+        row["error"] = state.get("error", "") if status == "ERROR" else ""
         rows.append(row)
     return pd.DataFrame(rows), spec
 
 
-def format_status(sweep_dir: str | Path) -> str:
+def _tune_name(stages) -> str:
+    """The Tune experiment of the stage a sweep is in."""
+    from sweep.staging import tune_name
+
+    stage = stages.get("stage") if stages else 0
+    return tune_name(stage if isinstance(stage, int) else 0)
+
+
+def format_status(sweep_dir: str | Path | SweepFolder) -> str:
+    """The status table, a staged sweep's stage line, what a resume would run (when no driver
+    runs) and, last, the count of trials in each state."""
     table, _ = status_table(sweep_dir)
+    folder = sweep_dir.local if isinstance(sweep_dir, SweepFolder) else Path(sweep_dir)
     counts = Counter(table["state"])
     summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     hidden = [c for c in ("why", "error") if c in table and not table[c].astype(bool).any()]
     lines = [table.drop(columns=hidden).to_string(index=False)]
-    stages = read_stage_record(Path(sweep_dir))
+    if not driver_alive(folder):
+        lines.append(_resume_line(dict(zip(table["trial"], table["state"], strict=True))))
+    stages = read_stage_record(folder)
     if stages is not None:  # before the last line, which stays the trials' summary
         entries = stages["trials"]
         lines.append(_stage_line(
             stages["stage"], {t: entries.get(t, {}).get("stage") for t in table["trial"]},
             {t: str(entries.get(t, {}).get("why") or "") for t in table["trial"]}))
     return "\n".join([*lines, f"{len(table)} trials: {summary}"])
+
+
+def _resume_line(states: dict[str, str]) -> str:
+    """What `sweep resume` would run, from the reconciled states."""
+    left = will_run(states)
+    if not left:
+        return "every trial finished: `sweep resume` has nothing to run"
+    errored = sum(states[t] == "ERROR" for t in left)
+    shown = ", ".join(left[:8]) + (f", … ({len(left) - 8} more)" if len(left) > 8 else "")
+    return (f"`sweep resume` runs {trials(len(left))}: {shown}"
+            + (f" ({errored} errored: from their checkpoints; --restart-errored restarts "
+               "them from scratch)" if errored else ""))

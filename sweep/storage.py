@@ -25,6 +25,7 @@ the URI's scheme and path.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,13 @@ class SweepFolder:
         """layout.write_json, then upload the file."""
         layout.write_json(path, value)
         self.push(path)
+
+    def remove_tree(self, rel: str) -> None:
+        """Delete the folder ``rel`` of the sweep (in the bucket, or on the shared disk)."""
+        if self.remote is not None:
+            self.remote.delete(rel)
+        else:
+            shutil.rmtree(self.local / rel, ignore_errors=True)
 
     def unlink(self, path: Path) -> None:
         path.unlink(missing_ok=True)

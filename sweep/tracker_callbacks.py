@@ -19,12 +19,13 @@ TRIAL_ID_TAG = "ray_trial_id"
 class SweepMLflowCallback(MLflowLoggerCallback):
     """Ray's MLflow logger (one MLflow run per Tune trial, written from the sweep driver), with:
 
-    - params: the trial's gridded values (None, a key its grid part does not set, left out)
-      and its full trial config flattened as ``config/<key>`` (Ray flattens nested dicts);
+    - params: the trial's record as Tune holds it (sweep.param_space), flattened by Ray:
+      ``trial/name``, each gridded value as ``trial/<key>`` (a key its grid part does not set
+      is absent) and its full config as ``trial/config/<key>``;
     - metrics: each result but Tune's copy of the config (already the params);
     - a trial resumed by ``sweep resume`` (same Tune trial id) goes on in its earlier MLflow
-      run instead of opening a second one; ``--restart-errored`` makes new trial ids, so a
-      restarted trial gets a new run;
+      run instead of opening a second one (``--restart-errored`` keeps trial ids too: a
+      restarted trial goes on in its run);
     - ``artifact_location``: where a newly created experiment keeps artifacts (none are logged
       by the sweep; without it MLflow picks ./mlruns under the current directory).
     """

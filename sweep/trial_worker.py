@@ -112,7 +112,13 @@ def certify_trial(config: TrialConfig, trial_dir: Path, rank: int, world: int,
         sampling = dataclasses.replace(sampling, sequential=False, target_radius=None)
     if rank == 0:
         layout.write_json(trial_dir / plan, {"planned": len(ev.indices)})
-    run_smoothing(ev.model, ev.num_classes, ev.images, ev.indices[rank::world], sampling, out,
+    share = ev.indices[rank::world]
+    if faults.armed("hold_certified", trial_dir.name):  # a test parks the trial after its
+        run_smoothing(ev.model, ev.num_classes, ev.images, share[:1], sampling, out,  # first
+                      batch_size=c.batch_size, identity=ev.identity, progress=False,  # row
+                      device=ev.device)
+        faults.maybe_fail("hold_certified", 1, trial_dir.name)
+    run_smoothing(ev.model, ev.num_classes, ev.images, share, sampling, out,
                   batch_size=c.batch_size, identity=ev.identity, progress=False, device=ev.device)
     if not gathered(trial_dir, name, rank, world, sync):
         return {}

@@ -42,35 +42,46 @@ def _keys(prefix: str) -> dict[str, int]:
 
 
 def test_a_node_lost_while_certifying_resumes_from_its_uploads(s3_server, tmp_path):
-    """A sweep in the bucket; its only node is killed (SIGKILL, its local copy wiped) once the
-    bucket holds some of the certification rows; `sweep resume` from a fresh machine keeps the
-    trained epochs and the uploaded rows and certifies the rest; a third machine reads the
+    """A sweep in the bucket with more trials than slots (3 on the 2 CPUs, no flag); its only
+    node is killed (SIGKILL, its local copy wiped) once the bucket holds a row of the first
+    trial's certification and the third trial is still queued; a second driver meanwhile
+    is refused; `sweep resume` from a fresh machine keeps the trained epochs and the uploaded
+    rows and runs the rest, a second resume changes nothing, and a third machine reads the
     results with `sweep status` and `analyze`."""
     defaults = {**TINY, "test_subset": 512,
-                "certify": {"n0": 16, "n": 4000, "batch_size": 500, "skip": 16}}  # 32 images
+                "certify": {"n0": 16, "n": 1000, "batch_size": 500, "skip": 32}}  # 16 images
     spec = {"name": "lost", "defaults": defaults,
-            "resources": {"workers": 1, "upload_every_s": 0.5}, "grid": {"sigma": [0.25]}}
+            "resources": {"workers": 1, "cpus_per_worker": 1, "upload_every_s": 0.5},
+            "grid": {"sigma": [0.25, 0.5, 1.0]}}
+    names = ["sigma0.25", "sigma0.5", "sigma1"]
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     uri = f"s3://{BUCKET}/run2/lost"
     head = tmp_path / "head-cache"
-    full = {**os.environ, **s3_server, "SMOOTHADV_CACHE": str(head)}
-    full.pop("SMOOTHADV_FAULTS", None)
+    # the first trial parks after its first certified row, the second after its last epoch:
+    # the third stays queued until the kill (sweep.faults)
+    markers = tmp_path / "markers"
+    full = {**os.environ, **s3_server, "SMOOTHADV_CACHE": str(head),
+            "SMOOTHADV_FAULTS": f"hold_certified:1:sigma0.25:{markers};"
+                                f"hold_after_epoch:1:sigma0.5:{markers}"}
     driver = subprocess.Popen([sys.executable, "-m", "sweep.cli", "sweep", "run", str(path),
                                "--storage", f"s3://{BUCKET}/run2", "--verbose", "0"],
                               env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trial = Bucket(uri).child(f"{layout.TRIALS}/sigma0.25")
     deadline = time.monotonic() + 300
     rows = b""
-    while rows.count(b"\n") < 4:  # the header and 3 rows are in the bucket
+    while rows.count(b"\n") < 2 or not (markers / "hold_after_epoch-1-sigma0.5").exists():
         assert driver.poll() is None and time.monotonic() < deadline, "no rows uploaded"
         time.sleep(0.2)
         rows = trial.read_bytes(layout.CERTIFY) or b""
+    second = _cli(s3_server, tmp_path / "other-cache", "sweep", "resume", uri)
+    assert second.returncode == 2 and "is still running" in second.stderr, second.stderr
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+    assert not Bucket(uri).exists(f"{layout.TRIALS}/sigma1/{layout.STATE}"), "none queued"
     uploaded_metrics = trial.read_bytes("metrics.jsonl").decode().splitlines()
     uploaded_rows = trial.read_bytes(layout.CERTIFY).decode().splitlines()
-    assert len(uploaded_rows) < 33, "certification ended before the kill: use more images"
+    assert len(uploaded_rows) == 2  # the header and the first image's row
     ray_processes = [tuple(p) for p in json.loads(Bucket(uri).read_bytes(layout.DRIVER))
                      ["ray_processes"]]
     from sweep import processes
@@ -80,30 +91,70 @@ def test_a_node_lost_while_certifying_resumes_from_its_uploads(s3_server, tmp_pa
 
     status = _cli(s3_server, tmp_path / "new-head", "sweep", "status", uri)
     assert "INTERRUPTED" in status.stdout, status.stdout + status.stderr
+    assert "`sweep resume` runs 3 trials" in status.stdout, status.stdout
     resumed = _cli(s3_server, tmp_path / "new-head", "sweep", "resume", uri, "--verbose", "0")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final_metrics = trial.read_bytes("metrics.jsonl").decode().splitlines()
     assert final_metrics == uploaded_metrics  # both epochs kept: none trained again
     final_rows = trial.read_bytes(layout.CERTIFY).decode().splitlines()
-    assert len(final_rows) == 1 + 32
+    assert len(final_rows) == 1 + 16
     assert final_rows[:len(uploaded_rows) - 1] == uploaded_rows[:-1]  # (the last may be torn)
-    state = json.loads(trial.read_bytes(layout.STATE))
-    assert state["state"] == "TERMINATED"
+    for name in names:
+        state = json.loads(Bucket(uri).read_bytes(f"{layout.TRIALS}/{name}/{layout.STATE}"))
+        assert state["state"] == "TERMINATED", (name, state)
     keys = _keys("run2/lost")
     assert layout.SPEC in keys and layout.DRIVER not in keys  # the driver ended cleanly
     assert any(k.startswith(f"{layout.TUNE}/") for k in keys)  # Tune's state, by Tune
     assert any(k.startswith(f"{layout.TRAIN}/") for k in keys)  # Train's checkpoints
     assert f"{layout.TRIALS}/sigma0.25/checkpoint.pt" in keys
+    again = _cli(s3_server, tmp_path / "third-cache", "sweep", "resume", uri, "--verbose", "0")
+    assert again.returncode == 0 and "nothing to resume" in again.stdout, again.stderr
+    assert _keys("run2/lost") == keys
 
     other = tmp_path / "laptop-cache"  # another machine: nothing local yet
     status = _cli(s3_server, other, "sweep", "status", uri)
     assert status.returncode == 0, status.stderr
-    assert "1 trials: 1 terminated" in status.stdout and "32/32" in status.stdout
+    assert "3 trials: 3 terminated" in status.stdout and "16/16" in status.stdout
     report = _cli(s3_server, other, "analyze", uri, "-o", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr[-2000:]
     curves = pd.read_csv(tmp_path / "report" / "certified_accuracy.csv")
     assert curves["trial"].astype(str).str.contains("sigma0.25").any()
     assert not list(other.rglob("*.pt"))  # status and analyze never copy checkpoints down
+
+
+CLAIM = """
+import sys, time
+from sweep import driver_record
+from sweep.storage import open_sweep
+from common.errors import UserError
+sweep = open_sweep(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # both claim at the same instant
+try:
+    release = driver_record.claim(sweep, driver_record.this_driver([]))
+except UserError as e:
+    print("refused:", e)
+else:
+    print("holds")
+    time.sleep(3)
+    release()
+"""
+
+
+def test_two_drivers_claiming_a_bucket_sweep_at_once_one_holds_it(s3_server, tmp_path):
+    """A bucket has no lock: the driver record is the lease (sweep.driver_record). Two drivers
+    on two machines claiming the same sweep in the same instant: exactly one holds it."""
+    uri = f"s3://{BUCKET}/lease/race"
+    at = time.time() + 3
+    claims = [subprocess.Popen([sys.executable, "-c", CLAIM, uri, str(at)],
+                               env={**os.environ, **s3_server,
+                                    "SMOOTHADV_CACHE": str(tmp_path / f"machine{i}")},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for i in range(2)]
+    outs = [c.communicate(timeout=60) for c in claims]
+    said = sorted(out.strip().splitlines()[-1] for out, _ in outs)
+    assert said[0] == "holds" and said[1].startswith("refused:"), outs
+    assert "another sweep driver" in said[1]
+    assert not Bucket(uri).exists(layout.DRIVER)  # the holder's record went with it
 
 
 def test_a_bucket_that_does_not_exist_is_one_line(s3_server, tmp_path):

@@ -172,3 +172,36 @@ def test_bad_input_is_one_line_exit_2_no_traceback(synthetic_checkpoint, tmp_pat
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert ("alpha" in lines[0]) if problem == "bad_value" else (str(ckpt) in lines[0])
     assert not out.exists()
+
+
+def test_a_second_writer_of_the_same_out_is_refused_until_the_first_dies(synthetic_checkpoint,
+                                                                           tmp_path):
+    """Two `certify` into one --out: the second is refused in one line naming the first
+    (which is frozen with SIGSTOP while it holds the lock); once the first is SIGKILLed its
+    lock is free, and the same command resumes and ends with one row per image."""
+    import signal
+    import time
+
+    from common.writer_lock import holder, lock_path
+
+    out = tmp_path / "shared.tsv"
+    command = [sys.executable, "-m", "sweep.cli", *certify_args(synthetic_checkpoint, out)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lock = lock_path(out)
+    deadline = time.monotonic() + 120
+    while holder(lock) != first.pid:
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"--out {out}: another process is writing it (pid " \
+            f"{first.pid} on " in lines[0], lines
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    third = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert read(out)["idx"].tolist() == list(range(0, 512, 16))  # each image once

@@ -331,7 +331,8 @@ def test_status_and_analyze_read_the_results(cluster, killed_sweep, tmp_path):
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
     assert lines[-1] == "2 trials: 2 terminated"
-    assert all(f"{EPOCHS}/{EPOCHS}" in line and "8/8" in line for line in lines[1:-1])
+    assert all(f"{EPOCHS}/{EPOCHS}" in line and "8/8" in line for line in lines[1:-2])
+    assert lines[-2] == "every trial finished: `sweep resume` has nothing to run"
     report = tmp_path / "report"
     analyze = subprocess.run([str(BIN / "smoothadv"), "analyze", str(killed_sweep.sweep_dir),
                               "-o", str(report)], capture_output=True, text=True,

@@ -173,7 +173,8 @@ def test_rayjob_entrypoint_runs_the_preset_then_resumes_it_on_resubmission(tmp_p
     sweep_dir = Path(args.storage) / run["name"]
     assert str(sweep_dir).startswith(str(shared))  # on the volume every pod mounts
 
-    (sweep_dir / "tune").mkdir(parents=True)  # what the first run leaves behind
+    sweep_dir.mkdir(parents=True)  # what the first run leaves behind (its spec, as run)
+    (sweep_dir / "sweep.yaml").write_text("name: cifar10_paper\n")
     log.unlink()
     again = run_entrypoint(here, tmp_path, log)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -280,7 +281,8 @@ def test_sbatch_sweep_commands_parse_for_a_first_run_and_a_requeue(tmp_path):
            "STUB_LOG": str(log), "address": "10.0.0.1:6379"}
     for requeue in (False, True):
         if requeue:
-            (storage / "cifar10_paper" / "tune").mkdir(parents=True)
+            (storage / "cifar10_paper").mkdir(parents=True)  # as the first run left it
+            (storage / "cifar10_paper" / "sweep.yaml").write_text("name: cifar10_paper\n")
         out = subprocess.run(["bash", "-c", script, "sbatch", "--max-concurrent", "16"],
                              env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-3000:]

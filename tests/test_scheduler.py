@@ -126,8 +126,10 @@ def test_the_scheduler_records_why_and_marks_the_trial_never_stopping_its_actor(
     and state.json; Tune's STOP is never returned (it would strand the workers' resources)."""
     settings = Schedule(margin=0.05, min_trials=2).record()
     scheduler = EnvelopeScheduler(str(tmp_path), settings)
-    good = SimpleNamespace(trial_id="a", config={"trial": "good", "config": {"sigma": 0.25}})
-    bad = SimpleNamespace(trial_id="b", config={"trial": "bad", "sigma": 0.25})
+    good = SimpleNamespace(trial_id="a",
+                           config={"trial": {"name": "good", "config": {"sigma": 0.25}}})
+    bad = SimpleNamespace(trial_id="b",
+                          config={"trial": {"name": "bad", "config": {"sigma": 0.25}}})
     alone = SimpleNamespace(get_trials=lambda: [], stop_trial=None)  # no running peers
     state = layout.trial_dir(tmp_path, "bad") / layout.STATE
     layout.write_json(state, {"state": "RUNNING", "trial_id": "b", "started_at": 1.0})
@@ -157,7 +159,7 @@ def test_a_rung_report_judges_the_running_peers_it_dominates_at_once(tmp_path):
 
     def trial(name, sigma, status="RUNNING"):
         return SimpleNamespace(trial_id=name, status=status,
-                               config={"trial": name, "config": {"sigma": sigma}})
+                               config={"trial": {"name": name, "config": {"sigma": sigma}}})
 
     bad, wide, done, good = (trial("bad", 0.25), trial("wide", 0.5),
                              trial("done", 0.25, "TERMINATED"), trial("good", 0.25))
@@ -309,10 +311,12 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
                                                                                  tmp_path):
     """A scheduled sweep stored in a bucket is stopped (`sweep stop`, a real SIGTERM) before
     its rung and resumed from another machine's empty cache: the restored scheduler judges the
-    rung, the dominated trial's worker reads the stop from the bucket's schedule.json and ends,
-    the other trains to its last epoch; no epoch is trained twice. Both trials are held after
-    their first epoch (SMOOTHADV_FAULTS' hold point) until the stop ends them: a trial left to
-    run could reach its rung before the stop did (it once trained 7 epochs meanwhile)."""
+    rung, the dominated trial's worker reads the stop from the bucket's schedule.json and ends.
+    That machine is lost right after the stop (SIGKILL); resumed from a third, the stopped
+    trial stays stopped and the other trains to its last epoch; no epoch is trained twice.
+    Both trials are held after their first epoch (SMOOTHADV_FAULTS' hold point) until the
+    stop ends them: a trial left to run could reach its rung before the stop did (it once
+    trained 7 epochs meanwhile)."""
     import os
     import subprocess
     import sys
@@ -369,7 +373,21 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
     assert not (Bucket(uri).read_bytes(layout.SCHEDULE) and
                 json.loads(Bucket(uri).read_bytes(layout.SCHEDULE)).get("stopped"))
 
-    resumed = cli("elsewhere", "sweep", "resume", uri, "--verbose", "0")
+    # resumed on a second machine, which is lost (the driver's process group SIGKILLed) right
+    # after the schedule stopped the dominated trial; a third machine resumes it to the end
+    import signal
+
+    driver = subprocess.Popen([sys.executable, "-m", "sweep.cli", "sweep", "resume", uri,
+                               "--verbose", "0"], env=env("elsewhere"), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while BAD not in json.loads(Bucket(uri).read_bytes(layout.SCHEDULE) or b"{}").get(
+            "stopped", {}):
+        assert driver.poll() is None and time.monotonic() < deadline, "no trial was stopped"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    resumed = cli("third", "sweep", "resume", uri, "--verbose", "0")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     bad = epochs_of(BAD)
     assert bad == list(range(len(bad))) and rung_epoch <= len(bad) < epochs, bad
@@ -382,5 +400,5 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
     assert json.loads(trials.read_bytes(f"{GOOD}/{layout.STATE}"))["state"] == "TERMINATED"
     assert trials.read_bytes(f"{BAD}/{layout.CERTIFY}") is None
     assert len(trials.read_bytes(f"{GOOD}/{layout.CERTIFY}").decode().splitlines()) == 1 + 8
-    status = cli("third", "sweep", "status", uri)
+    status = cli("fourth", "sweep", "status", uri)
     assert status.stdout.splitlines()[-1] == "2 trials: 1 stopped, 1 terminated", status.stdout

@@ -88,7 +88,7 @@ def test_the_sbatch_body_starts_ray_runs_the_sweep_and_resumes_on_a_second_run(
     again = subprocess.run(["bash", str(SBATCH), "--verbose", "0"], env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "slurm: resuming" in again.stdout
+    assert "every trial finished; nothing to resume" in again.stdout
     assert token.read_bytes() == made  # the requeued job keeps the cluster's token
     assert not (bin_dir / "scontrol.log").exists()  # finished: no requeue
     leftover = subprocess.run(["pgrep", "-f", f"--port={env['RAY_PORT']}"],

@@ -7,12 +7,12 @@ numbers a report reads (certify.tsv) come from full-n rows only."""
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import yaml
 
 from common import layout, stage_record
-from sweep.cli import main
 
 DEFAULTS = {"dataset": "synthetic", "arch": "lenet", "test_subset": 64, "epochs": 2,
             "batch_size": 64, "method": "gaussian", "device": "cpu",
@@ -20,8 +20,20 @@ DEFAULTS = {"dataset": "synthetic", "arch": "lenet", "test_subset": 64, "epochs"
 GOOD, BAD, WIDE = "sigma0.25-lr0.05", "sigma0.25-lr1e-06", "sigma0.5-lr0.05"
 
 
-def test_a_staged_sweep_certifies_in_full_only_what_can_reach_the_envelope(local_ray,
-                                                                           tmp_path, capsys):
+def test_a_staged_sweep_certifies_in_full_only_what_can_reach_the_envelope(tmp_path):
+    """The staged sweep runs as a user runs it (its own local Ray, 3 trials on 2 CPUs, no
+    flags), its driver's process group SIGKILLed between stage 1 and stage 2 and again between
+    stage 2 and stage 3 (test_kill_matrix's other moments); each `sweep resume` goes on with
+    the stage it was in, and the last ends the sweep."""
+    from drivers import (
+        kill_group,
+        resume_changes_nothing,
+        run,
+        smoothadv,
+        status_after_kill,
+        wait_for,
+    )
+
     spec = {"name": "staged", "defaults": DEFAULTS,
             "resources": {"workers": 1, "cpus_per_worker": 1},
             # stage 1: every 8th of the 512 test images (64) at n = 200, judged at radii 0 and
@@ -31,9 +43,24 @@ def test_a_staged_sweep_certifies_in_full_only_what_can_reach_the_envelope(local
             "grid": [{"sigma": [0.25], "lr": [0.05, 1e-6]}, {"sigma": [0.5], "lr": [0.05]}]}
     path = tmp_path / "staged.yaml"
     path.write_text(yaml.safe_dump(spec))
-    assert main(["sweep", "run", str(path), "--storage", str(tmp_path), "--verbose", "0"]) == 0
-    out = capsys.readouterr().out
-    sweep_dir = tmp_path / "staged"
+    sweep_dir, log = tmp_path / "staged", tmp_path / "driver.log"
+    env = {k: v for k, v in os.environ.items() if k != "SMOOTHADV_FAULTS"}
+
+    def at_stage(stage: int):
+        return lambda: (layout.read_json(sweep_dir / layout.STAGES) or {}).get("stage") == stage
+
+    driver = smoothadv("sweep", "run", str(path), "--storage", str(tmp_path), "--verbose", "0",
+                       env=env, log=log)
+    wait_for(at_stage(2), driver, log, "stage 2 began")
+    kill_group(driver)
+    status_after_kill(sweep_dir, env)
+    driver = smoothadv("sweep", "resume", str(sweep_dir), "--verbose", "0", env=env, log=log)
+    wait_for(at_stage(3), driver, log, "stage 3 began")
+    kill_group(driver)
+    status_after_kill(sweep_dir, env)
+    done = run("sweep", "resume", str(sweep_dir), "--verbose", "0", env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    out = done.stdout
     record = json.loads((sweep_dir / layout.STAGES).read_text())
     trials = record["trials"]
     # the untrained trial is dominated within its σ and overall: it stops after screening
@@ -55,15 +82,13 @@ def test_a_staged_sweep_certifies_in_full_only_what_can_reach_the_envelope(local
         assert layout.read_json(trial / layout.CERTIFY_PLAN) == {"planned": 16}
         assert [json.loads(m)["epoch"] for m in (trial / layout.METRICS).read_text()
                 .splitlines()] == [0, 1]  # trained once, in stage 1
-    assert "stage 2: 2 trials" in out and "stage 3: 2 trials" in out
+        assert json.loads((trial / layout.STATE).read_text())["state"] == "TERMINATED"
     assert "2 trials certified through stage 3, 1 trial stopped at stage 1" in out
     for stage in ("tune", "tune-stage2", "tune-stage3"):
         assert (sweep_dir / stage).is_dir()
-    capsys.readouterr()
-    assert main(["sweep", "status", str(sweep_dir)]) == 0
-    status = capsys.readouterr().out
+    status = run("sweep", "status", str(sweep_dir), env=env).stdout
     assert "every stage done: 2 trials certified through stage 3, 1 trial stopped at stage 1" \
         in status and "dominated at every radius" in status
     # resuming a finished staged sweep runs nothing and says where every trial stopped
-    assert main(["sweep", "resume", str(sweep_dir), "--verbose", "0"]) == 0
-    assert "1 trial stopped at stage 1" in capsys.readouterr().out
+    resume_changes_nothing(sweep_dir, env)
+    assert "1 trial stopped at stage 1" in run("sweep", "resume", str(sweep_dir), env=env).stdout

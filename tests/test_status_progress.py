@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from common import layout
+from sweep import processes
 from sweep.status import format_eta, format_rate, format_status, parse_durations, status_table
 
 SPEC = {"name": "tiny", "defaults": {"dataset": "synthetic", "arch": "lenet", "epochs": 1},
@@ -26,7 +27,8 @@ def sweep_folder(tmp_path: Path, alive: bool = True) -> Path:
     (folder / layout.SPEC).write_text(yaml.safe_dump(SPEC))
     if alive:  # this process plays the driver, so RUNNING trials stay RUNNING
         layout.write_json(folder / layout.DRIVER,
-                          {"pid": os.getpid(), "host": socket.gethostname()})
+                          {"pid": os.getpid(), "start": processes.start_time(os.getpid()),
+                           "host": socket.gethostname()})
     return folder
 
 

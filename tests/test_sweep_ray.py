@@ -64,27 +64,55 @@ def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capsys
         assert json.loads((trial / layout.TRIAL_INFO).read_text())["name"] == name
         assert json.loads((trial / layout.STATE).read_text())["state"] == "TERMINATED"
         assert [m["epoch"] for m in metrics_lines(trial)] == [0]
-        # Tune sees the grid: the gridded values and the config it trained are its params
+        # Tune sees the grid as plain data (sweep.param_space): the trial's record holds its
+        # gridded values and the config it trained; TensorBoard's HParams show them
         tune_trial = sweep_dir / layout.TUNE / name
-        params = json.loads((tune_trial / "params.json").read_text())
-        assert params["sigma"] == 0.25 and params["trial"] == name
-        assert params["method"] == ("gaussian" if name.startswith("gaussian") else None)
-        assert params["attack"] == {"pgd": "pgd", "ddn": "ddn"}.get(name[:3])
-        assert params["config"]["steps"] == 1 and params["config"]["sigma"] == 0.25
+        record = json.loads((tune_trial / "params.json").read_text())["trial"]
+        gridded = {"sigma": 0.25, **({"method": "gaussian"} if name.startswith("gaussian")
+                                    else {"attack": name[:3]})}
+        assert {k: v for k, v in record.items() if k != "config"} == {"name": name, **gridded}
+        assert record["config"]["steps"] == 1 and record["config"]["sigma"] == 0.25
+        hparams = hparams_of(tune_trial)
+        assert {f"trial/{k}": v for k, v in gridded.items()}.items() <= hparams.items()
+        assert hparams["trial/name"] == name and hparams["trial/config/steps"] == 1
         # Tune's TensorBoard log of the trial, with the final certification metrics
         assert list(tune_trial.glob("events.out.tfevents.*"))
         results = [json.loads(line) for line in (tune_trial / "result.json").open()]
         assert {"acr", "cert_acc_0.25", "attack_acc_0.25"} <= set(results[-1])
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    table = ResultGrid(ExperimentAnalysis(str(sweep_dir / layout.TUNE))).get_dataframe()
+    assert sorted(table["config/trial/name"]) == sorted(
+        ["gaussian-sigma0.25", "pgd-sigma0.25", "ddn-sigma0.25"])
+    assert set(table["config/trial/sigma"]) == {0.25}
+    assert sorted(table["config/trial/attack"].dropna()) == ["ddn", "pgd"]
     capsys.readouterr()
     assert main(["sweep", "status", str(sweep_dir)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == "3 trials: 3 terminated"
-    assert all("8/8" in line for line in out[1:-1])
+    assert all("8/8" in line for line in out[1:-2])
+    assert out[-2] == "every trial finished: `sweep resume` has nothing to run"
     # the README's `tensorboard --logdir STORAGE/NAME/tune`, with the TensorBoard installed
     board = subprocess.run([str(Path(sys.executable).parent / "tensorboard"), "--inspect",
                             "--logdir", str(sweep_dir / layout.TUNE)], capture_output=True,
                            text=True, timeout=120)
     assert "ray/tune/acr" in board.stdout and "pgd-sigma0.25" in board.stdout, board.stderr
+
+
+def hparams_of(tune_trial: Path) -> dict:
+    """The HParams (name → value) Tune's TensorBoard logger wrote for a finished trial."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    found = {}
+    for path in sorted(tune_trial.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    info = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    for key, v in info.session_start_info.hparams.items():
+                        found[key] = getattr(v, v.WhichOneof("kind"))
+    return found
 
 
 def test_a_trial_larger_than_the_local_cluster_is_refused(local_ray, tmp_path, capsys):
@@ -129,16 +157,34 @@ def test_restart_errored_starts_the_failed_trial_afresh_and_leaves_the_others(lo
     old_id = json.loads((failed / layout.STATE).read_text())["trial_id"]
     finished = {f: (other / f).read_bytes()
                 for f in ("checkpoint.pt", "metrics.jsonl", layout.CERTIFY, layout.STATE)}
+    assert (sweep_dir / layout.TRAIN / f"{RESTART_TRIAL}-{old_id}").is_dir()
+    # Tune's record of the errored trial cannot be restored (its config a placeholder no
+    # process resolves, as a sample_from function's became): it restarts all the same
+    damage_tune_record(sweep_dir / layout.TUNE, RESTART_TRIAL)
 
     assert main(["sweep", "resume", str(sweep_dir), "--restart-errored", "--verbose", "0"]) == 0
     aside = sweep_dir / layout.ERRORED / f"{RESTART_TRIAL}.1"  # the failed run's outputs, kept
     assert json.loads((aside / layout.STATE).read_text())["state"] == "ERROR"
     assert [m["epoch"] for m in metrics_lines(aside)] == [0]
     state = json.loads((failed / layout.STATE).read_text())
-    assert state["state"] == "TERMINATED" and state["trial_id"] != old_id  # a new Tune trial
+    assert state["state"] == "TERMINATED" and state["trial_id"] == old_id
     assert [m["epoch"] for m in metrics_lines(failed)] == [0, 1]  # epoch 0 trained again
+    assert metrics_lines(failed)[0]["finished_at"] > metrics_lines(aside)[0]["finished_at"]
     assert len(pd.read_csv(failed / layout.CERTIFY, sep="\t")) == 8
     assert {f: (other / f).read_bytes() for f in finished} == finished  # untouched
+
+
+def damage_tune_record(tune_dir: Path, name: str) -> None:
+    """Replace the config Tune's experiment state holds for trial ``name`` by a placeholder."""
+    path = max(tune_dir.glob("experiment_state-*.json"))
+    data = json.loads(path.read_text())
+    for entry in data["trial_data"]:
+        state = json.loads(entry[0])
+        if state["custom_trial_name"] == name:
+            for key in ("config", "_Trial__unresolved_config", "evaluated_params"):
+                state[key] = {"trial": ["__fn_ph", "0badc0de"]}
+            entry[0] = json.dumps(state)
+    path.write_text(json.dumps(data))
 
 
 def test_two_worker_trial_trains_with_ddp_and_shards_certification(local_ray, tmp_path):

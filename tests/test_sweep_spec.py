@@ -334,24 +334,6 @@ def test_relative_input_paths_become_absolute_against_the_working_directory(tmp_
     assert [t.params for t in spec.trials()] == [{"extra_data": "/abs/extra.pkl"}]
 
 
-def test_trials_cut_short_by_a_stopped_sweep_are_interrupted_not_errored(tmp_path):
-    from sweep.run import _reconcile_states
-    from sweep.storage import open_sweep
-
-    states = {"done": "TERMINATED", "failed": "ERROR", "killed": "ERROR", "running": "RUNNING"}
-    for name, state in states.items():
-        layout.trial_dir(tmp_path, name).mkdir(parents=True)
-        layout.write_json(layout.trial_dir(tmp_path, name) / layout.STATE,
-                          {"state": state, "trial_id": name})
-    assert _reconcile_states(open_sweep(tmp_path), errored={"failed"}, names=list(states)) == 1
-    # a later stage's experiment counts its own trials only (sweep.staging)
-    assert _reconcile_states(open_sweep(tmp_path), errored={"failed"}, names=["failed"]) == 0
-    after = {name: layout.read_json(layout.trial_dir(tmp_path, name) / layout.STATE)["state"]
-             for name in states}
-    assert after == {"done": "TERMINATED", "failed": "ERROR", "killed": "INTERRUPTED",
-                     "running": "INTERRUPTED"}
-
-
 def test_plan_says_how_many_trials_run_at_once(tmp_path, capsys):
     import os
 
@@ -384,24 +366,28 @@ def test_presets_work_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
     assert "presets: cifar10_cohen" in capsys.readouterr().err
 
 
-def test_tunes_param_space_resolves_each_trials_columns_and_config_without_warnings(caplog):
-    """Tune expands sweep.run.param_space into one variant per trial: its gridded keys as
-    columns (None where its union part does not grid the key) and its full config; the
-    functions take the config dict (the spec-dict form logs a deprecation warning per trial)."""
+def test_tunes_param_space_is_plain_data_one_record_per_trial():
+    """Tune expands sweep.param_space into one variant per trial: its record holds the
+    trial's name, its gridded values (absent where its union part does not grid the key) and
+    its full config; nothing in it is a placeholder Tune could not restore (plain values only:
+    Ray 2.60 replaces anything else by ("__fn_ph", hash) in the trials a restore creates)."""
+    from ray.tune.impl.placeholder import create_resolvers_map, inject_placeholders
     from ray.tune.search.variant_generator import generate_variants
 
-    from sweep.run import param_space
+    from sweep.param_space import param_space
 
     trials = parse_spec({"name": "cols", "defaults": {"dataset": "synthetic", "arch": "lenet"},
                          "grid": [{"method": ["gaussian"], "sigma": [0.25, 0.5]},
                                   {"epsilon": [0.5], "sigma": [0.25]}]}).trials()
-    with caplog.at_level("WARNING", logger="ray.tune"):
-        variants = [v for _, v in generate_variants(param_space(trials, stage=2))]
-    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+    space = param_space(trials, stage=2)
+    resolvers = create_resolvers_map()
+    inject_placeholders(space, resolvers)
+    assert not resolvers  # Tune found nothing to replace by a placeholder
+    variants = [v for _, v in generate_variants(space)]
     by_name = {t.name: t for t in trials}
-    assert sorted(v["trial"] for v in variants) == sorted(by_name)
+    assert sorted(v["trial"]["name"] for v in variants) == sorted(by_name)
     for v in variants:
-        trial = by_name[v["trial"]]
-        assert v["stage"] == 2 and v["config"] == trial.config.to_dict()
-        assert {k: v[k] for k in ("method", "epsilon", "sigma")} == \
+        trial = by_name[v["trial"]["name"]]
+        assert v["stage"] == 2 and v["trial"]["config"] == trial.config.to_dict()
+        assert {k: v["trial"].get(k) for k in ("method", "epsilon", "sigma")} == \
             {k: trial.params.get(k) for k in ("method", "epsilon", "sigma")}

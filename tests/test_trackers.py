@@ -56,7 +56,7 @@ def test_log_to_mlflow_records_each_trials_params_and_metrics_and_resume_goes_on
 
     failed = runs()[TRACKED_TRIAL]
     assert failed.info.status == "FAILED"
-    assert failed.data.params["sigma"] == "0.5" and failed.data.metrics == {}
+    assert failed.data.params["trial/sigma"] == "0.5" and failed.data.metrics == {}
 
     # resumed without --log-to: Tune's restore point kept the tracker; the trial goes on in
     # its own MLflow run
@@ -68,15 +68,17 @@ def test_log_to_mlflow_records_each_trials_params_and_metrics_and_resume_goes_on
         run = runs()[name]
         assert run.info.status == "FINISHED"
         params = run.data.params
-        assert {k: params.get(k) for k in gridded} == gridded
+        # the trial's record as Tune holds it (sweep.param_space), flattened
+        assert {k: params.get(f"trial/{k}") for k in gridded} == gridded
         # a key this trial's part of the grid does not set is left out, not "None"
-        assert ("attack" in params, "method" in params) == ("attack" in gridded,
-                                                            "method" in gridded)
-        assert params["trial"] == name
-        # the trial's full config, flattened
-        assert params["config/sigma"] == gridded["sigma"]
-        assert params["config/epochs"] == "1" and params["config/certify/n"] == "100"
-        assert params["config/method"] == gridded.get("method", "smoothadv")
+        assert ("trial/attack" in params, "trial/method" in params) == ("attack" in gridded,
+                                                                        "method" in gridded)
+        assert params["trial/name"] == name
+        # the trial's full config
+        assert params["trial/config/sigma"] == gridded["sigma"]
+        assert params["trial/config/epochs"] == "1"
+        assert params["trial/config/certify/n"] == "100"
+        assert params["trial/config/method"] == gridded.get("method", "smoothadv")
         # the epoch's training metrics (the pgd trial's epoch never reached Tune), then the
         # final certification; run.data.metrics holds each one's last value
         metrics = run.data.metrics
@@ -145,8 +147,9 @@ def test_log_to_wandb_without_a_key_runs_offline_into_the_sweep_folder(local_ray
     assert (run.project, run.run_group) == ("tracked-wandb", "tracked-wandb")
     assert run.display_name == "gaussian-sigma0.25"
     config = {u.key: json.loads(u.value_json) for u in run.config.update}
-    assert config["sigma"] == 0.25 and config["method"] == "gaussian"
-    assert config["config"]["epochs"] == 1
+    record = config["trial"]  # the trial's record as Tune holds it (sweep.param_space)
+    assert record["sigma"] == 0.25 and record["method"] == "gaussian"
+    assert record["config"]["epochs"] == 1
     history = [{"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in r.history.item}
                for r in records if r.WhichOneof("record_type") == "history"]
     assert len(history) == 2  # the epoch's result, then the final certification's

@@ -326,15 +326,19 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
 
     from sweep.storage import Bucket
 
-    epochs, rung_epoch = 12, 6  # one rung, at half the epochs
-    defaults = {"dataset": "synthetic", "arch": "lenet", "train_subset": 2048,
+    # one rung, at half the epochs: the trained trial reaches it at epoch 2 of 4, the untrained
+    # one at epoch 12 of 24, so the latter is judged at its own rung report, always in time
+    epochs, rung_epoch = 4, 12
+    defaults = {"dataset": "synthetic", "arch": "lenet", "train_subset": 1024,
                 "test_subset": 64, "epochs": epochs, "batch_size": 64, "method": "gaussian",
                 "device": "cpu", "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 64}}
     spec = {"name": "resumed", "defaults": defaults,
             "resources": {"workers": 1, "cpus_per_worker": 1, "upload_every_s": 0.5},
             "schedule": {"rungs": [0.5], "images": 64, "n0": 16, "n": 100, "min_trials": 2},
-            "grid": {"sigma": [0.25], "lr": [0.05, 1e-6]}}
-    assert Schedule(rungs=(0.5,)).rung_epochs(epochs) == {rung_epoch: 1}
+            "grid": [{"sigma": [0.25], "lr": [0.05]},
+                     {"sigma": [0.25], "lr": [1e-6], "epochs": [2 * rung_epoch]}]}
+    assert Schedule(rungs=(0.5,)).rung_epochs(2 * rung_epoch) == {rung_epoch: 1}
+    GOOD, BAD = (t.name for t in parse_spec(spec).trials())  # noqa: N806 (the module's names)
     path = tmp_path / "resumed.yaml"
     path.write_text(yaml.safe_dump(spec))
     uri = f"s3://{BUCKET}/scheduled/resumed"
@@ -390,7 +394,7 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
     resumed = cli("third", "sweep", "resume", uri, "--verbose", "0")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     bad = epochs_of(BAD)
-    assert bad == list(range(len(bad))) and rung_epoch <= len(bad) < epochs, bad
+    assert bad == list(range(len(bad))) and rung_epoch <= len(bad) < 2 * rung_epoch, bad
     assert epochs_of(GOOD) == list(range(epochs))  # each epoch once: resumed, not restarted
     record = json.loads(Bucket(uri).read_bytes(layout.SCHEDULE))
     assert set(record["stopped"]) == {BAD}

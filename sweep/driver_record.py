@@ -22,7 +22,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from common import layout
@@ -107,4 +106,4 @@ def _heartbeat(sweep: SweepFolder, record: dict[str, Any]) -> Callable[..., None
 
 def remove_lock_file(sweep: SweepFolder) -> None:
     """For a refused ``sweep run`` that leaves no folder behind."""
-    Path(sweep.local / LOCK).unlink(missing_ok=True)
+    (sweep.local / LOCK).unlink(missing_ok=True)

@@ -21,20 +21,20 @@ class InjectedFault(RuntimeError):
     """Raised on purpose by a test through SMOOTHADV_FAULTS."""
 
 
+def _entries() -> list[tuple[str, str, str, str]]:
+    """SMOOTHADV_FAULTS as (point, value, trial, marker_dir) entries ([] when unset)."""
+    spec = os.environ.get("SMOOTHADV_FAULTS")
+    return [tuple((entry.split(":", 3) + ["", "", ""])[:4]) for entry in spec.split(";")] \
+        if spec else []
+
+
 def armed(point: str, trial: str) -> bool:
     """Whether SMOOTHADV_FAULTS names ``point`` for ``trial`` (fired or not)."""
-    spec = os.environ.get("SMOOTHADV_FAULTS")
-    return bool(spec) and any(entry.split(":")[0] == point and
-                              (entry.split(":") + ["", ""])[2] == trial
-                              for entry in spec.split(";"))
+    return any((name, target) == (point, trial) for name, _, target, _ in _entries())
 
 
 def maybe_fail(point: str, value: object, trial: str) -> None:
-    spec = os.environ.get("SMOOTHADV_FAULTS")
-    if not spec:
-        return
-    for entry in spec.split(";"):
-        name, wanted, target, marker_dir = (entry.split(":", 3) + ["", "", ""])[:4]
+    for name, wanted, target, marker_dir in _entries():
         if (name, wanted, target) != (point, str(value), trial):
             continue
         marker = Path(marker_dir) / f"{point}-{value}-{trial}"

@@ -455,7 +455,8 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
         if stage > stage_record.LAST:
             print(staging.summary(sweep))
             return 0
-        if spec.stages is None and not _left_to_run(sweep, trials):
+        statuses = trial_states.tune_statuses(sweep, staging.tune_name(stage))
+        if spec.stages is None and not _left_to_run(sweep, trials, statuses):
             print(f"{sweep.where}: every trial finished; nothing to resume")
             return 0
         trackers.check(list(log_to), folder)
@@ -467,33 +468,33 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
         driver = driver_record.this_driver(started)
         release = driver_record.claim(sweep, driver)
         try:
-            return _resume(sweep, spec, stage, trials, driver, restart_errored=restart_errored,
+            return _resume(sweep, spec, stage, trials, driver, statuses,
+                           restart_errored=restart_errored,
                            address=address, dashboard=dashboard,
                            max_concurrent=max_concurrent, verbose=verbose, log_to=log_to)
         finally:
             release()
 
 
-def _left_to_run(sweep: SweepFolder, trials: list[Trial]) -> list[str]:
-    """The trials a resume would run (sweep.trial_states.will_run; no driver runs)."""
-    tune = trial_states.tune_statuses(sweep, layout.TUNE)
+def _left_to_run(sweep: SweepFolder, trials: list[Trial], tune: dict[str, str]) -> list[str]:
+    """The trials a resume would run (sweep.trial_states.will_run; no driver runs), given
+    Tune's statuses of them (``tune``)."""
     return trial_states.will_run({t.name: trial_states.reconciled(
         (layout.read_json(layout.trial_dir(sweep.local, t.name) / layout.STATE) or {})
         .get("state"), tune.get(t.name), False) for t in trials})
 
 
 def _resume(sweep: SweepFolder, spec: SweepSpec, stage: int, trials: list[Trial],
-            driver: dict[str, Any], *, restart_errored: bool, address: str | None,
-            dashboard: bool, max_concurrent: int | None, verbose: int,
+            driver: dict[str, Any], statuses: dict[str, str], *, restart_errored: bool,
+            address: str | None, dashboard: bool, max_concurrent: int | None, verbose: int,
             log_to: list[str]) -> int:
     """resume_sweep once it holds the sweep and Ray runs: reconcile the trials' records with
-    Tune's (sweep.trial_states), restore Tune's experiment (or start one: none was made) and
-    run it, then any later stage."""
+    Tune's statuses of them (``statuses``, sweep.trial_states), restore Tune's experiment (or
+    start one: none was made) and run it, then any later stage."""
     from ray import tune
 
     folder = sweep.local
     tune_dir = f"{sweep.where}/{staging.tune_name(stage)}"
-    statuses = trial_states.tune_statuses(sweep, staging.tune_name(stage))
     trial_states.settle_before_resume(sweep, statuses)
     if not tune.Tuner.can_restore(tune_dir):  # the driver died before it made the Tuner
         return _run_stages(sweep, spec, trials, stage, driver, address=address,

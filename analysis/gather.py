@@ -15,22 +15,26 @@ mapping count as complete. Files are only read.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from common import layout
+from common import layout, records, stage_record
 from common.errors import UserError
 
 CERTIFY_REQUIRED = ("idx", "label", "predict", "radius", "correct")
 ATTACK_REQUIRED = ("idx", "label", "epsilon", "predict", "correct")
+CERTIFY_KEYS, ATTACK_KEYS = ("idx",), ("idx", "epsilon")  # what makes a row unique
+MAX_SIGMA = 100.0  # σ beyond it is no noise level of images (pixels in [0, 1]); the curves'
+                   # radius grid (0.01 apart up to 8.3σ: common.records.Z_MAX) stays small
 DEFAULT_ALPHA = 0.001  # Cohen et al.'s and SmoothAdv's certify default, for logs without one
 # Mapping columns that describe the log rather than the trial's gridded values.
 _MAPPING_META = ("path", "label", "dataset", "alpha")
@@ -53,7 +57,8 @@ class Gathered:
     ε (``kind`` "attack"), with the trial's gridded values as columns.
     ``grid``: the gridded-value column names. ``torn``: files whose torn last line was ignored.
     ``target_radius``: the smallest target radius of sequentially certified trials (None: none
-    had one); beyond it their certified accuracies are lower bounds.
+    had one); beyond it their certified accuracies are lower bounds. ``files``: by trial, the
+    files its status comes from (its results file, and its plan when it has one).
     """
 
     trials: pd.DataFrame
@@ -61,6 +66,7 @@ class Gathered:
     grid: tuple[str, ...]
     torn: tuple[str, ...]
     target_radius: float | None = None
+    files: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def certified(self) -> pd.DataFrame:
@@ -95,73 +101,147 @@ class _Trial:
     planned: int | None = None  # None: unknown, counted as complete
     stopped: str | None = None  # a staged sweep: why the trial was not certified in full
     target_radius: float | None = None  # sequential rows: radii beyond it are lower bounds
+    named_in: str = ""  # the file (or mapping line) the name comes from
+    sigma_from: str = ""  # the file (or mapping line) σ comes from
+    dataset_from: str = ""  # the file (or mapping line) the dataset comes from
+    plan: Path | None = None  # its plan file, when it has one
+
+    def files(self) -> str:
+        """Its results file, and its plan file when it has one."""
+        return str(self.certify) + ("" if self.plan is None else f" (plan: {self.plan})")
 
 
-def read_rows(path: Path, required: Sequence[str]) -> tuple[pd.DataFrame, bool]:
+def read_rows(path: Path, required: Sequence[str], keys: Sequence[str] = CERTIFY_KEYS,
+              sigma: float | None = None, sigma_from: str = "") -> tuple[pd.DataFrame, bool]:
     """The complete rows of a tab-separated results file, and whether a torn last line (no
-    newline: a writer stopped mid-line) was ignored."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    newline: a writer stopped mid-line) was ignored. Every row is checked as
+    common.records.check_result_rows says (``sigma``: the trial's noise level; ``keys``: the
+    columns that make a row unique); the first bad one is one UserError line naming its line."""
+    raw = records.file_bytes(path)
+    if raw is None:
+        raise UserError(f"{path}: cannot read (file does not exist)")
     complete = raw[: raw.rfind(b"\n") + 1]
     torn = len(complete) != len(raw)
-    if not complete.strip():
+    numbered = [(n, line) for n, line in enumerate(complete.split(b"\n")[:-1], start=1)
+                if line.strip()]  # blank lines are skipped, as pandas does
+    if not numbered:
         return pd.DataFrame(columns=list(required)), torn
+    lines = [n for n, _ in numbered[1:]]
     try:
-        frame = pd.read_csv(io.BytesIO(complete), sep="\t")
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a tab-separated results file ({str(e).strip()})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.BytesIO(b"\n".join(line for _, line in numbered) + b"\n"),
+                                sep="\t", quoting=csv.QUOTE_NONE, index_col=False)
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a tab-separated results file (not UTF-8 text)") from None
+    except (ValueError, pd.errors.ParserWarning) as e:  # pandas' ParserError is a ValueError
+        raise UserError(f"{path}: not a tab-separated results file "
+                        f"({_ragged_line(numbered) or records.one_line(str(e).strip())})"
+                        ) from None
+    if len(frame) != len(lines):  # a carriage return inside a line
+        raise UserError(f"{path}: not a tab-separated results file (its rows do not match "
+                        "its lines)")
     absent = [c for c in required if c not in frame.columns]
     if absent:
-        raise UserError(f"{path}: missing column(s) {', '.join(absent)}; header is "
-                        f"{' '.join(map(str, frame.columns))}")
-    for column in required:
-        values = pd.to_numeric(frame[column], errors="coerce")
-        if values.isna().any():
-            row = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise UserError(f"{path}: line {row + 2}: column {column} is not a number "
-                            f"({frame[column].iloc[row]!r})")
-        frame[column] = values
+        raise UserError(records.one_line(
+            f"{path}: missing column(s) {', '.join(absent)}; header is "
+            f"{' '.join(map(str, frame.columns))}"))
+    frame = records.check_result_rows(frame, path, lines, numeric=required, keys=keys,
+                                      sigma=sigma, sigma_from=sigma_from)
     if "pA_lower" in frame.columns:  # absent from the reference scripts' logs
         frame["pA_lower"] = pd.to_numeric(frame["pA_lower"], errors="coerce")
     return frame, torn
 
 
-def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: malformed JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return value
+def _ragged_line(numbered: list[tuple[int, bytes]]) -> str | None:
+    """"line N has K fields, the header H" for the first line whose field count is not the
+    header's (None: every line has the header's)."""
+    fields = [line.count(b"\t") + 1 for _, line in numbered]
+    for (number, _), count in zip(numbered[1:], fields[1:], strict=True):
+        if count != fields[0]:
+            return f"line {number} has {count} fields, the header {fields[0]}"
+    return None
+
+
+def _load_json(path: Path, fix: str = "") -> dict[str, Any]:
+    return records.read_object(path, fix) or {}
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        value = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError:
-        raise UserError(f"{path}: malformed YAML") from None
+    value = records.read_yaml(path)
+    value = {} if value is None else value
     if not isinstance(value, dict):
         raise UserError(f"{path}: expected a YAML mapping")
     return value
 
 
+def _check(path: Path, record: Mapping[str, Any], rules: Mapping[str, tuple[Callable, str]],
+           prefix: str = "") -> None:
+    """Refuse ``record`` (read from ``path``) when a key of ``rules`` is present (and not
+    null) with a value its check refuses: one line naming the file and the key."""
+    for key, (ok, expected) in rules.items():
+        value = record.get(key)
+        if value is not None and not ok(value):
+            raise records.corrupt(path, f"{prefix}{key}: expected {expected}, got "
+                                  f"{records.shown(value)}")
+
+
+def _is_sigma(v: Any) -> bool:
+    return records.finite(v) and 0 < v <= MAX_SIGMA
+
+
+def _is_alpha(v: Any) -> bool:
+    return records.finite(v) and 0 < v < 1
+
+
+SIGMA = (_is_sigma, f"a noise level in (0, {MAX_SIGMA:g}]")
+ALPHA = (_is_alpha, "a failure probability in (0, 1)")
+TEXT = (lambda v: isinstance(v, str), "text")
+META_RULES = {"sigma": SIGMA, "alpha": ALPHA, "dataset": TEXT,
+              "target_radius": (lambda v: records.finite(v) and v >= 0, "a radius ≥ 0")}
+
+
 def _meta(certify: Path) -> dict[str, Any]:
-    meta = layout.meta_path(certify)
-    return _load_json(meta) if meta.is_file() else {}
+    """The settings record beside a results file (certify.results_file), its values checked."""
+    path = layout.meta_path(certify)
+    meta = _load_json(path) if path.is_file() else {}
+    _check(path, meta, META_RULES)
+    return meta
 
 
 def _planned(path: Path) -> int | None:
     """The images a trial planned to certify, from its ``certify_plan.json``; None without
     one."""
-    if not path.is_file():
-        return None
-    value = _load_json(path).get("planned")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UserError(f"{path}: planned: expected a whole number ≥ 0, got {value!r}")
-    return value
+    return records.read_plan(path)
+
+
+def _in_int64(value: Any) -> bool:
+    return not isinstance(value, int) or -(1 << 63) <= value < (1 << 63)
+
+
+def _trial_info(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """The trial's name and gridded values from its ``trial.json`` (sweep.run writes it)."""
+    info = _load_json(path) if path.is_file() else {}
+    _check(path, info, {"name": (lambda v: isinstance(v, str) and v.strip() != ""
+                                 and v.isprintable(), "a trial name")})
+    params = info.get("params") or {}
+    if not isinstance(params, dict):
+        raise UserError(f"{path}: params: expected a mapping")
+    for key, value in params.items():
+        if not _in_int64(value):
+            raise records.corrupt(path, f"params.{key}: {records.shown(value)} is out of range")
+    _check(path, params, {"sigma": SIGMA}, prefix="params.")
+    return info.get("name"), params
+
+
+def _config(path: Path) -> dict[str, Any]:
+    """The trial's recorded ``config.yaml`` (trainers.train writes it), the keys read here
+    checked."""
+    config = _load_yaml(path) if path.is_file() else {}
+    _check(path, config, {"sigma": SIGMA, "dataset": TEXT,
+                          "certify": (lambda v: isinstance(v, dict), "a mapping")})
+    _check(path, config.get("certify") or {}, {"alpha": ALPHA}, prefix="certify.")
+    return config
 
 
 def _number(value: Any, what: str) -> float | None:
@@ -178,32 +258,34 @@ def _sweep_trials(folder: Path, qualify: bool) -> list[_Trial]:
         raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC} and no {layout.TRIALS}/)")
     trials_dir = folder / layout.TRIALS
     found = sorted(p for p in trials_dir.iterdir() if p.is_dir()) if trials_dir.is_dir() else []
-    stages = (layout.read_json(folder / layout.STAGES) or {}).get("trials", {})
+    record = stage_record.read(folder)
+    stages = record["trials"] if record is not None else {}
     trials = []
     for trial_dir in found:
-        info_path = trial_dir / layout.TRIAL_INFO
-        info = _load_json(info_path) if info_path.is_file() else {}
-        params = info.get("params") or {}
-        if not isinstance(params, dict):
-            raise UserError(f"{info_path}: params: expected a mapping")
-        config_path = trial_dir / layout.CONFIG
-        config = _load_yaml(config_path) if config_path.is_file() else {}
+        info_path, config_path = trial_dir / layout.TRIAL_INFO, trial_dir / layout.CONFIG
+        name, params = _trial_info(info_path)
+        config = _config(config_path)
         certify = trial_dir / layout.CERTIFY
         meta = _meta(certify)
-        name = str(info.get("name") or trial_dir.name)
+        sigma_from = (info_path if "sigma" in params else config_path if "sigma" in config
+                      else layout.meta_path(certify))
+        plan = trial_dir / layout.CERTIFY_PLAN
         sigma = params.get("sigma", config.get("sigma", meta.get("sigma")))
         alpha = meta.get("alpha", (config.get("certify") or {}).get("alpha", DEFAULT_ALPHA))
         attack = trial_dir / layout.ATTACK
         trials.append(_Trial(
-            name=f"{folder.name}/{name}" if qualify else name,
+            name=f"{folder.name}/{name or trial_dir.name}" if qualify else name or trial_dir.name,
             source=str(folder), params=params,
             sigma=_number(sigma, f"{trial_dir}: sigma"),
             dataset=config.get("dataset", meta.get("dataset")),
             alpha=float(_number(alpha, f"{trial_dir}: alpha")),
             certify=certify, attack=attack if attack.is_file() else None,
-            planned=_planned(trial_dir / layout.CERTIFY_PLAN),
+            planned=_planned(plan),
             stopped=_stopped(stages.get(trial_dir.name)),
             target_radius=meta.get("target_radius"),
+            named_in=str(info_path if name else trial_dir), sigma_from=str(sigma_from),
+            dataset_from=str(config_path if "dataset" in config else layout.meta_path(certify)),
+            plan=plan if plan.is_file() else None,
         ))
     return trials
 
@@ -243,11 +325,15 @@ def _mapping_trials(csv_path: Path) -> list[_Trial]:
         alpha = meta.get("alpha", DEFAULT_ALPHA) if alpha is None or pd.isna(alpha) else alpha
         dataset = row.get("dataset")
         dataset = meta.get("dataset") if dataset is None or pd.isna(dataset) else dataset
+        _check(Path(where), {"sigma": sigma, "alpha": _number(alpha, f"{where}: alpha"),
+                             "dataset": dataset}, {"sigma": SIGMA, "alpha": ALPHA,
+                                                   "dataset": TEXT})
         label = row.get("label")
         name = str(row["path"]) if label is None or pd.isna(label) else str(label)
         trials.append(_Trial(name=name, source=str(csv_path), params=params, sigma=sigma,
                              dataset=dataset, alpha=float(_number(alpha, f"{where}: alpha")),
-                             certify=log, attack=None))
+                             certify=log, attack=None, named_in=where, sigma_from=where,
+                             dataset_from=where))
     return trials
 
 
@@ -285,8 +371,9 @@ def gather(sweeps: Sequence[str | Path], logs: str | Path | None = None,
     names = [t.name for t in trials]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise UserError(f"trial name {duplicates[0]!r} appears twice; give mapping rows a "
-                        "distinct label (or analyze the sweeps separately)")
+        where = ", ".join(t.named_in for t in trials if t.name == duplicates[0])
+        raise UserError(f"trial name {duplicates[0]!r} appears twice ({where}); give mapping "
+                        "rows a distinct label (or analyze the sweeps separately)")
     seen = dict.fromkeys(k for t in trials for k in t.params if k not in _RESERVED)
     grid = [k for k in PAPER_AXES if k in seen or k == "sigma"]
     grid += [k for k in seen if k not in grid]
@@ -312,10 +399,11 @@ def gather(sweeps: Sequence[str | Path], logs: str | Path | None = None,
     for position, key in enumerate(grid, start=2):
         values = [t.sigma if key == "sigma" else _cell(t.params.get(key)) for t in trials]
         table.insert(position, key, _column(values))
-    _check_one_dataset(table)
+    _check_one_dataset(table, {t.name: t.dataset_from for t in trials})
     results = _results(parts, table, grid)
     targets = [t.target_radius for t in trials if t.target_radius is not None]
     return Gathered(trials=table, results=results, grid=tuple(grid), torn=tuple(torn),
+                    files={t.name: t.files() for t in trials},
                     target_radius=min(targets) if targets else None)
 
 
@@ -327,12 +415,10 @@ def _certify_rows(t: _Trial, torn: list[str]) -> pd.DataFrame | None:
     if t.sigma is None:
         raise UserError(f"{t.certify.parent}: sigma unknown (not in {layout.TRIAL_INFO}, "
                         f"{layout.CONFIG} or {layout.CERTIFY}{layout.META})")
-    cert, was_torn = read_rows(t.certify, CERTIFY_REQUIRED)
+    cert, was_torn = read_rows(t.certify, CERTIFY_REQUIRED, CERTIFY_KEYS, sigma=t.sigma,
+                               sigma_from=t.sigma_from)
     if was_torn:
         torn.append(str(t.certify))
-    if cert["idx"].duplicated().any():
-        dup = int(cert.loc[cert["idx"].duplicated(), "idx"].iloc[0])
-        raise UserError(f"{t.certify}: image idx {dup} appears twice")
     return cert
 
 
@@ -347,7 +433,7 @@ def _trial_parts(t: _Trial, cert: pd.DataFrame, name: str, torn: list[str]
     """The trial's certify rows and attack rows (if any) for the long results table."""
     parts = [cert.assign(trial=name, kind="certify")]
     if t.attack is not None:
-        attack, was_torn = read_rows(t.attack, ATTACK_REQUIRED)
+        attack, was_torn = read_rows(t.attack, ATTACK_REQUIRED, ATTACK_KEYS)
         if was_torn:
             torn.append(str(t.attack))
         parts.append(attack.rename(columns={"epsilon": "attack_epsilon"})
@@ -355,11 +441,15 @@ def _trial_parts(t: _Trial, cert: pd.DataFrame, name: str, torn: list[str]
     return parts
 
 
-def _check_one_dataset(table: pd.DataFrame) -> None:
-    names = sorted(table.loc[table["status"] == "ok", "dataset"].dropna().unique())
-    if len(names) > 1:
-        raise UserError(f"trials come from several datasets ({', '.join(names)}); analyze one "
-                        "dataset at a time")
+def _check_one_dataset(table: pd.DataFrame, sources: Mapping[str, str]) -> None:
+    """Refuse trials of several datasets, naming where the first trial of each says so."""
+    drawn = table[table["status"] == "ok"].dropna(subset=["dataset"])
+    first = drawn.drop_duplicates("dataset").sort_values("dataset")
+    if len(first) > 1:
+        named = ", ".join(f"{d} ({sources.get(t, t)})"
+                          for d, t in zip(first["dataset"], first["trial"], strict=True))
+        raise UserError(f"trials come from several datasets: {named}; analyze one dataset at "
+                        "a time")
 
 
 def _results(parts: list[pd.DataFrame], table: pd.DataFrame, grid: list[str]) -> pd.DataFrame:

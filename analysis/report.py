@@ -103,14 +103,19 @@ def build_report(sweeps: Sequence[str | Path], logs: str | Path | None, out: str
 
 
 def _nothing_drawn(data: Gathered) -> str:
-    """Why no trial can be drawn."""
+    """Why no trial can be drawn, with the files of the first trial left out."""
     incomplete = len(data.incomplete)
     if incomplete:
+        first = data.incomplete.iloc[0]
         return (f"no trial has finished certification yet ({incomplete} incomplete, "
-                f"{len(data.missing) - incomplete} missing); --include-incomplete draws the "
-                "incomplete ones")
-    return (f"no trial has certification rows yet ({len(data.missing)} trials, all missing); "
-            "nothing to analyze")
+                f"{len(data.missing) - incomplete} missing), e.g. {first['trial']}: "
+                f"{first['status']} in {data.files.get(first['trial'], '?')}; "
+                "--include-incomplete draws the incomplete ones")
+    first = data.missing.iloc[0] if len(data.missing) else None
+    where = ("" if first is None else f", e.g. {first['trial']}: {first['status']} "
+             f"({data.files.get(first['trial'], '?')})")
+    return (f"no trial has certification rows yet ({len(data.missing)} trials, all "
+            f"missing){where}; nothing to analyze")
 
 
 def _write(data: Gathered, out: Path, options: Options) -> Report:

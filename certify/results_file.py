@@ -17,10 +17,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from common.atomic import atomic_write_bytes
 from common.errors import UserError
 from common.layout import meta_path
+from common.records import (
+    check_result_rows,
+    corrupt,
+    finite,
+    read_object,
+    shown,
+)
 
+# Columns whose values are numbers, checked when a file is resumed (common.records).
+NUMERIC = ("idx", "label", "predict", "radius", "correct", "epsilon", "samples")
+META_FIX = "the settings record of its results file, damaged: choose another --out"
 # Settings recorded only when on (so records written without them stay byte-identical): absent
 # means False, and a run is refused when its value differs from the record's either way.
 OFF_BY_DEFAULT = ("sequential", "compiled")
@@ -67,11 +79,21 @@ class ResultsFile:
                                       else {})}
         f.write(json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
 
+    def _recorded(self) -> dict[str, Any] | None:
+        """The settings record beside the file (None: there is none); anything but a JSON
+        object is one UserError line naming it."""
+        meta = meta_path(self.path)
+        recorded = read_object(meta, META_FIX)
+        if recorded is not None and not isinstance(recorded.get("provenance", []), list):
+            raise corrupt(meta, f"provenance: expected a list, got "
+                          f"{shown(recorded['provenance'])}", META_FIX)
+        return recorded
+
     def _add_provenance(self) -> None:
         """A resumed run adds the versions it runs with to the record's ``provenance`` list
         when they differ from every earlier run's (they are never compared like settings)."""
         meta = meta_path(self.path)
-        recorded = json.loads(meta.read_text())
+        recorded = self._recorded() or {}
         runs = recorded.get("provenance", [])
         if not self.provenance or self.provenance in runs:
             return
@@ -90,15 +112,12 @@ class ResultsFile:
 
     def _check_settings(self) -> None:
         meta = meta_path(self.path)
-        try:
-            recorded = json.loads(meta.read_text())
-        except FileNotFoundError:
+        recorded = self._recorded()
+        if recorded is None:
             raise UserError(
                 f"{self.path}: exists without its settings record {meta.name}; "
                 "refusing to append to it (choose another --out)"
-            ) from None
-        except (json.JSONDecodeError, OSError) as e:
-            raise UserError(f"{meta}: unreadable settings record ({e})") from e
+            )
         for key in OFF_BY_DEFAULT:
             was, now = recorded.get(key, False), self.settings.get(key, False)
             if was != now:
@@ -129,7 +148,11 @@ class ResultsFile:
                 f.flush()
                 os.fsync(f.fileno())
             self.repaired_torn_line = True
-        lines = complete.decode("utf-8").splitlines()
+        try:
+            lines = complete.decode("utf-8").split("\n")[:-1]
+        except UnicodeDecodeError as e:
+            number = complete[: e.start].count(b"\n") + 1
+            raise UserError(f"{self.path}: line {number} is not UTF-8 text") from None
         if not lines:
             atomic_write_bytes(self.path, lambda f: f.write(self._line(self.columns)))
             return
@@ -137,17 +160,32 @@ class ResultsFile:
             raise UserError(
                 f"{self.path}: header is {lines[0]!r}, expected {chr(9).join(self.columns)!r}"
             )
+        rows = []
         for number, line in enumerate(lines[1:], start=2):
             fields = line.split("\t")
             key = None
             if len(fields) == len(self.columns) and fields[0].isdigit():
                 try:
                     key = self._key(dict(zip(self.columns, fields, strict=True)))
-                except ValueError:
+                except (ValueError, OverflowError):
                     pass
             if key is None:
                 raise UserError(f"{self.path}: line {number} is malformed: {line[:80]!r}")
+            rows.append(fields)
             self.done.add(key)
+        self._check_rows(rows)
+
+    def _check_rows(self, rows: list[list[str]]) -> None:
+        """Refuse rows a certification, prediction or attack could not have written (their
+        numbers as common.records.check_result_rows checks them), naming the first one."""
+        numeric = [c for c in NUMERIC if c in self.columns]
+        if not rows or not numeric:
+            return
+        frame = pd.DataFrame(rows, columns=list(self.columns), dtype=object)
+        sigma = self.settings.get("sigma")
+        check_result_rows(frame, self.path, range(2, len(rows) + 2), numeric=numeric,
+                          keys=tuple(self.key_columns),
+                          sigma=float(sigma) if finite(sigma) and sigma > 0 else None)
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Write one complete row and make it durable before returning. A failed write (a full

@@ -230,12 +230,16 @@ def load_evaluation(
     device: str | None = None,
     download: bool = False,
     input_layer: str | None = None,
+    arch: str | None = None,
 ) -> Evaluation:
     """Load ``checkpoint`` (weights only) and the split of the dataset it was trained for
     (or ``dataset``), with the image indices selected by skip/max/start/stop.
 
     ``checkpoint`` is a smoothadv checkpoint or a released Cohen et al./SmoothAdv one
-    (:mod:`trainers.published`), which needs ``input_layer``.
+    (:mod:`trainers.published`), which needs ``input_layer``. ``arch``, when given, must be a
+    smoothadv checkpoint's architecture. An import path ``module:name`` the checkpoint
+    records as its arch or dataset is used only when ``arch`` or ``dataset`` names it (the
+    user's own word: importing it runs its code); otherwise the file is refused.
     """
     from trainers.checkpoint import (
         is_smoothadv_checkpoint,
@@ -252,9 +256,15 @@ def load_evaluation(
         if input_layer is not None:
             raise UserError(f"{checkpoint}: --input-layer is for released Cohen et al./SmoothAdv "
                             "checkpoints; a smoothadv checkpoint stores its own")
-        model, ckpt = model_from_checkpoint(checkpoint, device=device, ckpt=payload)
+        # an import path the checkpoint records is refused unless named: as its arch, or as
+        # the dataset to evaluate on (without --dataset, the checkpoint's, loaded below)
+        model, ckpt = model_from_checkpoint(checkpoint, arch=arch, device=device, ckpt=payload,
+                                            trust={dataset})
         trained_on, num_classes, extra = ckpt["dataset"], ckpt["num_classes"], {}
     else:
+        if arch is not None:
+            raise UserError(f"{checkpoint}: --arch is for smoothadv checkpoints; a released "
+                            "Cohen et al./SmoothAdv checkpoint names its own")
         released = released_model(checkpoint, payload, input_layer)
         model = place(released.model, device)
         trained_on, num_classes = released.dataset, released.num_classes

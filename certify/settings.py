@@ -11,10 +11,27 @@ the trial or ``--sigma`` and is never prefixed. Torch-free, so sweep specs are c
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Self
 
 from common.errors import UserError
+
+SEED_LIMIT = 2**63  # seeds are integers in [0, 2**63): numpy's SeedSequence takes no negatives
+
+
+def check_sigma(sigma: Any, key: str = "sigma") -> None:
+    """A noise level: a finite number > 0 (inf and nan are refused)."""
+    if (isinstance(sigma, bool) or not isinstance(sigma, numbers.Real)
+            or not (math.isfinite(sigma) and sigma > 0)):
+        raise UserError(f"{key}: must be > 0 and finite, got {sigma!r}")
+
+
+def check_seed(seed: Any, key: str = "seed") -> None:
+    """A noise or training seed: an integer in [0, 2**63)."""
+    if (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+            or not 0 <= seed < SEED_LIMIT):
+        raise UserError(f"{key}: must be an integer in [0, 2**63), got {seed!r}")
 
 
 def _keys(block: object, keys: type) -> dict[str, Any]:
@@ -54,8 +71,8 @@ class _Noise:
     seed: int = 0
 
     def validate(self, prefix: str = "") -> Self:
-        if not self.sigma > 0:
-            raise UserError(f"sigma: must be > 0, got {self.sigma}")
+        check_sigma(self.sigma)
+        check_seed(self.seed)
         return super().validate(prefix)
 
 

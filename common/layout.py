@@ -29,7 +29,11 @@ and ``sweep status`` and ``analysis`` (which read them)::
     SWEEP_DIR/errored/<trial>.N/         outputs of errored trials restarted from scratch
     SWEEP_DIR/mlflow.db, wandb/          --log-to's default MLflow store, W&B offline runs
 
-Imports neither torch nor Ray.
+The folder lives on shared file systems and in buckets, so its files are input: the records
+are read through common.records (state.json, metrics.jsonl, driver.json, the plans),
+common.stage_record (stages.json) and common.schedule_record (schedule.json), which tell a
+file not written yet (absent) from one damaged (refused in one line naming it). Imports
+neither torch nor Ray.
 """
 
 from __future__ import annotations
@@ -105,7 +109,9 @@ def write_json(path: str | Path, value: Any) -> None:
 
 
 def read_json(path: str | Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when it is missing or unreadable."""
+    """The JSON object in ``path``, or None when it is missing or unreadable. Lenient: a
+    damaged record reads as none, so read a sweep's records through common.records (and
+    common.stage_record, common.schedule_record) instead, which refuse it naming the file."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -15,20 +15,43 @@ from pathlib import Path
 from typing import Any
 
 from common import layout
+from common.records import corrupt, read_object, shown, whole
 
 LAST = 3  # stage 1 screens, stage 2 certifies at full n, stage 3 re-certifies the winners
 DONE = LAST + 1  # the record's "stage" once every stage is done
+FIX = ("a staged sweep's record of its stages, written whole, so damaged: restore it (or "
+       "remove it, and the sweep's stages start again from stage 1)")
+
+
+def _problem(record: Mapping[str, Any]) -> str | None:
+    if not whole(record.get("stage"), 1, DONE + 1):
+        return f"stage: expected a stage 1 to {DONE}, got {shown(record.get('stage'))}"
+    trials = record.get("trials", {})
+    if not isinstance(trials, dict):
+        return f"trials: expected a mapping of trial → entry, got {shown(trials)}"
+    for name, entry in trials.items():
+        if not isinstance(entry, dict):
+            return f"trials.{name}: expected a mapping with stage and why, got {shown(entry)}"
+        if not whole(entry.get("stage"), 1, DONE + 1):
+            return (f"trials.{name}.stage: expected a stage 1 to {DONE}, got "
+                    f"{shown(entry.get('stage'))}")
+        if not isinstance(entry.get("why", ""), str):
+            return f"trials.{name}.why: expected text, got {shown(entry.get('why'))}"
+    return None
 
 
 def read(sweep_dir: Path) -> dict[str, Any] | None:
-    """The sweep's stages.json as {"stage", "trials"} with malformed trial entries left out;
-    None when the sweep is not staged (or stage 1 has not begun)."""
-    record = layout.read_json(Path(sweep_dir) / layout.STAGES)
+    """The sweep's stages.json as {"stage", "trials"}; None when the sweep is not staged (or
+    stage 1 has not begun). A record not as sweep.staging writes it is one UserError line
+    naming the file (common.records)."""
+    path = Path(sweep_dir) / layout.STAGES
+    record = read_object(path, FIX)
     if record is None:
         return None
-    trials = record.get("trials") if isinstance(record.get("trials"), dict) else {}
-    return {"stage": record.get("stage"),
-            "trials": {k: v for k, v in trials.items() if isinstance(v, dict)}}
+    problem = _problem(record)
+    if problem is not None:
+        raise corrupt(path, problem, FIX)
+    return {"stage": record["stage"], "trials": dict(record.get("trials", {}))}
 
 
 def trials(n: int) -> str:

@@ -17,7 +17,12 @@ def _add_smoothing_args(p: argparse.ArgumentParser, certifying: bool,
     p.add_argument("checkpoint", help="model checkpoint written by smoothadv, or a released "
                    "Cohen et al./SmoothAdv one (with --input-layer)")
     p.add_argument("--sigma", type=float, required=True, help="noise level σ of the smoothing")
-    p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
+    p.add_argument("--dataset", help="dataset name (default: the checkpoint's); naming the "
+                   "checkpoint's own import path module:name trusts that code (a checkpoint's "
+                   "import path is used only when named)")
+    p.add_argument("--arch", help="the checkpoint's architecture (checked); a checkpoint's "
+                   "import path module:name, which loading imports and runs, is used only when "
+                   "named here: --arch module:name trusts that code")
     p.add_argument("--data-root", help="folder holding the dataset files")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--download", action="store_true",
@@ -84,12 +89,13 @@ def _run_smoothing(args: argparse.Namespace) -> int:
     sampling = Sampling(sigma=args.sigma, n=args.n, alpha=args.alpha,
                         n0=args.n0 if certifying else None, seed=args.seed,
                         sequential=certifying and args.sequential,
-                        target_radius=args.target_radius if certifying else None)
-    with one_writer(args.out):
+                        target_radius=args.target_radius if certifying else None).validate()
+    with one_writer(args.out):  # settings checked first: a refusal leaves not even the lock
         results = smooth_checkpoint(
-            args.checkpoint, sampling, args.out, dataset=args.dataset, data_root=args.data_root,
-            split=args.split, skip=args.skip, max_index=args.max_index, start=args.start,
-            stop=args.stop, batch_size=args.batch, device=args.device, download=args.download,
+            args.checkpoint, sampling, args.out, arch=args.arch, dataset=args.dataset,
+            data_root=args.data_root, split=args.split, skip=args.skip,
+            max_index=args.max_index, start=args.start, stop=args.stop,
+            batch_size=args.batch, device=args.device, download=args.download,
             progress=not args.no_progress, input_layer=args.input_layer,
             allow_tf32=args.allow_tf32, precision=args.precision, compile=args.compile,
         )
@@ -122,10 +128,11 @@ def _run_attack(args: argparse.Namespace) -> int:
     from common.metrics import empirical_accuracy
 
     settings = AttackSettings(sigma=args.sigma, epsilons=tuple(args.epsilon), steps=args.steps,
-                              m_test=args.m_test, n=args.n, alpha=args.alpha, seed=args.seed)
-    with one_writer(args.out):
+                              m_test=args.m_test, n=args.n, alpha=args.alpha,
+                              seed=args.seed).validate()
+    with one_writer(args.out):  # settings checked first: a refusal leaves not even the lock
         results = attack_checkpoint(
-            args.checkpoint, settings, args.out, dataset=args.dataset,
+            args.checkpoint, settings, args.out, arch=args.arch, dataset=args.dataset,
             data_root=args.data_root, split=args.split, skip=args.skip,
             max_index=args.max_index, start=args.start, stop=args.stop,
             batch_size=args.batch, device=args.device, download=args.download,
@@ -160,7 +167,7 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
 
     labels = pseudo_label(args.teacher, args.images, args.out, limit=args.limit,
                           data_root=args.data_root, batch_size=args.batch, device=args.device,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, arch=args.arch, dataset=args.dataset)
     counts = np.bincount(labels)
     shown = (" ".join(f"{c}:{n}" for c, n in enumerate(counts)) if len(counts) <= 20
              else f"{np.count_nonzero(counts)} classes, {counts.min()}..{counts.max()} each")
@@ -189,14 +196,15 @@ def _run_sweep_plan(args: argparse.Namespace) -> int:
     from sweep.spec import load_spec
     from sweep.status import format_plan
 
-    print(format_plan(load_spec(args.spec, args.set)))
+    print(format_plan(load_spec(args.spec, args.set, args.max_trials)))
     return 0
 
 
 def _run_sweep_run(args: argparse.Namespace) -> int:
     from sweep.run import run_sweep
 
-    errors = run_sweep(args.spec, args.set, address=args.address, storage=args.storage,
+    errors = run_sweep(args.spec, args.set, max_trials=args.max_trials,
+                       address=args.address, storage=args.storage,
                        max_concurrent=args.max_concurrent, verbose=args.verbose,
                        dashboard=args.dashboard, log_to=args.log_to)
     return 1 if errors else 0
@@ -227,6 +235,23 @@ def _run_sweep_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_sweep_trust(args: argparse.Namespace) -> int:
+    from common import layout, stage_record
+    from sweep import staging, trust
+    from sweep.storage import read_sweep
+
+    sweep = read_sweep(args.sweep_dir)
+    if not sweep.exists(layout.SPEC):
+        raise UserError(f"{sweep.where}: not a sweep folder (no {layout.SPEC})")
+    names = [n for n in dict.fromkeys(staging.tune_name(s) for s in range(stage_record.DONE))
+             if sweep.exists(n)]
+    signed = trust.trust(sweep, names)
+    print(f"{sweep.where}: signed {signed} files of Tune's restore point "
+          f"({', '.join(names) or 'none yet'}) with your key {trust.key_path()}; "
+          "`sweep resume` will hand them to Ray")
+    return 0
+
+
 def _run_sweep_presets(args: argparse.Namespace) -> int:
     from sweep.status import format_presets
 
@@ -239,12 +264,17 @@ def _add_sweep_parser(sub) -> None:
                            description="Sweeps over a grid of trials on Ray (see `sweep presets`).")
     commands = sweep.add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
     spec_help = "YAML sweep spec, or a preset's name (smoothadv sweep presets)"
+    from sweep.spec import MAX_TRIALS
+
+    max_trials_help = (f"refuse a grid of more trials than N (default: the spec's max_trials, "
+                       f"else {MAX_TRIALS:,}), counted before the grid is expanded")
     p = commands.add_parser("plan", help="list the trials of a spec and what they request",
                             description="List a spec's trials (no Ray started).")
     p.add_argument("spec", help=spec_help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a default (resources.KEY, schedule.KEY, stages.KEY for "
                    "those blocks; schedule=null turns early stopping off)")
+    p.add_argument("--max-trials", type=int, metavar="N", help=max_trials_help)
     p.set_defaults(func=_run_sweep_plan)
     p = commands.add_parser("presets", help="list the sweep specs shipped with smoothadv",
                             description="The paper's grids, usable by name from anywhere.")
@@ -274,6 +304,7 @@ def _add_sweep_parser(sub) -> None:
     p.add_argument("--storage", default="sweeps",
                    help="folder holding the sweep folder STORAGE/NAME (one every node mounts "
                    "on a cluster), or a bucket URI: s3://bucket/prefix, gs://…")
+    p.add_argument("--max-trials", type=int, metavar="N", help=max_trials_help)
     p.add_argument("--max-concurrent", type=int, help=concurrent_help)
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
                    help="Tune's console output level")
@@ -307,6 +338,14 @@ def _add_sweep_parser(sub) -> None:
                             "checkpoints are kept), then end any Ray process it left behind.")
     p.add_argument("sweep_dir", help="the sweep folder or URI (STORAGE/NAME)")
     p.set_defaults(func=_run_sweep_stop)
+    p = commands.add_parser(
+        "trust", help="sign a sweep's Tune state after reading it (another user's sweep)",
+        description="Sign the files of the sweep's Tune restore point (tune/) with your key, "
+        "so that `sweep resume` hands them to Ray, which unpickles them: only for a sweep "
+        "folder you trust, e.g. a colleague's, after reading it. A sweep your own drivers "
+        "ran needs no trust: they sign as they write (README: security).")
+    p.add_argument("sweep_dir", help="the sweep folder or URI (STORAGE/NAME)")
+    p.set_defaults(func=_run_sweep_trust)
 
 
 def _version() -> str:
@@ -353,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "al. 2019; trial key extra_data): the teacher's base-classifier argmax "
                        "on each clean image.")
     p.add_argument("--teacher", required=True, help="model checkpoint written by smoothadv")
+    p.add_argument("--arch", help="the teacher's architecture (checked); a checkpoint's import "
+                   "path module:name, which loading imports and runs, is used only when named "
+                   "here: --arch module:name trusts that code")
+    p.add_argument("--dataset", help="the teacher's dataset (checked); an import path "
+                   "module:name is used only when named here, as --arch")
     p.add_argument("--images", required=True, metavar="SOURCE",
                    help="DATASET:SPLIT (e.g. cifar10:train; labels ignored), a .npy file "
                    "(uint8 N×H×W×C), or a pickle with 'data' (Carmon et al.'s format)")

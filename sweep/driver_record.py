@@ -5,8 +5,10 @@
   its exit; a second driver is refused in one line naming the first. The kernel frees the lock
   of a killed driver.
 - **Across machines**: the driver's record, driver.json (pid, process start time, host, a
-  random token, the Ray processes it started), is rewritten with a ``heartbeat`` time every
-  HEARTBEAT_S seconds (sweep.status judges a record from another host stale after STALE_S).
+  random token, the Ray processes it started; signed with the user's key, sweep.trust, so that
+  only a record this user's driver wrote makes `sweep stop` end a process), is rewritten
+  with a ``heartbeat`` time every HEARTBEAT_S seconds (sweep.status judges a record from
+  another host stale after STALE_S).
   In a bucket, which has no lock, the record is the lease: a driver writes its record only
   when no live driver's record is there, waits LEASE_SETTLE_S, and reads it back; if another
   driver's token is there then, that driver wrote after it and holds the sweep, and this one
@@ -26,8 +28,9 @@ from typing import Any
 
 from common import layout
 from common.errors import UserError
+from common.records import read_driver
 from common.writer_lock import exclusive
-from sweep import processes
+from sweep import processes, trust
 from sweep.status import HEARTBEAT_S, driver_alive
 from sweep.storage import SweepFolder
 
@@ -60,13 +63,13 @@ def claim(sweep: SweepFolder, record: dict[str, Any]) -> Callable[[], None]:
         sweep.refresh(sweep.local / layout.DRIVER)
         if driver_alive(sweep.local):
             raise UserError(f"{sweep.where}: another sweep driver is running it "
-                            f"({_holder(layout.read_json(sweep.local / layout.DRIVER))}); "
+                            f"({_holder(read_driver(sweep.local / layout.DRIVER))}); "
                             "wait until it ends or stop it with `smoothadv sweep stop`")
     stop = _heartbeat(sweep, record)
     if sweep.remote is not None:
         time.sleep(LEASE_SETTLE_S)
         sweep.refresh(sweep.local / layout.DRIVER)
-        now = layout.read_json(sweep.local / layout.DRIVER) or {}
+        now = read_driver(sweep.local / layout.DRIVER) or {}
         if now.get("token") != record["token"]:
             stop(remove=False)
             raise UserError(f"{sweep.where}: another sweep driver claimed it at the same time "
@@ -82,7 +85,8 @@ def _heartbeat(sweep: SweepFolder, record: dict[str, Any]) -> Callable[..., None
 
     def beat() -> None:
         try:
-            sweep.write_json(sweep.local / layout.DRIVER, {**record, "heartbeat": time.time()})
+            sweep.write_json(sweep.local / layout.DRIVER,
+                             trust.signed({**record, "heartbeat": time.time()}))
         except OSError as e:  # a bucket unreachable for a while: the next beat tries again
             print(f"{sweep.where}: heartbeat not written ({str(e).splitlines()[0]})",
                   flush=True)

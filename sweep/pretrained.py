@@ -14,20 +14,22 @@ from pathlib import Path
 
 from common import layout
 from common.errors import UserError
+from common.records import read_state, read_yaml
 
 KEY = "init_from_sweep"
 
 
 def pretraining_spec(sweep_dir: str | Path) -> dict:
-    """The pre-training sweep's spec as run (its ``sweep.yaml``), for sweep.spec to parse."""
-    import yaml
-
+    """The pre-training sweep's spec as run (its ``sweep.yaml``), for sweep.spec to parse; a
+    folder without one, or a damaged one, is one UserError line (naming the file)."""
     folder = Path(sweep_dir)
+    path = folder / layout.SPEC
+    if not path.is_file():
+        raise UserError(f"{KEY}: {folder} is not a readable sweep folder (no {layout.SPEC})")
     try:
-        return yaml.safe_load((folder / layout.SPEC).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        raise UserError(f"{KEY}: {folder} is not a readable sweep folder (no {layout.SPEC})"
-                        ) from None
+        return read_yaml(path)
+    except UserError as e:
+        raise UserError(f"{KEY}: {e}") from None
 
 
 def pretrained_checkpoints(sweep_dir: str | Path, trials) -> dict[tuple[float, float], Path]:
@@ -43,7 +45,7 @@ def pretrained_checkpoints(sweep_dir: str | Path, trials) -> dict[tuple[float, f
                             f"{_pair(key)} ({names[key]}, {trial.name}); use one per pair")
         names[key] = trial.name
         tdir = layout.trial_dir(folder, trial.name)
-        state = (layout.read_json(tdir / layout.STATE) or {}).get("state", "PENDING")
+        state = (read_state(tdir / layout.STATE) or {}).get("state", "PENDING")
         if state == "TERMINATED" and (tdir / layout.CHECKPOINT).is_file():
             found[key] = tdir / layout.CHECKPOINT
     return found

@@ -68,3 +68,35 @@ def end(processes: list[Process], grace_s: float = 5.0) -> int:
         while time.monotonic() < deadline and any(alive(p) for p in targets):
             time.sleep(0.1)
     return len(targets)
+
+
+def recorded(value: object) -> list[Process]:
+    """The (pid, start time) pairs of a record (driver.json's ``ray_processes``); whatever is
+    not a list of two positive integers is left out."""
+    found = []
+    for item in value if isinstance(value, list) else []:
+        if (isinstance(item, list | tuple) and len(item) == 2
+                and all(type(v) is int and v > 0 for v in item)):
+            found.append((item[0], item[1]))
+    return found
+
+
+def _command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def is_ray(process: Process) -> bool:
+    """Whether a living ``process`` is one of Ray's: its command line names Ray (gcs_server,
+    raylet, ray::… workers, Ray's agents and monitors all live under ray/ or call themselves
+    ray::)."""
+    return alive(process) and b"ray" in _command_line(process[0])
+
+
+def is_sweep_driver(process: Process) -> bool:
+    """Whether a living ``process`` runs smoothadv's command line (``smoothadv …`` or
+    ``python -m sweep.cli …``)."""
+    line = _command_line(process[0])
+    return alive(process) and (b"smoothadv" in line or b"sweep.cli" in line)

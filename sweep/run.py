@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import time
@@ -24,11 +25,13 @@ import yaml
 from common import layout, stage_record
 from common.atomic import atomic_write_bytes
 from common.errors import UserError
-from sweep import driver_record, processes, staging, trackers, trial_states
+from common.records import read_driver, read_state
+from common.schedule_record import read_schedule
+from sweep import driver_record, processes, staging, trackers, trial_states, trust
 from sweep.inputs import check_inputs, with_absolute_paths
 from sweep.param_space import param_space, trial_name, trial_of
-from sweep.spec import SweepSpec, Trial, load_spec, parse_spec
-from sweep.status import STALE_S, driver_alive, heartbeat_age
+from sweep.spec import SweepSpec, Trial, load_spec
+from sweep.status import STALE_S, driver_alive, heartbeat_age, parse_sweep_yaml, read_sweep_spec
 from sweep.storage import SweepFolder, open_sweep, read_sweep
 from sweep.train_loop import NO_STATE_API
 
@@ -39,6 +42,7 @@ from sweep.train_loop import NO_STATE_API
 # 0.99-CPU worker). Memory is a logical Ray resource too; 256 MiB covers a driver's ~130 MiB.
 DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
 OBJECT_STORE_BYTES = 256 * 1024**2  # trials pass configs and metrics only
+TUNE_TRIAL_ID = re.compile(r"[0-9a-f]{5}_[0-9]{5}")  # Tune's trial ids: 89eca_00008
 
 
 def _first_line(error: BaseException) -> str:
@@ -62,7 +66,7 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     from sweep.train_loop import TorchBackendConfig, train_and_certify, trainer_class
 
     sweep = open_sweep(sweep_dir)
-    spec = parse_spec(yaml.safe_load(sweep.read_text(layout.SPEC)))
+    spec = parse_sweep_yaml(sweep.read_text(layout.SPEC), f"{sweep.where}/{layout.SPEC}")
     trial = trial_of(tune.get_context().get_trial_name(), param, spec)
     res = spec.resources
     trial_id = tune.get_context().get_trial_id()
@@ -208,9 +212,22 @@ def init_ray(address: str | None, dashboard: bool = False) -> list[processes.Pro
                             f"connect to a Ray cluster ({_first_line(e)})") from None
         return []
     set_local_ray_env(dashboard)
-    # address="local": a new Ray of our own, never a cluster some `ray start` left behind here
-    ray.init(address="local", dashboard_host="127.0.0.1", object_store_memory=OBJECT_STORE_BYTES,
-             log_to_driver=False, include_dashboard=dashboard)
+    from ray._private import ray_constants
+
+    # Ray binds its servers (GCS, raylet, workers, agents, metrics) to loopback only when the
+    # node's IP is loopback, and on Linux it swaps a loopback _node_ip_address for the machine's
+    # address unless it believes it runs on macOS/Windows (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0,
+    # read once when ray is imported). That belief for this call only: the variable itself would
+    # make any `ray start --address` that inherits it refuse to join (tests/test_local_ray_ports).
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        # address="local": a new Ray of our own, never a cluster some `ray start` left here
+        ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+                 object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False,
+                 include_dashboard=dashboard)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
     return processes.descendants(os.getpid())
 
 
@@ -315,7 +332,10 @@ def _tuner(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: int,
         from sweep.scheduler import EnvelopeScheduler
 
         scheduler = EnvelopeScheduler(sweep.where, spec.schedule.record())
-    return tune.Tuner(
+    from sweep.signing_callback import TuneStateSigner
+
+    name = staging.tune_name(stage)
+    tuner = tune.Tuner(
         _tuner_trainable(sweep),
         param_space=param_space(trials, stage),
         tune_config=tune.TuneConfig(
@@ -326,11 +346,14 @@ def _tuner(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: int,
             scheduler=scheduler,  # None: Tune's FIFO, every trial runs to its end
         ),
         run_config=tune.RunConfig(
-            name=staging.tune_name(stage), storage_path=sweep.where, verbose=verbose,
+            name=name, storage_path=sweep.where, verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=spec.resources.trial_retries),
-            callbacks=callbacks,  # the --log-to trackers (sweep.trackers)
+            # the --log-to trackers (sweep.trackers), and the signer of Tune's restore point
+            callbacks=[*callbacks, TuneStateSigner(sweep, name)],
         ),
     )
+    trust.sign_tune_state(sweep, name)  # the tuner.pkl it just wrote
+    return tuner
 
 
 def _run_stages(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: int,
@@ -371,13 +394,28 @@ def _sweep_of(spec: SweepSpec, storage: str) -> SweepFolder:
                       else Path(storage).expanduser().resolve() / spec.name)
 
 
+def _check_local_storage(sweep: SweepFolder, storage: str) -> None:
+    """A --storage folder (or its sweep folder) that is a file, or under one, or that this
+    user cannot create: one line before Ray starts or anything is written."""
+    if sweep.remote is not None:
+        return
+    path = sweep.local
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir():
+        raise UserError(f"--storage {storage}: {path} is a file, not a folder")
+    if not os.access(path, os.W_OK | os.X_OK) and path != sweep.local:
+        raise UserError(f"--storage {storage}: cannot create folders in {path} (permission "
+                        "denied)")
+
+
 def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, storage: str,
               max_concurrent: int | None, verbose: int = 1, dashboard: bool = False,
-              log_to: list[str] = ()) -> int:
+              log_to: list[str] = (), max_trials: int | None = None) -> int:
     """Validate the spec, write it into the sweep folder, run every trial (logging to the
     trackers of ``log_to``, sweep.trackers); returns the number of errored trials. One
     driver at a time (sweep.driver_record): a second is refused before it writes anything."""
-    spec = with_absolute_paths(load_spec(spec_path, overrides))
+    spec = with_absolute_paths(load_spec(spec_path, overrides, max_trials))
     trials = spec.trials()
     local = is_local(address)
     if local:  # on a cluster the data lives on the workers' nodes, not necessarily here
@@ -386,6 +424,7 @@ def run_sweep(spec_path: str, overrides: list[str], *, address: str | None, stor
         except UserError as e:
             raise UserError(f"{spec_path}: {e}") from None
     sweep = _sweep_of(spec, storage)
+    _check_local_storage(sweep, storage)
     sweep.check_writable()  # a missing bucket or its credentials: before Ray starts
     if max_concurrent is not None and max_concurrent < 1:
         raise UserError(f"--max-concurrent: must be ≥ 1, got {max_concurrent}")
@@ -446,9 +485,10 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
     driver died before Tune saved any state starts its (current stage's) experiment anew."""
     sweep = read_sweep(sweep_dir)
     folder = sweep.local
-    if not (folder / layout.SPEC).exists():
-        raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC})")
-    spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
+    spec = read_sweep_spec(folder)
+    # every record the resume reads, checked before anything starts (one line naming a bad one)
+    trial_states.recorded_states(folder, [t.name for t in spec.trials()])
+    read_schedule(folder / layout.SCHEDULE)
     with driver_record.locked(sweep):
         stage, trials = (0, spec.trials()) if spec.stages is None else \
             staging.current(sweep, spec)
@@ -459,6 +499,7 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
         if spec.stages is None and not _left_to_run(sweep, trials, statuses):
             print(f"{sweep.where}: every trial finished; nothing to resume")
             return 0
+        trust.verify_tune_state(sweep, staging.tune_name(stage))  # before Ray unpickles it
         trackers.check(list(log_to), folder)
         end_leftovers(sweep)
         started = init_ray(address, dashboard)
@@ -479,9 +520,9 @@ def resume_sweep(sweep_dir: str, *, restart_errored: bool, address: str | None,
 def _left_to_run(sweep: SweepFolder, trials: list[Trial], tune: dict[str, str]) -> list[str]:
     """The trials a resume would run (sweep.trial_states.will_run; no driver runs), given
     Tune's statuses of them (``tune``)."""
+    recorded = trial_states.recorded_states(sweep.local, [t.name for t in trials])
     return trial_states.will_run({t.name: trial_states.reconciled(
-        (layout.read_json(layout.trial_dir(sweep.local, t.name) / layout.STATE) or {})
-        .get("state"), tune.get(t.name), False) for t in trials})
+        recorded[t.name], tune.get(t.name), False) for t in trials})
 
 
 def _resume(sweep: SweepFolder, spec: SweepSpec, stage: int, trials: list[Trial],
@@ -492,6 +533,8 @@ def _resume(sweep: SweepFolder, spec: SweepSpec, stage: int, trials: list[Trial]
     Tune's statuses of them (``statuses``, sweep.trial_states), restore Tune's experiment (or
     start one: none was made) and run it, then any later stage."""
     from ray import tune
+
+    from sweep.signing_callback import TuneStateSigner
 
     folder = sweep.local
     tune_dir = f"{sweep.where}/{staging.tune_name(stage)}"
@@ -527,6 +570,8 @@ def _resume(sweep: SweepFolder, spec: SweepSpec, stage: int, trials: list[Trial]
     run_config = tuner._local_tuner._run_config
     run_config.callbacks = trackers.for_resume(run_config.callbacks, list(log_to), folder,
                                                spec.name)
+    trackers_only = [c for c in run_config.callbacks if not isinstance(c, TuneStateSigner)]
+    run_config.callbacks = [*trackers_only, TuneStateSigner(sweep, staging.tune_name(stage))]
     print(f"{spec.name}: resuming, at most {at_once} trials at once", flush=True)
     for line in trackers.describe(run_config.callbacks, folder):
         print(line, flush=True)
@@ -535,7 +580,7 @@ def _resume(sweep: SweepFolder, spec: SweepSpec, stage: int, trials: list[Trial]
     errors = _fit(tuner, sweep, driver, [t.name for t in trials])
     return _later_stages(sweep, spec, stage, errors, driver, address=address,
                          dashboard=dashboard, max_concurrent=max_concurrent, verbose=verbose,
-                         callbacks=run_config.callbacks)
+                         callbacks=trackers_only)
 
 
 def _clear_errored(sweep: SweepFolder, errored: set[str]) -> None:
@@ -544,7 +589,7 @@ def _clear_errored(sweep: SweepFolder, errored: set[str]) -> None:
     its Ray Train run (train/<trial>-<Tune trial id>), so that it trains anew."""
     folder = sweep.local
     for state_file in sorted((folder / layout.TRIALS).glob(f"*/{layout.STATE}")):
-        state = layout.read_json(state_file) or {}
+        state = read_state(state_file) or {}
         trial = state_file.parent
         if state.get("state") != "ERROR" and trial.name not in errored:
             continue
@@ -552,22 +597,33 @@ def _clear_errored(sweep: SweepFolder, errored: set[str]) -> None:
         while sweep.exists(f"{layout.ERRORED}/{trial.name}.{n}"):
             n += 1
         sweep.move(trial, folder / layout.ERRORED / f"{trial.name}.{n}")
-        if isinstance(state.get("trial_id"), str):
-            sweep.remove_tree(f"{layout.TRAIN}/{trial.name}-{state['trial_id']}")
+        trial_id = state.get("trial_id")
+        if isinstance(trial_id, str) and TUNE_TRIAL_ID.fullmatch(trial_id):  # never a path
+            sweep.remove_tree(f"{layout.TRAIN}/{trial.name}-{trial_id}")
 
 
 def end_leftovers(sweep: SweepFolder) -> None:
     """Before resuming: end the Ray processes a dead driver of this sweep left behind; refuse
     while that driver still runs."""
-    info = layout.read_json(sweep.local / layout.DRIVER)
+    info = read_driver(sweep.local / layout.DRIVER)
     if info is None:
         return
     sweep_dir = sweep.where
-    if driver_alive(sweep.local):
+    alive = driver_alive(sweep.local)
+    if not trust.vouched(info):  # not this user's driver's record: it ends no process
+        if alive:
+            raise UserError(f"{sweep.local / layout.DRIVER}: a driver whose record is not "
+                            f"signed by your smoothadv key (pid {info.get('pid')} on "
+                            f"{info.get('host')}) looks alive; wait until it ends, or remove "
+                            "the record if you know it is gone")
+        print(f"{sweep_dir}: {layout.DRIVER} is not signed by your smoothadv key; no process "
+              "it names was ended")
+    elif alive:
         raise UserError(f"{sweep_dir}: its driver (pid {info.get('pid')} on {info.get('host')}) "
                         "is still running; stop it first with `smoothadv sweep stop`")
-    if info.get("host") == socket.gethostname():
-        ended = processes.end([tuple(p) for p in info.get("ray_processes", [])])
+    elif info.get("host") == socket.gethostname():
+        ended = processes.end([p for p in processes.recorded(info.get("ray_processes"))
+                               if processes.is_ray(p)])
         if ended:
             print(f"{sweep_dir}: ended {ended} Ray processes left by the interrupted driver")
     else:  # its processes were on a machine that is gone: nothing to end from here
@@ -583,7 +639,7 @@ def stop_sweep(sweep_dir: str, grace_s: float = 30.0) -> None:
     folder = sweep.local
     if not (folder / layout.SPEC).exists():
         raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC})")
-    info = layout.read_json(folder / layout.DRIVER)
+    info = read_driver(folder / layout.DRIVER)
     if info is None:
         print(f"{sweep.where}: no driver is running")
         return
@@ -595,8 +651,16 @@ def stop_sweep(sweep_dir: str, grace_s: float = 30.0) -> None:
         end_leftovers(sweep)
         print(f"{sweep.where}: stopped; continue with `smoothadv sweep resume {sweep.where}`")
         return
-    driver = (int(info["pid"]), processes.start_time(int(info["pid"])))
-    if driver_alive(folder):
+    if not trust.vouched(info):
+        raise UserError(f"{folder / layout.DRIVER}: not signed by your smoothadv key, so no "
+                        "process it names is ended; if a driver of yours runs this sweep, stop "
+                        "it yourself (Ctrl-C or kill -INT its pid)")
+    recorded = processes.recorded([[info.get("pid"), info.get("start")]])
+    if recorded and driver_alive(folder):
+        driver = recorded[0]
+        if not processes.is_sweep_driver(driver):
+            raise UserError(f"{folder / layout.DRIVER}: pid {driver[0]} is alive but runs no "
+                            "smoothadv command; no process ended")
         os.kill(driver[0], signal.SIGINT)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and processes.alive(driver):
@@ -635,7 +699,8 @@ def _fit(tuner, sweep: SweepFolder, driver: dict[str, Any], names: list[str]) ->
     KeyboardInterrupt (on SIGTERM :class:`Terminated`) after the summary. ``driver`` is the
     driver's record (sweep.driver_record), rewritten with the Ray processes it started."""
     planned = len(names)
-    sweep.write_json(sweep.local / layout.DRIVER, {**driver, "heartbeat": time.time()})
+    sweep.write_json(sweep.local / layout.DRIVER,
+                     trust.signed({**driver, "heartbeat": time.time()}))
     terminated = _stop_on_sigterm()
     try:
         results = tuner.fit()

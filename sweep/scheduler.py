@@ -40,7 +40,9 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from common import layout
-from common.schedule_record import stopped_entries
+from common.errors import UserError
+from common.records import read_state
+from common.schedule_record import read_schedule, stopped_entries
 from sweep.param_space import KEY, name_of
 
 PROXY_PREFIX = "proxy_cert_acc_"  # + radius ({r:g}): a rung's reported certified accuracy
@@ -81,7 +83,8 @@ def curve_of(result: Mapping[str, Any]) -> dict[float, float]:
 
 class Rungs:
     """The scheduler's bookkeeping, free of Ray: each trial's σ and proxy curve at each rung it
-    reported, and the trials stopped with their reasons (the contents of schedule.json)."""
+    reported, and the trials stopped with their reasons (the contents of schedule.json, as
+    common.schedule_record.read_schedule checked it)."""
 
     def __init__(self, margin: float, min_trials: int,
                  record: Mapping[str, Any] | None = None):
@@ -194,7 +197,7 @@ class EnvelopeScheduler(FIFOScheduler):
             path = self._folder.local / layout.SCHEDULE
             self._folder.refresh(path)
             self._rungs = Rungs(self.settings["margin"], self.settings["min_trials"],
-                                layout.read_json(path))
+                                read_schedule(path))
         return self._rungs
 
     def _save(self) -> None:
@@ -255,8 +258,12 @@ class EnvelopeScheduler(FIFOScheduler):
 
 def write_stopped(folder, path: Path, why: str) -> None:
     """Record in the trial's state.json (``path``, in the SweepFolder ``folder``) that the
-    scheduler stopped it, keeping its trial id and start time."""
-    state = layout.read_json(path) or {}
+    scheduler stopped it, keeping its trial id and start time (a damaged record is replaced
+    whole: what it said is not needed to say STOPPED)."""
+    try:
+        state = read_state(path) or {}
+    except UserError:
+        state = {}
     if state.get("state") == "STOPPED" and state.get("why") == why:
         return
     kept = {k: state[k] for k in ("trial_id", "started_at") if k in state}

@@ -30,16 +30,18 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Self
 
-import yaml
-
 from certify.settings import AttackKeys
 from common.errors import UserError
+from common.yaml_input import load_yaml, read_yaml_file
 from sweep.pretrained import KEY as INIT_FROM_SWEEP
 from sweep.pretrained import pretrained_checkpoints, pretrained_for, pretraining_spec
 from trainers.config import TrialConfig, apply_overrides, parse_trial_config
 
 SPEC_KEYS = ("name", "defaults", "resources", "grid", "exclude", "attack_eval",
-             "init_from_sweep", "stages", "schedule")
+             "init_from_sweep", "stages", "schedule", "max_trials")
+# Trials a grid may hold unless the spec raises it (max_trials, `sweep run --max-trials`):
+# the paper's largest grid (CIFAR-10, Tables 7-15) has a few hundred; counted before expanding.
+MAX_TRIALS = 10_000
 # Order and short forms of the paper's axes in trial names: pgd-T10-m4-eps0.5-sigma0.25.
 _NAME_PARTS = {"method": "", "attack": "", "steps": "T", "m_train": "m", "epsilon": "eps",
                "sigma": "sigma"}
@@ -213,6 +215,7 @@ class SweepSpec:
     init_from_sweep: str | None = None  # a pre-training sweep: init_from per (ε, σ)
     stages: Stages | None = None  # staged certification; None: every trial certified in full
     schedule: Schedule | None = None  # early stopping per σ; None: every trial trains in full
+    max_trials: int = MAX_TRIALS  # the grid's bound, checked before it is expanded
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "defaults": self.defaults,
@@ -225,6 +228,8 @@ class SweepSpec:
             out["stages"] = self.stages.record()
         if self.schedule is not None:
             out["schedule"] = self.schedule.record()
+        if self.max_trials != MAX_TRIALS:
+            out["max_trials"] = self.max_trials
         return out
 
     def trials(self) -> list[Trial]:
@@ -256,7 +261,15 @@ def _block(cls, values: Any, key: str):
     return cls(**typed).validate()
 
 
-def _grid(values: Any) -> list[dict[str, list[Any]]]:
+def _max_trials(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"max_trials: expected an integer ≥ 1, got {value!r}")
+    return value
+
+
+def _grid(values: Any, max_trials: int) -> list[dict[str, list[Any]]]:
+    """The grid's parts, refused before any expansion when their cartesian products hold more
+    than ``max_trials`` points together."""
     parts = values if isinstance(values, list) else [values]
     if not parts:
         raise UserError("grid: empty; give at least one key with a list of values")
@@ -277,6 +290,10 @@ def _grid(values: Any) -> list[dict[str, list[Any]]]:
                 raise UserError(f"{where}.{key}: empty list of values")
             axes[key] = options
         grid.append(axes)
+    points = sum(math.prod(len(options) for options in part.values()) for part in grid)
+    if points > max_trials:
+        raise UserError(f"grid: {points:,} trials, more than max_trials = {max_trials:,}; "
+                        "raise it with --max-trials N (or the spec's max_trials) if you mean it")
     return grid
 
 
@@ -292,10 +309,7 @@ def _optional_block(block: Any, overrides: list[str], name: str) -> Any:
         head, _, tail = key.partition(".")
         if head != name:
             continue
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise UserError(f"--set {key}: cannot read value {raw!r}") from None
+        value = load_yaml(raw, f"--set {key}")
         if tail:
             block = {**(block if isinstance(block, Mapping) else {}), tail: value}
         elif value is None or value is False:
@@ -322,7 +336,8 @@ def parse_spec(values: Any, overrides: Iterable[str] = ()) -> SweepSpec:
         raise UserError(f"name: expected a folder-safe name (letters, digits, . _ -), got {name!r}")
     if "grid" not in values:
         raise UserError("grid: missing; give at least one key with a list of values")
-    grid = _grid(values["grid"])
+    max_trials = _max_trials(values.get("max_trials", MAX_TRIALS))
+    grid = _grid(values["grid"], max_trials)
     defaults = values.get("defaults") or {}
     if not isinstance(defaults, Mapping):
         raise UserError("defaults: expected a mapping of trial-config keys")
@@ -359,6 +374,7 @@ def parse_spec(values: Any, overrides: Iterable[str] = ()) -> SweepSpec:
         init_from_sweep=init_from_sweep,
         stages=None if stages is None else _block(Stages, stages, "stages"),
         schedule=None if schedule is None else _block(Schedule, schedule, "schedule"),
+        max_trials=max_trials,
     )
     # Bad defaults are named even if every trial overrides them (init_from as it will resolve).
     placeholder = {} if init_from_sweep is None else {"init_from": init_from_sweep}
@@ -385,23 +401,18 @@ def spec_path(name: str | Path) -> Path:
     return path
 
 
-def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> SweepSpec:
-    """Read a YAML spec file (or a preset by name); errors are one line starting with the file
-    name."""
+def load_spec(path: str | Path, overrides: Iterable[str] = (),
+              max_trials: int | None = None) -> SweepSpec:
+    """Read a YAML spec file (or a preset by name; sizes and aliases limited, common.yaml_input)
+    with ``--set`` overrides and ``--max-trials`` (None: the spec's own bound); errors are one
+    line starting with the file name."""
     path = spec_path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         raise UserError(f"{path}: spec file does not exist (presets: "
-                        f"{', '.join(preset_names())})") from None
-    except (IsADirectoryError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read the spec ({type(e).__name__})") from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: malformed YAML{where}") from None
+                        f"{', '.join(preset_names())})")
+    values = read_yaml_file(path)
+    if max_trials is not None and isinstance(values, Mapping):
+        values = {**values, "max_trials": max_trials}
     try:
         return parse_spec(values, overrides)
     except UserError as e:
@@ -438,12 +449,21 @@ def _excluded(params: Mapping[str, Any], exclude: list[dict[str, Any]]) -> bool:
     return any(all(matches(k, v) for k, v in entry.items()) for entry in exclude)
 
 
+def _pretraining_trials(sweep_dir: str) -> list[Trial]:
+    """The trials of the pre-training sweep ``sweep_dir`` (its sweep.yaml expanded); a spec
+    that does not parse is one line naming that file."""
+    try:
+        return parse_spec(pretraining_spec(sweep_dir)).trials()
+    except UserError as e:
+        raise UserError(f"{INIT_FROM_SWEEP}: {Path(sweep_dir) / 'sweep.yaml'}: {e}") from None
+
+
 def expand(spec: SweepSpec) -> list[Trial]:
     """The union of each grid part's cartesian product, minus excluded points, each validated."""
     trials: dict[str, Trial] = {}
     seen: set[tuple] = set()
     pretrained = (None if spec.init_from_sweep is None else pretrained_checkpoints(
-        spec.init_from_sweep, parse_spec(pretraining_spec(spec.init_from_sweep)).trials()))
+        spec.init_from_sweep, _pretraining_trials(spec.init_from_sweep)))
     for part in spec.grid:
         keys = list(part)
         for combo in itertools.product(*(part[k] for k in keys)):

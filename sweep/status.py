@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -11,10 +10,17 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from common import layout
 from common.errors import UserError
+from common.records import (
+    parse_yaml,
+    read_driver,
+    read_metrics,
+    read_plan,
+    read_state,
+    read_yaml,
+)
 from common.stage_record import LAST, outcome, stopped_counts, trials
 from common.stage_record import read as read_stage_record
 from sweep import processes
@@ -178,11 +184,35 @@ def _stage_line(current, reached: dict[str, int | None], why: dict[str, str]) ->
 
 
 def _last_epoch(path: Path) -> int | None:
+    """Epochs done, from the trial's metrics.jsonl (None: none yet; common.records)."""
+    epochs = read_metrics(path)
+    return epochs[-1]["epoch"] + 1 if epochs else None
+
+
+def parse_sweep_yaml(text: str | bytes, where: str | Path) -> SweepSpec:
+    """The spec of a sweep folder's ``sweep.yaml`` (``text``, read from ``where``, e.g. a
+    bucket's copy): YAML within common.yaml_input's limits, a spec sweep.spec accepts;
+    anything else is one UserError line naming the file."""
+    return _spec_of(lambda: parse_yaml(text, where), where)
+
+
+def read_sweep_spec(folder: str | Path) -> SweepSpec:
+    """The spec of the sweep folder ``folder`` (its ``sweep.yaml``, checked as
+    :func:`parse_sweep_yaml` says); a folder without one is not a sweep folder."""
+    path = Path(folder) / layout.SPEC
+    if not path.is_file():
+        raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC}); "
+                        "give the folder `smoothadv sweep run` printed")
+    return _spec_of(lambda: read_yaml(path), path)
+
+
+def _spec_of(load, where: str | Path) -> SweepSpec:
     try:
-        lines = [ln for ln in path.read_text().splitlines() if ln.endswith("}")]
-    except FileNotFoundError:
-        return None
-    return json.loads(lines[-1])["epoch"] + 1 if lines else None
+        return parse_spec(load())
+    except UserError as e:
+        message = str(e)
+        raise UserError(message if message.startswith(f"{where}:") else f"{where}: {message}"
+                        ) from None
 
 
 HEARTBEAT_S = 30.0  # how often a running driver rewrites its driver.json
@@ -198,7 +228,7 @@ def heartbeat_age(info: dict) -> float | None:
 def driver_alive(sweep_dir: Path) -> bool:
     """Whether the sweep's driver still runs: on this host its process is looked up; a driver
     on another host (a head node or pod since replaced) is alive while its heartbeat is fresh."""
-    info = layout.read_json(sweep_dir / layout.DRIVER)
+    info = read_driver(sweep_dir / layout.DRIVER)
     if info is None:
         return False
     if info.get("host") != socket.gethostname():
@@ -219,28 +249,24 @@ def status_table(sweep_dir: str | Path | SweepFolder) -> tuple[pd.DataFrame, Swe
     stopped and its error."""
     sweep = sweep_dir if isinstance(sweep_dir, SweepFolder) else SweepFolder(Path(sweep_dir))
     folder = sweep.local
-    if not (folder / layout.SPEC).is_file():
-        raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC}); "
-                        "give the folder `smoothadv sweep run` printed")
-    spec = parse_spec(yaml.safe_load((folder / layout.SPEC).read_text()))
+    spec = read_sweep_spec(folder)
     alive = driver_alive(folder)
     stages = read_stage_record(folder)
     tune = {} if alive else tune_statuses(sweep, _tune_name(stages))
     rows = []
     for trial in spec.trials():
         tdir = layout.trial_dir(folder, trial.name)
-        state = layout.read_json(tdir / layout.STATE) or {}
+        state = read_state(tdir / layout.STATE) or {}
         status = reconciled(state.get("state"), tune.get(trial.name), alive)
         files = certify_files(tdir, layout.CERTIFY)
         plan_name = layout.CERTIFY_PLAN
         if stages is not None and not files:  # stage 1: the screening certification
             files = certify_files(tdir, layout.CERTIFY_STAGE1)
             plan_name = layout.CERTIFY_STAGE1_PLAN
-        plan = layout.read_json(tdir / plan_name) or {}
+        planned = read_plan(tdir / plan_name)
         done = sum(_count_rows(f) for f in files)
-        planned = plan.get("planned")
         rate = eta = ""
-        if status == "RUNNING" and done and isinstance(planned, int | float):
+        if status == "RUNNING" and done and planned is not None:
             per_second = certify_rate(files)
             if per_second > 0:
                 rate = format_rate(per_second)
@@ -252,7 +278,7 @@ def status_table(sweep_dir: str | Path | SweepFolder) -> tuple[pd.DataFrame, Swe
             row["stage"] = "" if entry.get("stage") is None else str(entry["stage"])
         row.update({
             "epoch": f"{epoch or 0}/{trial.config.epochs}",
-            "certified": f"{done}/{planned}" if "planned" in plan else f"{done}/?",
+            "certified": f"{done}/{planned}" if planned is not None else f"{done}/?",
             "rate": rate, "eta": eta,
         })
         # why a trial stopped: its stage (a staged sweep), else the early-stopping schedule's

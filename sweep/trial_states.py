@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from common import layout
+from common.records import read_state
 
 FINISHED = ("TERMINATED", "STOPPED")
 EXPERIMENT_STATE = "experiment_state-"  # Tune's restore point: experiment_state-<time>.json
@@ -59,15 +60,23 @@ def tune_statuses(sweep, tune_dir: str) -> dict[str, str]:
             state = json.loads(entry[0])
             out[str(state["custom_trial_name"])] = str(state["status"])
         return out
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError):
         return {}
+
+
+def recorded_states(folder: Path, names: Iterable[str]) -> dict[str, str | None]:
+    """Each trial's state as its state.json records it (None: no record, the trial has not
+    started); a damaged record is one UserError line naming it (common.records.read_state).
+    Read before anything starts, so that a resume refuses such a sweep before Ray does."""
+    return {name: (read_state(layout.trial_dir(folder, name) / layout.STATE) or {}).get("state")
+            for name in names}
 
 
 def settle_before_resume(sweep, tune: Mapping[str, str]) -> None:
     """Before a resume (no driver runs: the resuming one holds the sweep's lock), write each
     trial's reconciled state where it differs from its record."""
     for path in sorted((sweep.local / layout.TRIALS).glob(f"*/{layout.STATE}")):
-        record = layout.read_json(path) or {}
+        record = read_state(path) or {}
         now = reconciled(record.get("state"), tune.get(path.parent.name), False)
         if now != record.get("state"):
             _write(sweep, path, record, now)
@@ -91,7 +100,7 @@ def settle_after_fit(sweep, errored: Mapping[str, str], names: Iterable[str]) ->
         name = path.parent.name
         if name in halted:
             write_stopped(sweep, path, halted[name])
-        record = layout.read_json(path) or {}
+        record = read_state(path) or {}
         state = record.get("state")
         finished += state in FINISHED and name in names
         if name in errored and state not in FINISHED and state != "ERROR":

@@ -91,7 +91,7 @@ def _shard_names(trial_dir: Path, name: str, rank: int, world: int) -> list[str]
 
 def _final_model(config: TrialConfig, trial_dir: Path, skip: int, max_index: int,
                  device: torch.device) -> Evaluation:
-    return load_evaluation(trial_dir / CHECKPOINT, dataset=config.dataset,
+    return load_evaluation(trial_dir / CHECKPOINT, arch=config.arch, dataset=config.dataset,
                            data_root=config.data_root, skip=skip, max_index=max_index,
                            device=str(device))
 
@@ -182,8 +182,8 @@ def certify_proxy(config: TrialConfig, schedule: Schedule, checkpoint: Path, epo
     seed) into ``proxy_e<epoch>.tsv`` (resumed like any results file; rows of another
     checkpoint, left by a run that trained this epoch before, are discarded) and return
     ``proxy_rung`` and ``proxy_cert_acc_<r>`` at the schedule's radii for the trial's σ."""
-    ev = load_evaluation(checkpoint, dataset=config.dataset, data_root=config.data_root,
-                         device=str(device))
+    ev = load_evaluation(checkpoint, arch=config.arch, dataset=config.dataset,
+                         data_root=config.data_root, device=str(device))
     out = checkpoint.parent / layout.proxy_name(epoch)
     before = layout.read_json(layout.meta_path(out))
     if before is not None and before.get("checkpoint_sha256") != ev.identity[
@@ -290,7 +290,11 @@ def stopped_by_schedule(loop_config: dict[str, Any], trial: str, rank: int,
         else:
             path = Path(loop_config["trial_dir"]).parent.parent / layout.SCHEDULE
             data = path.read_bytes() if path.exists() else None
-        stopped = trial in stopped_entries(json.loads(data) if data else None)
+        try:  # a damaged record stops nothing here (the driver's scheduler refuses it)
+            record = json.loads(data) if data else None
+        except ValueError:
+            record = None
+        stopped = trial in stopped_entries(record)
     if world > 1:
         flag = [stopped]
         torch.distributed.broadcast_object_list(flag, src=0)

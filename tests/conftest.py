@@ -19,6 +19,10 @@ from sweep.run import LOCAL_RAY_ENV, set_local_ray_env
 from sweep.train_loop import NO_STATE_API
 from trainers import build_model, load_dataset, save_checkpoint
 
+# The tests' own signing key (sweep.trust), never the user's: every command the tests start,
+# drivers included, inherits this folder.
+os.environ["SMOOTHADV_CONFIG_DIR"] = __import__("tempfile").mkdtemp(prefix="smoothadv-keys-")
+
 
 class LinearBinary(nn.Module):
     """f(x) = 1 if w·x + b > 0 else 0 with ‖w‖ = 1, so under N(0, σ²I) noise

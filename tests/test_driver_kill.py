@@ -16,7 +16,7 @@ import yaml
 
 from common import layout
 from common.layout import CHECKPOINT
-from sweep import processes
+from sweep import processes, trust
 
 SPEC = {"name": "killed",
         "defaults": {"dataset": "synthetic", "arch": "lenet", "train_subset": 768,
@@ -105,8 +105,10 @@ def test_a_driver_on_a_replaced_machine_is_judged_by_its_heartbeat(tmp_path):
 
     (tmp_path / layout.SPEC).write_text(yaml.safe_dump(SPEC))
     me = os.getpid(), processes.start_time(os.getpid())  # must survive: same pid, other host
-    record = {"pid": me[0], "host": "old-head-pod", "ray_processes": [list(me)]}
-    layout.write_json(tmp_path / layout.DRIVER, {**record, "heartbeat": time.time() - 5})
+    record = {"pid": me[0], "start": me[1], "host": "old-head-pod",
+              "ray_processes": [list(me)]}
+    layout.write_json(tmp_path / layout.DRIVER,
+                      trust.signed({**record, "heartbeat": time.time() - 5}))
     assert driver_alive(tmp_path)
     fresh = subprocess.run([sys.executable, "-m", "sweep.cli", "sweep", "stop", str(tmp_path)],
                            capture_output=True, text=True)
@@ -114,7 +116,7 @@ def test_a_driver_on_a_replaced_machine_is_judged_by_its_heartbeat(tmp_path):
     assert (tmp_path / layout.DRIVER).exists()
 
     layout.write_json(tmp_path / layout.DRIVER,
-                      {**record, "heartbeat": time.time() - STALE_S - 1})
+                      trust.signed({**record, "heartbeat": time.time() - STALE_S - 1}))
     assert not driver_alive(tmp_path)
     stale = subprocess.run([sys.executable, "-m", "sweep.cli", "sweep", "stop", str(tmp_path)],
                            capture_output=True, text=True)

@@ -110,7 +110,10 @@ def test_user_arch_and_dataset_train_then_certify(tmp_path, user_module, capsys)
     assert ckpt["input_shape"] == [2, 8, 8]
 
     sys.modules.pop(user_module)  # certify imports the module afresh from the recorded path
-    model, _ = model_from_checkpoint(run / "checkpoint.pt")
+    with pytest.raises(UserError, match="is an import path, which would run that code"):
+        model_from_checkpoint(run / "checkpoint.pt")  # not named: refused, nothing imported
+    assert user_module not in sys.modules
+    model, _ = model_from_checkpoint(run / "checkpoint.pt", arch=arch, dataset=dataset)
     assert isinstance(model[0], NormalizeLayer)  # the input layer added as for built-ins
     assert model[0].mean.flatten().tolist() == pytest.approx([0.5, 0.4])
     assert model[0].std.flatten().tolist() == pytest.approx([0.25, 0.2])
@@ -120,7 +123,7 @@ def test_user_arch_and_dataset_train_then_certify(tmp_path, user_module, capsys)
     capsys.readouterr()
     assert main(["certify", str(run / "checkpoint.pt"), "--sigma", "0.25", "--n0", "4",
                  "--n", "16", "--batch", "16", "--out", str(out), "--device", "cpu",
-                 "--no-progress"]) == 0
+                 "--no-progress", "--arch", arch, "--dataset", dataset]) == 0
     rows = pd.read_csv(out, sep="\t")
     assert rows["label"].tolist() == [0, 1, 2, 0, 1, 2]
     assert sys.modules[user_module].CALLS == [("test", None, False, False)]

@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from conftest import FAULT_TRIAL, KILL_TRIAL, RESTART_TRIAL
 
 from common import layout
+from common.errors import UserError
+from sweep import trust
 from sweep.cli import main
+from sweep.storage import open_sweep
 
 TINY_DEFAULTS = {
     "dataset": "synthetic", "arch": "lenet", "train_subset": 128, "test_subset": 64,
@@ -97,6 +101,14 @@ def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capsys
                             "--logdir", str(sweep_dir / layout.TUNE)], capture_output=True,
                            text=True, timeout=120)
     assert "ray/tune/acr" in board.stdout and "pgd-sigma0.25" in board.stdout, board.stderr
+    # the driver signed every file of Tune's restore point as Tune wrote it (sweep.trust):
+    # `sweep resume` would hand it to Ray; one changed byte, and it would not
+    sweep = open_sweep(sweep_dir)
+    trust.verify_tune_state(sweep, layout.TUNE)
+    state = next((sweep_dir / layout.TUNE).glob("experiment_state-*.json"))
+    state.write_bytes(state.read_bytes().replace(b"TERMINATED", b"TERMINATEd", 1))
+    with pytest.raises(UserError, match=f"{state.name}: not signed by your smoothadv key"):
+        trust.verify_tune_state(sweep, layout.TUNE)
 
 
 def hparams_of(tune_trial: Path) -> dict:
@@ -161,6 +173,7 @@ def test_restart_errored_starts_the_failed_trial_afresh_and_leaves_the_others(lo
     # Tune's record of the errored trial cannot be restored (its config a placeholder no
     # process resolves, as a sample_from function's became): it restarts all the same
     damage_tune_record(sweep_dir / layout.TUNE, RESTART_TRIAL)
+    trust.sign_tune_state(open_sweep(sweep_dir), layout.TUNE)  # as `sweep trust` after a read
 
     assert main(["sweep", "resume", str(sweep_dir), "--restart-errored", "--verbose", "0"]) == 0
     aside = sweep_dir / layout.ERRORED / f"{RESTART_TRIAL}.1"  # the failed run's outputs, kept

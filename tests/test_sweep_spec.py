@@ -391,3 +391,71 @@ def test_tunes_param_space_is_plain_data_one_record_per_trial():
         assert v["stage"] == 2 and v["trial"]["config"] == trial.config.to_dict()
         assert {k: v["trial"].get(k) for k in ("method", "epsilon", "sigma")} == \
             {k: trial.params.get(k) for k in ("method", "epsilon", "sigma")}
+
+
+BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi",
+                                                                          strict=True)])
+
+
+def test_a_yaml_bomb_is_refused_in_one_line_at_once(tmp_path, capsys):
+    """386 bytes of nested anchors stand for 9^9 values: refused before anything walks them
+    (common.yaml_input), in a spec, a trial config and a --set value."""
+    import time
+
+    spec = tmp_path / "bomb.yaml"
+    spec.write_text(BOMB)
+    assert len(BOMB) < 400
+    started = time.monotonic()
+    assert main(["sweep", "plan", str(spec)]) == 2
+    assert main(["train", str(spec), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(f"{spec}: expands to more than 100,000 values" in line
+                                 for line in err), err
+    assert not (tmp_path / "t").exists()
+    assert main(["sweep", "plan", "quickstart", "--set", f"lr={{{BOMB.replace(chr(10), ', ')}}}"]
+                ) == 2
+    assert "--set lr: expands to more than" in capsys.readouterr().err
+    assert time.monotonic() - started < 10
+
+
+def test_a_grid_beyond_max_trials_is_refused_before_it_is_expanded(tmp_path, capsys):
+    """A million-trial grid (6 keys × 10 values) is one line at once, not a minute and
+    gigabytes; --max-trials sets the bound both ways."""
+    import time
+
+    spec = tmp_path / "huge.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "huge", "defaults": {"dataset": "synthetic", "arch": "lenet"},
+        "grid": {k: [round(0.1 * i + 0.1, 1) for i in range(10)]
+                 for k in ("sigma", "epsilon", "lr", "momentum", "weight_decay", "lr_gamma")}}))
+    started = time.monotonic()
+    assert main(["sweep", "plan", str(spec)]) == 2
+    assert time.monotonic() - started < 5
+    line = capsys.readouterr().err.strip()
+    assert line == (f"smoothadv: error: {spec}: grid: 1,000,000 trials, more than max_trials "
+                    "= 10,000; raise it with --max-trials N (or the spec's max_trials) if you "
+                    "mean it")
+    assert main(["sweep", "plan", "quickstart", "--max-trials", "9"]) == 2
+    assert "grid: 10 trials, more than max_trials = 9" in capsys.readouterr().err
+    assert main(["sweep", "plan", "quickstart", "--max-trials", "10"]) == 0
+    assert parse_spec({**load_spec("quickstart").to_dict(), "max_trials": 10}).max_trials == 10
+
+
+def test_storage_that_is_a_file_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    import sweep.run
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr(sweep.run, "init_ray", no_ray)
+    (tmp_path / "afile").write_text("")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "s", "defaults": {"dataset": "synthetic",
+                                                             "arch": "lenet"},
+                                    "grid": {"sigma": [0.25]}}))
+    for storage in ("afile", "afile/below"):
+        assert main(["sweep", "run", str(spec), "--storage", str(tmp_path / storage)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"smoothadv: error: --storage {tmp_path / storage}: {tmp_path / 'afile'} is a "
+            "file, not a folder")

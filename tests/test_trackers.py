@@ -201,8 +201,9 @@ def test_resuming_a_sweep_that_logs_to_an_uninstalled_tracker_is_one_error_line(
     import yaml
     from ray import tune
 
-    from sweep import trackers
+    from sweep import trackers, trust
     from sweep.spec import parse_spec
+    from sweep.storage import open_sweep
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     sweep_dir = tmp_path / "tracked"
@@ -212,6 +213,7 @@ def test_resuming_a_sweep_that_logs_to_an_uninstalled_tracker_is_one_error_line(
                run_config=tune.RunConfig(name=layout.TUNE, storage_path=str(sweep_dir),
                                          callbacks=trackers.callbacks(["mlflow"], sweep_dir,
                                                                       "tracked")))
+    trust.sign_tune_state(open_sweep(sweep_dir), layout.TUNE)  # as a driver of this user
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if uninstalled since
     assert main(["sweep", "resume", str(sweep_dir), "--verbose", "0"]) == 2
     assert capsys.readouterr().err == (f"smoothadv: error: {sweep_dir}: this sweep logs to "

@@ -2,6 +2,10 @@
 
 Written atomically (temporary file in the same folder, fsync, rename, fsync of the folder) and
 read with ``torch.load(weights_only=True)``: a checkpoint can never run code when loaded.
+Its ``arch`` and ``dataset`` may be import paths ``module:name`` (trainers.registry), whose
+import and call would run code: :func:`model_from_checkpoint` uses such a path only when the
+caller names the same path itself (a trial's config, a command line's ``--arch``/``--dataset``)
+and otherwise refuses the file before importing anything.
 
 Each checkpoint carries a SHA-256 digest of its own content (every tensor's bytes, dtype and
 shape, and every other value, key by key): a flipped bit inside the weights, which
@@ -17,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import zipfile
+import re
+import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,7 @@ from common.errors import UserError
 from common.layout import PREVIOUS
 from trainers.datasets import dataset_info
 from trainers.models import build_model, place
+from trainers.registry import is_import_path
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "arch", "dataset", "num_classes", "mean", "std", "state_dict")
@@ -109,19 +116,47 @@ def previous_path(path: str | Path) -> Path:
     return path.with_name(f"{path.stem}{PREVIOUS}{path.suffix}")
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # what torch.save writes (a zip archive) starts with
+_CODE_GLOBAL = re.compile(r"\bGLOBAL ([\w.]+)")  # torch names the callable a pickle asks for
+
+
 def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``; any problem is a UserError naming the file."""
+    """``torch.load(path, weights_only=True)``; any problem is one UserError line naming the
+    file: a file that is no checkpoint (whatever bytes it holds), a truncated or corrupt one,
+    or one that would need code to load (a pickle of other objects than weights)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": one line only
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: refused to load, not a plain weights checkpoint ({first})") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise UserError(f"{path}: checkpoint is truncated or corrupt ({type(e).__name__})") from e
+        # torch's message advises loading with weights_only=False, which would run the
+        # file's code: never repeat it. Name what the file asks to run, if it says.
+        needs = _CODE_GLOBAL.search(str(e))
+        if needs:
+            raise UserError(f"{path}: refused: not a plain weights checkpoint, loading it would "
+                            f"need to run code ({needs[1].rstrip('.')})") from None
+        raise UserError(f"{path}: not a checkpoint (not a file torch.save writes: "
+                        "unreadable as plain weights)") from None
+    except Exception as e:  # whatever torch.load raises on arbitrary bytes
+        if _starts_with(path, _ZIP_MAGIC):
+            raise UserError(f"{path}: checkpoint is truncated or corrupt "
+                            f"({type(e).__name__})") from None
+        raise UserError(f"{path}: not a checkpoint (not a file torch.save writes; "
+                        f"{type(e).__name__} reading it)") from None
     return ckpt
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(prefix)) == prefix
+    except OSError:
+        return False
 
 
 def is_smoothadv_checkpoint(payload: Any) -> bool:
@@ -146,6 +181,31 @@ def verified(path: str | Path, ckpt: dict[str, Any]) -> dict[str, Any]:
     return ckpt
 
 
+TRUST_HINT = "name it yourself to trust it: --{key} {value}"
+
+
+def check_trusted(path: str | Path, ckpt: dict[str, Any], trust: Collection[str | None] = (),
+                  hint: str = TRUST_HINT) -> None:
+    """Refuse ``ckpt`` (read from ``path``) whose ``arch`` or ``dataset`` is not a name, or is
+    an import path ``module:name`` that ``trust`` (the names the user gave) does not hold:
+    one line ending in ``hint`` (formatted with ``key`` and ``value``), before anything is
+    imported."""
+    _check_names(path, ckpt)
+    for key in ("arch", "dataset"):
+        value = ckpt[key]
+        if is_import_path(value) and value not in trust:
+            raise UserError(f"{path}: its {key} {value!r} is an import path, which would run "
+                            f"that code; {hint.format(key=key, value=value)}")
+
+
+def _check_names(path: str | Path, ckpt: dict[str, Any]) -> None:
+    for key in ("arch", "dataset"):
+        value = ckpt[key]
+        if not isinstance(value, str) or not value:
+            raise UserError(f"{path}: not a smoothadv checkpoint ({key} is a "
+                            f"{type(value).__name__}, not a name)")
+
+
 def model_from_checkpoint(
     path: str | Path,
     *,
@@ -153,21 +213,33 @@ def model_from_checkpoint(
     dataset: str | None = None,
     device: str | torch.device = "cpu",
     ckpt: dict[str, Any] | None = None,
+    trust: Collection[str | None] = (),
+    trust_hint: str = TRUST_HINT,
 ) -> tuple[nn.Sequential, dict[str, Any]]:
     """Rebuild the model stored in ``path``; ``arch``/``dataset``, when given, must match it.
-    ``ckpt``, when given, is the file's content already read by :func:`load_checkpoint`."""
+    ``ckpt``, when given, is the file's content already read by :func:`load_checkpoint`.
+
+    An ``arch`` or ``dataset`` that the file records as an import path ``module:name`` is
+    imported only when the caller names it: as ``arch``/``dataset`` or in ``trust`` (e.g. a
+    dataset to evaluate on); otherwise the file is refused (one line, ending in
+    ``trust_hint``: how the user names it) before any import."""
     ckpt = load_checkpoint(path) if ckpt is None else verified(path, ckpt)
+    _check_names(path, ckpt)
     for key, want in (("arch", arch), ("dataset", dataset)):
         if want is not None and ckpt[key] != want:
             raise CheckpointMismatch(f"{path}: checkpoint {key} is {ckpt[key]!r}, "
                                      f"expected {want!r}")
+    check_trusted(path, ckpt, {arch, dataset, *trust}, trust_hint)
+    if not isinstance(ckpt["state_dict"], dict):
+        raise UserError(f"{path}: not a smoothadv checkpoint (its state_dict is a "
+                        f"{type(ckpt['state_dict']).__name__}, not a mapping)")
     try:
         model = build_model(ckpt["arch"], ckpt["dataset"])
     except UserError as e:
         raise UserError(f"{path}: {e}") from e
     try:
         model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
+    except (RuntimeError, TypeError, AttributeError, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{path}: weights do not fit arch {ckpt['arch']!r} ({first})") from e
     return place(model, device), ckpt

@@ -12,10 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Self
 
-import yaml
-
-from certify.settings import Sampling, SamplingKeys
+from certify.settings import Sampling, SamplingKeys, check_seed, check_sigma
 from common.errors import UserError
+from common.yaml_input import load_yaml, read_yaml_file
 from trainers.registry import DATASETS, check_arch, dataset_info, is_import_path
 
 METHODS = ("gaussian", "smoothadv", "vanilla_adv")
@@ -164,7 +163,8 @@ def validate(config: TrialConfig) -> TrialConfig:
     check_arch(c.arch)
     _require(c.method in METHODS, "method", f"unknown {c.method!r}; one of {list(METHODS)}")
     _require(c.attack in ATTACKS, "attack", f"unknown {c.attack!r}; one of {list(ATTACKS)}")
-    _require(c.sigma > 0, "sigma", f"must be > 0, got {c.sigma}")
+    check_sigma(c.sigma)
+    check_seed(c.seed)
     _require(c.epsilon >= 0, "epsilon", f"must be ≥ 0, got {c.epsilon}")
     _require(c.m_train >= 1, "m_train", f"must be ≥ 1, got {c.m_train}")
     _require(c.steps >= 1, "steps", f"must be ≥ 1, got {c.steps}")
@@ -210,10 +210,7 @@ def apply_overrides(values: Mapping[str, Any], overrides: Iterable[str]) -> dict
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected key=value")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise UserError(f"--set {key}: cannot read value {raw!r}") from None
+        value = load_yaml(raw, f"--set {key}")
         head, _, tail = key.partition(".")
         if tail:
             out.setdefault(head, {})
@@ -226,16 +223,9 @@ def apply_overrides(values: Mapping[str, Any], overrides: Iterable[str]) -> dict
 
 
 def load_trial_config(path: str, overrides: Iterable[str] = ()) -> TrialConfig:
-    """Read a YAML trial config, apply ``--set`` overrides, validate."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file does not exist") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: malformed YAML{where}") from None
+    """Read a YAML trial config (within common.yaml_input's limits), apply ``--set``
+    overrides, validate."""
+    values = read_yaml_file(path) or {}
     if not isinstance(values, Mapping):
         raise UserError(f"{path}: expected a mapping of trial keys")
     try:

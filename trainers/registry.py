@@ -21,7 +21,10 @@ Besides the built-in names, ``arch`` and ``dataset`` take an import path ``modul
 
 The module must be importable where the trial runs (installed, or its folder on PYTHONPATH).
 A checkpoint records the import path as its ``arch``/``dataset``, so ``smoothadv certify``
-rebuilds the model and reloads the data through the same callables. A path whose module or
+rebuilds the model and reloads the data through the same callables, but only when the user
+names that path (``--arch``/``--dataset``, or the trial config that resumes or fine-tunes from
+it): importing and calling it runs code, which a checkpoint alone never may
+(trainers.checkpoint.check_trusted refuses it, before any import). A path whose module or
 attribute is missing, or which is not callable, is a one-line UserError naming the key, raised
 when the config is validated.
 """

@@ -141,20 +141,25 @@ def predict_labels(model: torch.nn.Module, images: np.ndarray, *, batch_size: in
 def pseudo_label(teacher_ckpt: str | Path, images: str, out: str | Path, *,
                  limit: int | None = None, data_root: str | None = None,
                  batch_size: int = 256, device: str | None = None,
-                 progress: bool = True) -> np.ndarray:
+                 progress: bool = True, arch: str | None = None,
+                 dataset: str | None = None) -> np.ndarray:
     """Label the images named by ``images`` (see read_images) with the teacher checkpoint and
     write them to ``out`` in Carmon et al.'s format; returns the labels.
 
     The label is the teacher's base-classifier argmax on the clean image, as Carmon et al.
     label with a standard (non-robust) classifier; it takes one forward pass per image, where
     the smoothed classifier's prediction would take many noisy samples.
+
+    ``arch`` and ``dataset``, when given, must be the teacher's; an import path ``module:name``
+    the teacher records as either is used only when named so (importing it runs its code).
     """
     if batch_size < 1:
         raise UserError(f"--batch: must be ≥ 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise UserError(f"--limit: must be ≥ 1, got {limit}")
     torch_device = resolve_device(device)
-    model, ckpt = model_from_checkpoint(teacher_ckpt, device=torch_device)
+    model, ckpt = model_from_checkpoint(teacher_ckpt, arch=arch, dataset=dataset,
+                                        device=torch_device)
     array = read_images(images, data_root=data_root, limit=limit)
     _check_images(array, dataset_info(ckpt["dataset"]).input_shape,
                   f"--images {images} (teacher {teacher_ckpt} is a {ckpt['dataset']} model)")

@@ -18,9 +18,9 @@ an epoch checkpoint reproduces the uninterrupted run bit for bit on CPU (checkpo
 store no generator state).
 
 train_trial runs in named steps: prepare_folder (refuse another run's folder, or pick the model
-to start from or resume), build_training (placement, DDP, optimizer and schedule),
-load_trial_data, then per epoch run_epoch (epoch_batches, train_batch) and finish_epoch
-(checkpoint, metrics line).
+to start from or resume), load_trial_data, record_run (only now, every check passed, the folder
+and its config.yaml are written), build_training (placement, DDP, optimizer and schedule), then
+per epoch run_epoch (epoch_batches, train_batch) and finish_epoch (checkpoint, metrics line).
 
 Under DDP (a torch process group of W ranks, as Ray Train sets up) ``batch_size`` stays the
 global batch: each rank takes batch_size/W images of a shared shuffled order
@@ -54,6 +54,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from common.atomic import atomic_write_bytes
 from common.errors import UserError
 from common.layout import CHECKPOINT, CONFIG, METRICS
+from common.records import read_metrics
+from common.yaml_input import read_yaml_file
 from trainers import attacks
 from trainers.checkpoint import (
     CheckpointMismatch,
@@ -216,7 +218,10 @@ def _initial_model(config: TrialConfig, device: torch.device) -> nn.Sequential:
     layer kept as pre-trained and, with ``reinit_head``, a new final layer."""
     if config.init_from is None:
         return build_model(config.arch, config.dataset).to(device)
-    model, ckpt = model_from_checkpoint(config.init_from, arch=config.arch, device=device)
+    # its arch is the trial's own; an import path as its dataset only if it is the trial's
+    model, ckpt = model_from_checkpoint(
+        config.init_from, arch=config.arch, device=device, trust=(config.dataset,),
+        trust_hint="a pre-training dataset is trusted only as the trial's own dataset")
     info = dataset_info(config.dataset)
     if dataset_info(ckpt["dataset"]).input_shape[0] != info.input_shape[0]:
         raise UserError(f"init_from: {config.init_from} takes {ckpt['dataset']} images, whose "
@@ -261,8 +266,15 @@ def _trim_metrics(path: Path, before_epoch: int) -> None:
     """Keep only metric lines of epochs that have a checkpoint (a crash may leave later ones)."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines()
-             if ln.strip() and ln.endswith("}") and json.loads(ln)["epoch"] < before_epoch]
+    read_metrics(path)  # a damaged complete line is one line naming it
+
+    def kept(line: str) -> bool:  # a torn last line is dropped
+        try:
+            return json.loads(line)["epoch"] < before_epoch
+        except (ValueError, TypeError, KeyError):
+            return False
+
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and kept(ln)]
     atomic_write_bytes(path, lambda f: f.write("".join(ln + "\n" for ln in lines).encode()))
 
 
@@ -280,9 +292,17 @@ def check_same_run(config: TrialConfig, out: Path) -> None:
     path = out / CONFIG
     if not path.is_file():
         return
+    values = read_yaml_file(path) or {}  # a refusal names the file
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: cannot read the run's recorded config (not a mapping)")
+    for key in ("arch", "dataset"):  # compared before validating imports an import path
+        if key in values and values[key] != getattr(config, key):
+            raise UserError(f"{path}: {key} is {values[key]!r} in this run, "
+                            f"{getattr(config, key)!r} now; a run folder holds one model: "
+                            "use another output folder")
     try:
-        recorded = parse_trial_config(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    except (UserError, yaml.YAMLError, UnicodeDecodeError) as e:
+        recorded = parse_trial_config(values)
+    except UserError as e:
         raise UserError(f"{path}: cannot read the run's recorded config ({e})") from None
     old, new = recorded.to_dict(), config.to_dict()
     for record in (old, new):
@@ -324,18 +344,23 @@ def prepare_folder(config: TrialConfig, out: Path, rank: int,
                    device: torch.device) -> tuple[nn.Module, dict | None]:
     """Refuse ``out`` when it holds another run; otherwise the model to train and the
     checkpoint it resumes from (None for a fresh run, whose model is seeded by
-    ``config.seed``), with the folder created and the run's ``config.yaml`` written.
-
-    A refused run writes nothing."""
+    ``config.seed``; ``init_from`` read and checked). Writes nothing: :func:`record_run`
+    creates the folder once every check (the data's too) has passed."""
     check_same_run(config, out)
     torch.manual_seed(config.seed)
     resumed = resume_point(out / CHECKPOINT, config, device, say=print if rank == 0 else None)
     net, ckpt = resumed if resumed is not None else (_initial_model(config, device), None)
+    return net, ckpt
+
+
+def record_run(config: TrialConfig, out: Path, rank: int) -> None:
+    """Create the folder ``out`` and (rank 0) write the run's ``config.yaml``, the record
+    :func:`check_same_run` compares a re-run with. Only after every check of the run passed:
+    a refused run leaves nothing that would refuse its corrected re-run."""
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
         atomic_write_bytes(out / CONFIG, lambda f: f.write(config_yaml))
-    return net, ckpt
 
 
 def build_training(net: nn.Module, ckpt: dict | None, config: TrialConfig,
@@ -466,10 +491,11 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
     rank, world = distributed_rank()
     device = resolve_device(config.device)
     net, ckpt = prepare_folder(config, out, rank, device)
+    data = load_trial_data(config, world, device)  # refuses a missing dataset, bad extra_data
+    record_run(config, out, rank)  # nothing is written before every check passed
     state = build_training(net, ckpt, config, device, world)
     if rank == 0:  # drop the lines of epochs after the checkpoint (a crash may leave some)
         _trim_metrics(out / METRICS, state.start_epoch)
-    data = load_trial_data(config, world, device)
     metrics: dict[str, Any] = {}
     for epoch in range(state.start_epoch, config.epochs):
         metrics = run_epoch(state, data, config, epoch, rank, world, device, progress)

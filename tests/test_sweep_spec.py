@@ -29,11 +29,39 @@ def write_spec(tmp_path: Path, values, name: str = "spec.yaml") -> Path:
 
 
 @pytest.mark.parametrize("preset,count", [("cifar10_paper", 640), ("imagenet_paper", 24),
+                                          ("cifar10_fast", 640), ("imagenet_fast", 24),
                                           ("cifar10_cohen", 4), ("imagenet_cohen", 3),
                                           ("imagenet32_pretrain", 16), ("quickstart", 10)])
 def test_plan_counts_the_presets(preset, count, capsys):
     assert main(["sweep", "plan", str(CONFIGS / f"{preset}.yaml")]) == 0
     assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"{count} trials"
+
+
+PAPER_PRESETS = ("cifar10_paper", "imagenet_paper", "cifar10_finetune", "imagenet32_pretrain",
+                 "cifar10_cohen", "imagenet_cohen")
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_presets_named_after_the_papers_run_their_protocol(preset, tmp_path):
+    """Every trial trains in full (no early stopping), in float32 (amp off), and certifies with
+    Cohen et al.'s CERTIFY (not sequential, no target radius): every row is CERTIFY's."""
+    spec = load_spec(preset, ["init_from=/pre/trained.pt"] if "finetune" in preset else [])
+    assert spec.schedule is None and spec.stages is None
+    for trial in spec.trials():
+        certify = trial.config.certify
+        assert not certify.sequential and certify.target_radius is None
+        assert trial.config.amp is False
+
+
+@pytest.mark.parametrize("fast,paper", [("cifar10_fast", "cifar10_paper"),
+                                        ("imagenet_fast", "imagenet_paper")])
+def test_the_fast_presets_are_the_paper_grid_with_the_economies(fast, paper):
+    economical, exact = load_spec(fast), load_spec(paper)
+    assert economical.schedule is not None
+    assert [t.name for t in economical.trials()] == [t.name for t in exact.trials()]
+    trial = economical.trials()[0]
+    assert trial.config.certify.sequential and trial.config.certify.target_radius is not None
+    assert trial.config.amp is True
 
 
 def finished_pretraining_sweep(tmp_path: Path, drop: str | None = None) -> Path:
@@ -135,10 +163,10 @@ def test_set_turns_the_optional_blocks_on_off_and_sets_their_keys():
     on = parse_spec(TINY, ["schedule.margin=0.1", "stages.n=200"])
     assert on.schedule == Schedule(margin=0.1) and on.stages.n == 200
     assert parse_spec(TINY, ["schedule=true"]).schedule == Schedule()
-    paper = load_spec(CONFIGS / "cifar10_paper.yaml")
-    assert paper.schedule == Schedule()  # the paper grids stop dominated trials early
-    assert load_spec(CONFIGS / "cifar10_paper.yaml", ["schedule=null"]).schedule is None
-    assert load_spec(CONFIGS / "cifar10_paper.yaml", ["schedule=false"]).schedule is None
+    fast = load_spec(CONFIGS / "cifar10_fast.yaml")
+    assert fast.schedule == Schedule()  # the fast grids stop dominated trials early
+    assert load_spec(CONFIGS / "cifar10_fast.yaml", ["schedule=null"]).schedule is None
+    assert load_spec(CONFIGS / "cifar10_fast.yaml", ["schedule=false"]).schedule is None
     assert load_spec(CONFIGS / "cifar10_paper.yaml",
                      ["schedule.rungs=[0.5]"]).schedule.rungs == (0.5,)
     with pytest.raises(UserError, match="--set schedule: expected null or false"):

@@ -224,3 +224,17 @@ def test_the_ddn_quantize_key_reaches_the_attack(quantize):
     x_hat = train_module.attack_chunk(model, x, y, noise, c, 0.5)
     on_grid = torch.allclose(x_hat * 255, (x_hat * 255).round(), atol=1e-3)
     assert on_grid == quantize
+
+
+@pytest.mark.parametrize("within", [False, True])
+def test_the_ddn_within_epsilon_key_reaches_the_attack(within):
+    """Off (the reference's final rounding) the output may leave the ε-ball by a fraction of a
+    level; on, it never does."""
+    torch.manual_seed(0)
+    model = build_model("lenet", "synthetic")
+    x = torch.randint(0, 256, (16, 1, 16, 16)).float() / 255
+    y = torch.randint(4, (16,))
+    noise = 0.25 * torch.randn((16, 2, 1, 16, 16))
+    c = config(attack="ddn", ddn_within_epsilon=within, steps=2)
+    norms = (train_module.attack_chunk(model, x, y, noise, c, 0.25) - x).flatten(1).norm(dim=1)
+    assert (norms > 0.25 + 1e-6).any() != within

@@ -131,19 +131,39 @@ def quantize(x: torch.Tensor, levels: int = 256) -> torch.Tensor:
     return (x * (levels - 1)).round() / (levels - 1)
 
 
-def _quantized_within(delta: torch.Tensor, epsilon: float, levels: int) -> torch.Tensor:
-    """δ rounded to the grid k/(levels−1); where rounding to nearest would leave the ε-ball,
-    each coordinate is rounded toward zero instead (never longer than δ itself)."""
+def _reference_final(delta: torch.Tensor, epsilon: float, levels: int | None) -> torch.Tensor:
+    """The SmoothAdv reference's last step of DDN (its ``max_norm``, the trained ε): each δ
+    longer than ε is scaled to ε as ``torch.renorm`` does (by ε/(‖δ‖ + 1e-7)), then δ itself
+    is rounded to the nearest grid value k/(levels−1). x + δ then lies on the grid when x does,
+    but may leave the ε-ball by up to √d/(2·(levels−1)): rounding moves each coordinate by up
+    to half a level."""
+    delta = delta.renorm(p=2, dim=0, maxnorm=epsilon)
+    return delta if levels is None else quantize(delta, levels)
+
+
+def _rounded_within(delta: torch.Tensor, epsilon: float, levels: int) -> torch.Tensor:
+    """δ (already within ε) rounded to the grid k/(levels−1), staying within ε: to nearest, and
+    where that leaves the ε-ball, the fewest coordinates that nearest rounding moved outward
+    are rounded toward zero instead, largest reduction of ‖δ‖² first."""
     nearest = quantize(delta, levels)
     toward_zero = (delta * (levels - 1)).trunc() / (levels - 1)
-    outside = _per_example_norm(nearest) > epsilon
-    return torch.where(outside, toward_zero, nearest)
+    flat_near, flat_zero = nearest.flatten(1), toward_zero.flatten(1)
+    saving = flat_near.square() - flat_zero.square()  # > 0 where nearest rounded outward
+    excess = flat_near.square().sum(1) - epsilon ** 2  # > 0: outside the ball
+    order = saving.argsort(dim=1, descending=True)
+    saved = saving.gather(1, order).cumsum(1)
+    # switch the k largest savings, k the fewest whose sum covers the excess (0 when inside)
+    k = (saved < excess.unsqueeze(1)).sum(1) + (excess > 0).long()
+    switch = torch.zeros_like(saving, dtype=torch.bool).scatter_(
+        1, order, torch.arange(order.shape[1], device=delta.device).expand_as(order)
+        < k.unsqueeze(1))
+    return torch.where(switch, flat_zero, flat_near).view_as(delta)
 
 
 def smoothadv_ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
                   epsilon: float, steps: int, *, gamma: float = 0.05,
-                  init_norm: float | None = None, quantize_levels: int | None = 256
-                  ) -> torch.Tensor:
+                  init_norm: float | None = None, quantize_levels: int | None = 256,
+                  within_epsilon: bool = False) -> torch.Tensor:
     """SmoothAdv-DDN (Rony et al. 2019 on J), as the SmoothAdv reference trains with it.
 
     Each step i: if the current point is adversarial (the majority vote over the m noisy copies
@@ -154,10 +174,12 @@ def smoothadv_ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: tor
     clamp it to [0,1]. The target norm starts at ``init_norm``, by default ε: the reference sets
     it every epoch to the warmed-up ε, the ε the trainer passes here.
 
-    The smallest adversarial δ is projected onto the ε-ball and rounded to the grid; examples
-    never found adversarial come back clean, as in the reference. Where the reference's final
-    rounding would step outside the ε-ball (by up to √d/(2·255)), coordinates are rounded toward
-    zero instead, so the output always lies within ε (and on the grid when x does).
+    The output is x plus the smallest adversarial δ found, scaled to ε if longer and rounded
+    to the grid as the reference does (:func:`_reference_final`; not clamped: on the 8-bit
+    grid x + δ stays in [0,1]); it may lie outside the ε-ball by up to √d/(2·255). Examples
+    never found adversarial come back clean, as in the reference. ``within_epsilon`` (off by
+    default; a departure from the reference) rounds so that the output stays within ε instead,
+    rounding toward zero only the fewest coordinates it must (:func:`_rounded_within`).
     """
     x = x.detach()
     if epsilon == 0 or steps == 0:
@@ -189,7 +211,8 @@ def smoothadv_ddn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: tor
             if quantize_levels is not None:
                 x_adv = quantize(x_adv, quantize_levels)
             delta = x_adv.clamp(0, 1) - x
-    delta = _project(x, x + best_delta, epsilon) - x
-    if quantize_levels is not None:
-        delta = _quantized_within(delta, epsilon, quantize_levels)
-    return (x + delta).clamp(0, 1)
+    if within_epsilon and quantize_levels is not None:
+        delta = _rounded_within(_project(x, x + best_delta, epsilon) - x, epsilon,
+                                quantize_levels)
+        return (x + delta).clamp(0, 1)
+    return x + _reference_final(best_delta, epsilon, quantize_levels)

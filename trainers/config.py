@@ -72,6 +72,10 @@ class TrialConfig:
     epsilon: float = 0.5
     steps: int = 10
     ddn_quantize: bool = True  # DDN rounds x+δ to 8-bit levels, as the reference (pgd: unused)
+    # DDN's final rounding stays within ε (rounding toward zero the fewest coordinates it
+    # must) instead of the reference's rounding of δ to nearest, which may leave the ε-ball by
+    # up to √d/510: a departure from the reference, off by default
+    ddn_within_epsilon: bool = False
     m_train: int = 1
     multi_noise: bool = True  # update on all m noisy copies (Pseudocode 1)
     warmup_epochs: int = 10
@@ -184,6 +188,8 @@ def validate(config: TrialConfig) -> TrialConfig:
         _require(value is None or value >= 1, key, f"must be ≥ 1 or null, got {value}")
     _require(not c.gradient_free or c.attack == "pgd", "gradient_free",
              "the gradient-free estimator is for attack: pgd only")
+    _require(not c.ddn_within_epsilon or (c.attack == "ddn" and c.ddn_quantize),
+             "ddn_within_epsilon", "rounds DDN's output: needs attack: ddn and ddn_quantize")
     _require(not c.reinit_head or c.init_from is not None, "reinit_head",
              "needs init_from (the checkpoint whose head is replaced; a sweep may name "
              "its pre-training sweep instead, init_from_sweep)")

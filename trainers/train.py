@@ -145,7 +145,8 @@ def attack_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torc
         return attacks.vanilla_pgd(model, x, y, epsilon, config.steps)
     if config.attack == "ddn":
         return attacks.smoothadv_ddn(model, x, y, noise, epsilon, config.steps,
-                                     quantize_levels=256 if config.ddn_quantize else None)
+                                     quantize_levels=256 if config.ddn_quantize else None,
+                                     within_epsilon=config.ddn_within_epsilon)
     return attacks.smoothadv_pgd(model, x, y, noise, epsilon, config.steps,
                                  gradient_free_sigma=config.sigma if config.gradient_free else None)
 

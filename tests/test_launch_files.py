@@ -393,3 +393,29 @@ def test_dockerfile_installs_cuda_torch_and_smoothadv_into_rays_environment():
 @pytest.mark.parametrize("path", [RAYJOB, RAY_UP])
 def test_launch_yaml_is_valid(path):
     assert isinstance(yaml.safe_load(path.read_text()), dict)
+
+
+def test_rayjob_entrypoint_installs_the_signing_key_from_its_secret(tmp_path, monkeypatch):
+    """A resume in a new head pod signs and verifies with the same key: the entrypoint copies
+    the mounted Secret to the key's place with mode 0600 (sweep.trust refuses a key others can
+    read), as the head pod's volume and mount name it."""
+    spec = rayjob()["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    [mount] = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "signing-key"]
+    [volume] = [v for v in spec["volumes"] if v["name"] == "signing-key"]
+    assert volume["secret"]["secretName"] == "smoothadv-signing-key"
+    secret, home = tmp_path / "secret", tmp_path / "home"
+    secret.mkdir()
+    (secret / "signing.key").write_text("ab" * 32 + "\n")
+    (secret / "signing.key").chmod(0o440)
+    here = rayjob()["spec"]["entrypoint"].replace(mount["mountPath"], str(secret)).replace(
+        "/shared/", f"{tmp_path}/shared/")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SMOOTHADV_CONFIG_DIR")
+    done = run_entrypoint(here, tmp_path, tmp_path / "calls.jsonl")
+    assert done.returncode == 0, done.stderr[-3000:]
+    key = home / ".config" / "smoothadv" / "signing.key"
+    assert key.read_text() == "ab" * 32 + "\n" and key.stat().st_mode & 0o777 == 0o600
+    from sweep import trust
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    assert trust.key_path() == key and trust.vouched(trust.signed({"pid": 1}))

@@ -29,6 +29,8 @@ import pandas as pd
 
 from common import layout, records, stage_record
 from common.errors import UserError
+from common.files import file_bytes
+from common.yaml_input import read_yaml_file
 
 CERTIFY_REQUIRED = ("idx", "label", "predict", "radius", "correct")
 ATTACK_REQUIRED = ("idx", "label", "epsilon", "predict", "correct")
@@ -117,7 +119,7 @@ def read_rows(path: Path, required: Sequence[str], keys: Sequence[str] = CERTIFY
     newline: a writer stopped mid-line) was ignored. Every row is checked as
     common.records.check_result_rows says (``sigma``: the trial's noise level; ``keys``: the
     columns that make a row unique); the first bad one is one UserError line naming its line."""
-    raw = records.file_bytes(path)
+    raw = file_bytes(path)
     if raw is None:
         raise UserError(f"{path}: cannot read (file does not exist)")
     complete = raw[: raw.rfind(b"\n") + 1]
@@ -168,7 +170,7 @@ def _load_json(path: Path, fix: str = "") -> dict[str, Any]:
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
-    value = records.read_yaml(path)
+    value = read_yaml_file(path)
     value = {} if value is None else value
     if not isinstance(value, dict):
         raise UserError(f"{path}: expected a YAML mapping")
@@ -207,12 +209,6 @@ def _meta(certify: Path) -> dict[str, Any]:
     meta = _load_json(path) if path.is_file() else {}
     _check(path, meta, META_RULES)
     return meta
-
-
-def _planned(path: Path) -> int | None:
-    """The images a trial planned to certify, from its ``certify_plan.json``; None without
-    one."""
-    return records.read_plan(path)
 
 
 def _in_int64(value: Any) -> bool:
@@ -280,7 +276,7 @@ def _sweep_trials(folder: Path, qualify: bool) -> list[_Trial]:
             dataset=config.get("dataset", meta.get("dataset")),
             alpha=float(_number(alpha, f"{trial_dir}: alpha")),
             certify=certify, attack=attack if attack.is_file() else None,
-            planned=_planned(plan),
+            planned=records.read_plan(plan),
             stopped=_stopped(stages.get(trial_dir.name)),
             target_radius=meta.get("target_radius"),
             named_in=str(info_path if name else trial_dir), sigma_from=str(sigma_from),

@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import json
 import math
-import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from common.errors import UserError
-from common.yaml_input import load_yaml, read_yaml_file
+from common.files import file_bytes
 
-MAX_RECORD_BYTES = 64 << 20  # far beyond any record or log smoothadv writes
 STATES = ("RUNNING", "TERMINATED", "STOPPED", "ERROR", "INTERRUPTED")  # what state.json holds
 MAX_EPOCH = 1 << 31
 ABSTAIN = -1  # the ``predict`` of an abstention (certify.smooth.ABSTAIN)
@@ -69,26 +66,6 @@ def finite(value: Any) -> bool:
     """Whether ``value`` is a finite int or float (not a bool)."""
     return (isinstance(value, int | float) and not isinstance(value, bool)
             and math.isfinite(value))
-
-
-def file_bytes(path: str | Path, limit: int = MAX_RECORD_BYTES) -> bytes | None:
-    """The bytes of the regular file ``path``; None when it does not exist. A folder, a device
-    or pipe, an oversized or unreadable file is one UserError line naming it."""
-    path = Path(path)
-    try:
-        info = path.stat()
-        if stat.S_ISDIR(info.st_mode):
-            raise UserError(f"{path}: is a folder, not a file")
-        if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"{path}: not a regular file")
-        if info.st_size > limit:
-            raise UserError(f"{path}: {info.st_size:,} bytes, more than the {limit:,} any "
-                            "file of a sweep holds")
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
 
 
 def parse_json(data: bytes | str) -> tuple[Any, str | None]:
@@ -145,31 +122,6 @@ def _optional(record: Mapping[str, Any], key: str, ok, expected: str) -> str | N
 
 def _first(*problems: str | None) -> str | None:
     return next((p for p in problems if p is not None), None)
-
-
-# --- YAML records (sweep.yaml, a trial's config.yaml) ------------------------------------
-
-
-def read_yaml(path: str | Path) -> Any:
-    """common.yaml_input.read_yaml_file, which refuses bad YAML in one line naming ``path``;
-    PyYAML's check for unprintable characters (done as its loader is made, before the guard
-    there) is refused here the same way."""
-    try:
-        return read_yaml_file(path)
-    except yaml.YAMLError as e:
-        raise corrupt(path, f"malformed YAML ({_yaml_problem(e)})") from None
-
-
-def parse_yaml(text: str | bytes, where: str | Path) -> Any:
-    """common.yaml_input.load_yaml of ``text`` read from ``where``, as :func:`read_yaml`."""
-    try:
-        return load_yaml(text, str(where))
-    except yaml.YAMLError as e:
-        raise corrupt(where, f"malformed YAML ({_yaml_problem(e)})") from None
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    return str(getattr(error, "problem", None) or type(error).__name__).splitlines()[0]
 
 
 # --- a trial's state.json -----------------------------------------------------------------

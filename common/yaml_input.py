@@ -11,11 +11,13 @@ Every refusal is one UserError line naming ``what`` (the file, or the ``--set`` 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from common.errors import UserError
+from common.files import file_bytes
 
 MAX_BYTES = 1 << 20  # a spec or config is a few KB; the paper's largest grid spec is ~3 KB
 MAX_NODES = 100_000  # values once every alias is expanded (a 10,000-value grid is ~10,000)
@@ -79,23 +81,10 @@ def load_yaml(text: str | bytes, what: str) -> Any:
             loader.dispose()
 
 
-def read_yaml_file(path: Any, what: str | None = None) -> Any:
-    """:func:`load_yaml` of the file ``path``; a missing, unreadable or oversized file is one
-    line naming it (``what`` defaults to the path)."""
-    from pathlib import Path
-
-    path = Path(path)
-    what = what or str(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise UserError(f"{what}: {size:,} bytes, more than the {MAX_BYTES:,} a YAML "
-                            "input may hold")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{what}: file does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"{what}: is a folder, not a YAML file") from None
-    except OSError as e:
-        raise UserError(f"{what}: cannot read it ({e.strerror or type(e).__name__})") from None
-    return load_yaml(data, what)
+def read_yaml_file(path: str | Path) -> Any:
+    """:func:`load_yaml` of the file ``path``; a missing, unreadable, oversized or irregular
+    file (a folder, a device) is one line naming it (common.files)."""
+    data = file_bytes(path, limit=MAX_BYTES)
+    if data is None:
+        raise UserError(f"{path}: file does not exist")
+    return load_yaml(data, str(path))

@@ -81,6 +81,16 @@ def one_writer(out: str):
     return exclusive(lock_path(path), f"--out {out}")
 
 
+def _evaluation_args(args: argparse.Namespace) -> dict:
+    """What certify, predict and attack pass alike to certify.runner: the model, the images
+    (dataset, split, skip/max/start/stop), batching, device and input layer."""
+    return dict(arch=args.arch, dataset=args.dataset, data_root=args.data_root,
+                split=args.split, skip=args.skip, max_index=args.max_index, start=args.start,
+                stop=args.stop, batch_size=args.batch, device=args.device,
+                download=args.download, progress=not args.no_progress,
+                input_layer=args.input_layer, allow_tf32=args.allow_tf32)
+
+
 def _run_smoothing(args: argparse.Namespace) -> int:
     from certify.runner import smooth_checkpoint
     from certify.settings import Sampling
@@ -91,14 +101,9 @@ def _run_smoothing(args: argparse.Namespace) -> int:
                         sequential=certifying and args.sequential,
                         target_radius=args.target_radius if certifying else None).validate()
     with one_writer(args.out):  # settings checked first: a refusal leaves not even the lock
-        results = smooth_checkpoint(
-            args.checkpoint, sampling, args.out, arch=args.arch, dataset=args.dataset,
-            data_root=args.data_root, split=args.split, skip=args.skip,
-            max_index=args.max_index, start=args.start, stop=args.stop,
-            batch_size=args.batch, device=args.device, download=args.download,
-            progress=not args.no_progress, input_layer=args.input_layer,
-            allow_tf32=args.allow_tf32, precision=args.precision, compile=args.compile,
-        )
+        results = smooth_checkpoint(args.checkpoint, sampling, args.out,
+                                    **_evaluation_args(args), precision=args.precision,
+                                    compile=args.compile)
     _print_summary(results.path, certifying)
     return 0
 
@@ -131,14 +136,8 @@ def _run_attack(args: argparse.Namespace) -> int:
                               m_test=args.m_test, n=args.n, alpha=args.alpha,
                               seed=args.seed).validate()
     with one_writer(args.out):  # settings checked first: a refusal leaves not even the lock
-        results = attack_checkpoint(
-            args.checkpoint, settings, args.out, arch=args.arch, dataset=args.dataset,
-            data_root=args.data_root, split=args.split, skip=args.skip,
-            max_index=args.max_index, start=args.start, stop=args.stop,
-            batch_size=args.batch, device=args.device, download=args.download,
-            progress=not args.no_progress, input_layer=args.input_layer,
-            allow_tf32=args.allow_tf32,
-        )
+        results = attack_checkpoint(args.checkpoint, settings, args.out,
+                                    **_evaluation_args(args))
     accuracy = empirical_accuracy(pd.read_csv(results.path, sep="\t"))
     if accuracy.empty:
         print(f"{results.path}: no images selected")

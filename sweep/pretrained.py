@@ -14,7 +14,8 @@ from pathlib import Path
 
 from common import layout
 from common.errors import UserError
-from common.records import read_state, read_yaml
+from common.records import read_state
+from common.yaml_input import read_yaml_file
 
 KEY = "init_from_sweep"
 
@@ -27,7 +28,7 @@ def pretraining_spec(sweep_dir: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{KEY}: {folder} is not a readable sweep folder (no {layout.SPEC})")
     try:
-        return read_yaml(path)
+        return read_yaml_file(path)
     except UserError as e:
         raise UserError(f"{KEY}: {e}") from None
 

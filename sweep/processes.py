@@ -70,17 +70,6 @@ def end(processes: list[Process], grace_s: float = 5.0) -> int:
     return len(targets)
 
 
-def recorded(value: object) -> list[Process]:
-    """The (pid, start time) pairs of a record (driver.json's ``ray_processes``); whatever is
-    not a list of two positive integers is left out."""
-    found = []
-    for item in value if isinstance(value, list) else []:
-        if (isinstance(item, list | tuple) and len(item) == 2
-                and all(type(v) is int and v > 0 for v in item)):
-            found.append((item[0], item[1]))
-    return found
-
-
 def _command_line(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()

@@ -622,8 +622,8 @@ def end_leftovers(sweep: SweepFolder) -> None:
         raise UserError(f"{sweep_dir}: its driver (pid {info.get('pid')} on {info.get('host')}) "
                         "is still running; stop it first with `smoothadv sweep stop`")
     elif info.get("host") == socket.gethostname():
-        ended = processes.end([p for p in processes.recorded(info.get("ray_processes"))
-                               if processes.is_ray(p)])
+        recorded = [(pid, start) for pid, start in info.get("ray_processes", [])]
+        ended = processes.end([p for p in recorded if processes.is_ray(p)])
         if ended:
             print(f"{sweep_dir}: ended {ended} Ray processes left by the interrupted driver")
     else:  # its processes were on a machine that is gone: nothing to end from here
@@ -655,9 +655,8 @@ def stop_sweep(sweep_dir: str, grace_s: float = 30.0) -> None:
         raise UserError(f"{folder / layout.DRIVER}: not signed by your smoothadv key, so no "
                         "process it names is ended; if a driver of yours runs this sweep, stop "
                         "it yourself (Ctrl-C or kill -INT its pid)")
-    recorded = processes.recorded([[info.get("pid"), info.get("start")]])
-    if recorded and driver_alive(folder):
-        driver = recorded[0]
+    if driver_alive(folder):  # read_driver checked pid and start
+        driver = (info["pid"], info["start"])
         if not processes.is_sweep_driver(driver):
             raise UserError(f"{folder / layout.DRIVER}: pid {driver[0]} is alive but runs no "
                             "smoothadv command; no process ended")

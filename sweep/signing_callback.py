@@ -54,9 +54,6 @@ class TuneStateSigner(Callback):
                 self._staging = storage.experiment_driver_staging_path
                 return
 
-    def on_trial_add(self, iteration, trials, trial, **info) -> None:
-        self._note_staging([trial])
-
     def on_step_begin(self, iteration, trials, **info) -> None:
         self._note_staging(trials)
         self._sign_staged()

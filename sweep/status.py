@@ -13,16 +13,10 @@ import pandas as pd
 
 from common import layout
 from common.errors import UserError
-from common.records import (
-    parse_yaml,
-    read_driver,
-    read_metrics,
-    read_plan,
-    read_state,
-    read_yaml,
-)
+from common.records import read_driver, read_metrics, read_plan, read_state
 from common.stage_record import LAST, outcome, stopped_counts, trials
 from common.stage_record import read as read_stage_record
+from common.yaml_input import load_yaml, read_yaml_file
 from sweep import processes
 from sweep.spec import SweepSpec, parse_spec
 from sweep.storage import SweepFolder
@@ -193,7 +187,7 @@ def parse_sweep_yaml(text: str | bytes, where: str | Path) -> SweepSpec:
     """The spec of a sweep folder's ``sweep.yaml`` (``text``, read from ``where``, e.g. a
     bucket's copy): YAML within common.yaml_input's limits, a spec sweep.spec accepts;
     anything else is one UserError line naming the file."""
-    return _spec_of(lambda: parse_yaml(text, where), where)
+    return _spec_of(lambda: load_yaml(text, str(where)), where)
 
 
 def read_sweep_spec(folder: str | Path) -> SweepSpec:
@@ -203,7 +197,7 @@ def read_sweep_spec(folder: str | Path) -> SweepSpec:
     if not path.is_file():
         raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC}); "
                         "give the folder `smoothadv sweep run` printed")
-    return _spec_of(lambda: read_yaml(path), path)
+    return _spec_of(lambda: read_yaml_file(path), path)
 
 
 def _spec_of(load, where: str | Path) -> SweepSpec:

@@ -35,6 +35,8 @@ from typing import Any
 
 from common import layout
 from common.errors import UserError
+from common.files import file_bytes
+from common.records import read_object
 from sweep.storage import SweepFolder
 
 SIGNATURES = "signatures.json"
@@ -126,8 +128,12 @@ def _tune_files(sweep: SweepFolder, tune_name: str) -> dict[str, bytes]:
         return found
     folder = sweep.local / tune_name
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if path.name != MARKER and (path.is_file() or path.is_symlink()):
-            found[f"{tune_name}/{path.name}"] = path.read_bytes()
+        # a folder is a trial's; any other entry is read as a file or refused (a device, a
+        # pipe or an oversized file named as one), never followed endlessly
+        if path.name != MARKER and not path.is_dir():
+            data = file_bytes(path)
+            if data is not None:
+                found[f"{tune_name}/{path.name}"] = data
     return found
 
 
@@ -136,19 +142,17 @@ def _read_signatures(sweep: SweepFolder) -> dict[str, Any]:
     path = sweep.local / SIGNATURES
     if sweep.remote is not None:
         sweep.refresh(path)
-    if not path.exists():
+    fix = (f"remove it and run `smoothadv sweep trust {sweep.where}` after reading the "
+           "sweep's tune/ folder")
+    value = read_object(path, fix)
+    if value is None:
         return {"format_version": FORMAT_VERSION, "signers": {}}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        value = None
-    ok = (isinstance(value, dict) and isinstance(value.get("signers"), dict)
+    ok = (isinstance(value.get("signers"), dict)
           and all(isinstance(files, dict) and all(
               isinstance(macs, list) and all(isinstance(m, str) for m in macs)
               for macs in files.values()) for files in value["signers"].values()))
     if not ok:
-        raise UserError(f"{path}: not a signatures record; remove it and run `smoothadv sweep "
-                        f"trust {sweep.where}` after reading the sweep's tune/ folder")
+        raise UserError(f"{path}: not a signatures record; {fix}")
     if value.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: format_version {value.get('format_version')!r}, this "
                         f"smoothadv reads {FORMAT_VERSION}")

@@ -267,15 +267,9 @@ def _trim_metrics(path: Path, before_epoch: int) -> None:
     """Keep only metric lines of epochs that have a checkpoint (a crash may leave later ones)."""
     if not path.exists():
         return
-    read_metrics(path)  # a damaged complete line is one line naming it
-
-    def kept(line: str) -> bool:  # a torn last line is dropped
-        try:
-            return json.loads(line)["epoch"] < before_epoch
-        except (ValueError, TypeError, KeyError):
-            return False
-
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and kept(ln)]
+    # read_metrics refuses a damaged complete line, naming it, and leaves out a torn last one;
+    # json.dumps gives back each line as finish_epoch wrote it (json.dumps of the same dict)
+    lines = [json.dumps(m) for m in read_metrics(path) if m["epoch"] < before_epoch]
     atomic_write_bytes(path, lambda f: f.write("".join(ln + "\n" for ln in lines).encode()))
 
 

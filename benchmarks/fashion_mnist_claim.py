@@ -51,7 +51,7 @@ class Plan:
     """The sizes of one run (full or quick); ``epochs`` and ``n`` are the flags' defaults."""
 
     train_subset: int
-    test_subset: int  # images for the per-epoch noisy test accuracy
+    epoch_test_subset: int  # images for the per-epoch noisy test accuracy
     skip: int  # certify every skip-th test image
     epsilon: float
     steps: int
@@ -61,9 +61,9 @@ class Plan:
     n: int
 
 
-FULL = Plan(train_subset=20_000, test_subset=1_000, skip=20, epsilon=1.0, steps=2, m_train=2,
+FULL = Plan(train_subset=20_000, epoch_test_subset=1_000, skip=20, epsilon=1.0, steps=2, m_train=2,
             warmup_epochs=2, epochs=4, n=2_000)
-QUICK = Plan(train_subset=1_000, test_subset=200, skip=200, epsilon=1.0, steps=2, m_train=2,
+QUICK = Plan(train_subset=1_000, epoch_test_subset=200, skip=200, epsilon=1.0, steps=2, m_train=2,
              warmup_epochs=1, epochs=1, n=200)
 
 
@@ -77,7 +77,7 @@ def trial_config(method: str, attack: str, plan: Plan, sigma: float, epochs: int
         "sigma": sigma, "epsilon": plan.epsilon, "steps": plan.steps, "m_train": plan.m_train,
         "warmup_epochs": plan.warmup_epochs, "epochs": epochs, "batch_size": 64, "lr": 0.05,
         "lr_step": max(1, epochs - 1), "lr_gamma": 0.1, "train_subset": plan.train_subset,
-        "test_subset": plan.test_subset, "seed": 0, "device": "cpu",
+        "epoch_test_subset": plan.epoch_test_subset, "seed": 0, "device": "cpu",
     })
 
 

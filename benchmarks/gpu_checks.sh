@@ -66,7 +66,7 @@ out="$work/certify_default_batch.tsv"  # the default batch on CUDA (4,096)
 echo "== a one-GPU sweep (device auto: the worker's CUDA device from Ray Train)"
 cat > "$work/gpu_sweep.yaml" <<'YAML'
 name: gpu
-defaults: {dataset: synthetic, arch: lenet, train_subset: 256, test_subset: 64, epochs: 2,
+defaults: {dataset: synthetic, arch: lenet, train_subset: 256, epoch_test_subset: 64, epochs: 2,
            batch_size: 64, steps: 1, epsilon: 0.25, device: auto,
            certify: {n0: 16, n: 1000, batch_size: 500, skip: 8}}
 resources: {workers: 1, gpus_per_worker: 1, cpus_per_worker: 2}

@@ -64,7 +64,7 @@ def spec(name: str, quick: bool, economical: bool, schedule: bool, stages: bool)
     values = {
         "name": name,
         "defaults": {"dataset": "fashion_mnist", "arch": "lenet",
-                     "train_subset": 2000 if quick else 4000, "test_subset": 500,
+                     "train_subset": 2000 if quick else 4000, "epoch_test_subset": 500,
                      "epochs": 2 if quick else 3, "batch_size": 128, "lr": 0.05,
                      "lr_step": 2, "warmup_epochs": 1, "steps": 2,
                      "device": "cpu",

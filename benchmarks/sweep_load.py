@@ -37,7 +37,7 @@ def spec_values(trials: int) -> dict:
     return {
         "name": "load",
         "defaults": {"dataset": "synthetic", "arch": "lenet", "method": "gaussian",
-                     "train_subset": 64, "test_subset": 32, "epochs": 1, "batch_size": 64,
+                     "train_subset": 64, "epoch_test_subset": 32, "epochs": 1, "batch_size": 64,
                      "lr": 0.05, "device": "cpu",
                      "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 64}},
         "resources": {"workers": 1, "cpus_per_worker": 1},

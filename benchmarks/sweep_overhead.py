@@ -27,7 +27,7 @@ def spec_values(trials: int, epochs: int) -> dict:
     return {
         "name": "overhead",
         "defaults": {"dataset": "synthetic", "arch": "lenet", "train_subset": 1024,
-                     "test_subset": 256, "epochs": epochs, "batch_size": 64, "lr": 0.05,
+                     "epoch_test_subset": 256, "epochs": epochs, "batch_size": 64, "lr": 0.05,
                      "steps": 2, "m_train": 2, "epsilon": 0.25, "warmup_epochs": 1,
                      "device": "cpu",
                      "certify": {"n0": 32, "n": 500, "batch_size": 500, "skip": 32}},

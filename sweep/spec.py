@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from certify.settings import AttackKeys
-from common.errors import UserError
+from common.errors import UserError, unknown_key
 from common.yaml_input import load_yaml, read_yaml_file
 from sweep.pretrained import KEY as INIT_FROM_SWEEP
 from sweep.pretrained import pretrained_checkpoints, pretrained_for, pretraining_spec
@@ -251,7 +251,7 @@ def _block(cls, values: Any, key: str):
     typed = {}
     for k, v in values.items():
         if k not in known:
-            raise UserError(f"{key}.{k}: unknown key; expected one of {sorted(known)}")
+            raise unknown_key(f"{key}.{k}", k, known)
         if k in ("epsilons", "radii", "rungs"):
             if not isinstance(v, list):
                 raise UserError(f"{key}.{k}: expected a list of numbers, got {v!r}")
@@ -283,8 +283,7 @@ def _grid(values: Any, max_trials: int) -> list[dict[str, list[Any]]]:
             if not isinstance(key, str) or key == "certify":
                 raise UserError(f"{where}.{key}: cannot be gridded")
             if key not in TrialConfig.__dataclass_fields__:
-                raise UserError(f"{where}.{key}: unknown key; expected one of "
-                                f"{sorted(TrialConfig.__dataclass_fields__)}")
+                raise unknown_key(f"{where}.{key}", key, TrialConfig.__dataclass_fields__)
             options = options if isinstance(options, list) else [options]
             if not options:
                 raise UserError(f"{where}.{key}: empty list of values")
@@ -330,7 +329,7 @@ def parse_spec(values: Any, overrides: Iterable[str] = ()) -> SweepSpec:
         raise UserError("spec: expected a mapping with keys name, defaults, resources, grid")
     for key in values:
         if key not in SPEC_KEYS:
-            raise UserError(f"{key}: unknown key; expected one of {list(SPEC_KEYS)}")
+            raise unknown_key(key, key, SPEC_KEYS)
     name = values.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise UserError(f"name: expected a folder-safe name (letters, digits, . _ -), got {name!r}")

@@ -23,7 +23,7 @@ from common import layout
 from sweep.storage import Bucket
 from sweep.trial_sync import TrialSync
 
-TINY = {"dataset": "synthetic", "arch": "lenet", "train_subset": 256, "test_subset": 64,
+TINY = {"dataset": "synthetic", "arch": "lenet", "train_subset": 256, "epoch_test_subset": 64,
         "epochs": 2, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1, "steps": 1,
         "epsilon": 0.25, "device": "cpu",
         "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 64}}
@@ -48,7 +48,7 @@ def test_a_node_lost_while_certifying_resumes_from_its_uploads(s3_server, tmp_pa
     is refused; `sweep resume` from a fresh machine keeps the trained epochs and the uploaded
     rows and runs the rest, a second resume changes nothing, and a third machine reads the
     results with `sweep status` and `analyze`."""
-    defaults = {**TINY, "test_subset": 512,
+    defaults = {**TINY, "epoch_test_subset": 512,
                 "certify": {"n0": 16, "n": 1000, "batch_size": 500, "skip": 32}}  # 16 images
     spec = {"name": "lost", "defaults": defaults,
             "resources": {"workers": 1, "cpus_per_worker": 1, "upload_every_s": 0.5,

@@ -40,7 +40,7 @@ from common import layout
 from sweep import processes
 
 BIN = Path(sys.executable).parent
-TINY = {"dataset": "synthetic", "arch": "lenet", "method": "gaussian", "test_subset": 64,
+TINY = {"dataset": "synthetic", "arch": "lenet", "method": "gaussian", "epoch_test_subset": 64,
         "batch_size": 64, "lr": 0.05, "device": "cpu",
         "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 64}}  # 8 of 512 test images
 SIGMAS = {0.25: "sigma0.25", 0.5: "sigma0.5"}  # the sweep's trials

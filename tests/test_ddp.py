@@ -13,7 +13,7 @@ from ports import free_port
 from trainers import model_from_checkpoint, train
 from trainers.config import parse_trial_config
 
-CONFIG = {"dataset": "synthetic", "arch": "lenet", "train_subset": 96, "test_subset": 32,
+CONFIG = {"dataset": "synthetic", "arch": "lenet", "train_subset": 96, "epoch_test_subset": 32,
           "epochs": 2, "batch_size": 32, "lr": 0.05, "method": "smoothadv", "attack": "pgd",
           "steps": 2, "m_train": 2, "multi_noise": True, "epsilon": 0.25, "warmup_epochs": 1,
           "device": "cpu"}

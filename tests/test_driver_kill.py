@@ -20,7 +20,7 @@ from sweep import processes, trust
 
 SPEC = {"name": "killed",
         "defaults": {"dataset": "synthetic", "arch": "lenet", "train_subset": 768,
-                     "test_subset": 32, "epochs": 4, "batch_size": 64, "lr": 0.05,
+                     "epoch_test_subset": 32, "epochs": 4, "batch_size": 64, "lr": 0.05,
                      "steps": 1, "epsilon": 0.25, "warmup_epochs": 1, "device": "cpu",
                      "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 128}},
         "resources": {"workers": 1, "cpus_per_worker": 1},

@@ -41,7 +41,7 @@ from trainers.train import train_trial
 
 SEED = 20261207
 MUTATIONS = 300
-TINY = {"dataset": "synthetic", "arch": "lenet", "train_subset": 64, "test_subset": 32,
+TINY = {"dataset": "synthetic", "arch": "lenet", "train_subset": 64, "epoch_test_subset": 32,
         "batch_size": 32, "lr": 0.05, "method": "gaussian", "device": "cpu", "epochs": 2,
         "certify": {"n0": 10, "n": 64, "skip": 2, "max": 24, "batch_size": 64}}
 SPEC = {"name": "fuzz", "defaults": TINY, "grid": {"sigma": [0.25, 0.5]},

@@ -29,7 +29,7 @@ from trainers.self_training import write_extra_data
 
 TRIAL = {"dataset": "synthetic", "arch": "lenet", "method": "gaussian", "sigma": 0.25,
          "epochs": 1, "warmup_epochs": 0, "batch_size": 50, "lr": 0.05, "train_subset": 100,
-         "test_subset": 50, "device": "cpu"}
+         "epoch_test_subset": 50, "device": "cpu"}
 SMOOTHING = ("certify", "predict", "attack")
 LOADERS = (*SMOOTHING, "pseudo-label", "train")  # train: the checkpoint as init_from
 

@@ -236,7 +236,7 @@ def test_compiled_and_eager_rows_are_never_mixed(model, tmp_path, first, then):
 # --- training -------------------------------------------------------------------------------
 
 TRAIN = {"dataset": "synthetic", "arch": "lenet", "sigma": 0.25, "epsilon": 0.25, "steps": 2,
-         "m_train": 2, "batch_size": 8, "train_subset": 16, "test_subset": 8}
+         "m_train": 2, "batch_size": 8, "train_subset": 16, "epoch_test_subset": 8}
 
 
 def autocast_seen(device: str, **overrides) -> set[tuple[bool, torch.dtype | None, bool]]:

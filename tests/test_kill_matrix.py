@@ -46,7 +46,7 @@ from sweep import processes
 from sweep.spec import parse_spec
 from trainers.train import train_trial
 
-DEFAULTS = {"dataset": "synthetic", "arch": "lenet", "train_subset": 256, "test_subset": 32,
+DEFAULTS = {"dataset": "synthetic", "arch": "lenet", "train_subset": 256, "epoch_test_subset": 32,
             "epochs": 2, "batch_size": 64, "lr": 0.05, "steps": 1, "epsilon": 0.25,
             "warmup_epochs": 1, "device": "cpu",
             "certify": {"n0": 16, "n": 64, "batch_size": 64, "skip": 128}}  # 4 of 512 images

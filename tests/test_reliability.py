@@ -22,7 +22,7 @@ from trainers.checkpoint import previous_path
 from trainers.config import parse_trial_config
 from trainers.train import train_trial
 
-TINY = {"dataset": "synthetic", "arch": "lenet", "train_subset": 64, "test_subset": 32,
+TINY = {"dataset": "synthetic", "arch": "lenet", "train_subset": 64, "epoch_test_subset": 32,
         "batch_size": 32, "lr": 0.05, "method": "gaussian", "device": "cpu"}
 
 

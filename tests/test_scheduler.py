@@ -230,7 +230,7 @@ def test_a_dominated_trial_is_stopped_after_its_rung(local_ray, tmp_path, capsys
     from sweep.cli import main
 
     defaults = {"dataset": "synthetic", "arch": "lenet", "train_subset": 2048,
-                "test_subset": 64, "epochs": EPOCHS, "batch_size": 64, "method": "gaussian",
+                "epoch_test_subset": 64, "epochs": EPOCHS, "batch_size": 64, "method": "gaussian",
                 "device": "cpu", "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 64}}
     spec = {"name": "scheduled", "defaults": defaults,
             "resources": {"workers": 1, "cpus_per_worker": 1},
@@ -330,7 +330,7 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
     # one at epoch 12 of 24, so the latter is judged at its own rung report, always in time
     epochs, rung_epoch = 4, 12
     defaults = {"dataset": "synthetic", "arch": "lenet", "train_subset": 1024,
-                "test_subset": 64, "epochs": epochs, "batch_size": 64, "method": "gaussian",
+                "epoch_test_subset": 64, "epochs": epochs, "batch_size": 64, "method": "gaussian",
                 "device": "cpu", "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 64}}
     spec = {"name": "resumed", "defaults": defaults,
             "resources": {"workers": 1, "cpus_per_worker": 1, "upload_every_s": 0.5},

@@ -30,7 +30,7 @@ from trainers.train import train_trial
 
 SYNTH = {"dataset": "synthetic", "arch": "lenet", "sigma": 0.25, "epsilon": 0.25, "steps": 2,
          "m_train": 2, "warmup_epochs": 1, "batch_size": 20, "lr": 0.05, "train_subset": 60,
-         "test_subset": 40, "device": "cpu"}
+         "epoch_test_subset": 40, "device": "cpu"}
 
 
 def _extra(n: int, value: int | None = None, label: int | None = None, seed: int = 0,
@@ -322,7 +322,7 @@ def test_resume_with_extra_data_is_bit_exact_and_augments_both_halves(tmp_path, 
     monkeypatch.setattr(train_module, "load_extra_data",
                         lambda *a: loaded.append(real_load(*a)) or loaded[-1])
     c = parse_trial_config({**SYNTH, "dataset": "cifar10", "data_root": str(tmp_path / "data"),
-                            "train_subset": None, "test_subset": None, "batch_size": 8,
+                            "train_subset": None, "epoch_test_subset": None, "batch_size": 8,
                             "method": "gaussian", "m_train": 1,
                             "extra_data": str(path), "extra_weight": 0.5, "epochs": 3})
     train_trial(c, tmp_path / "straight", progress=False)

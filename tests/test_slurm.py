@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SBATCH = ROOT / "cluster" / "slurm" / "smoothadv.sbatch"
 SPEC = {"name": "slurm",
         "defaults": {"dataset": "synthetic", "arch": "lenet", "train_subset": 64,
-                     "test_subset": 32, "epochs": 1, "batch_size": 64, "lr": 0.05,
+                     "epoch_test_subset": 32, "epochs": 1, "batch_size": 64, "lr": 0.05,
                      "method": "gaussian", "device": "cpu",
                      "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 128}},
         "resources": {"workers": 1, "cpus_per_worker": 1},

@@ -14,7 +14,7 @@ import yaml
 
 from common import layout, stage_record
 
-DEFAULTS = {"dataset": "synthetic", "arch": "lenet", "test_subset": 64, "epochs": 2,
+DEFAULTS = {"dataset": "synthetic", "arch": "lenet", "epoch_test_subset": 64, "epochs": 2,
             "batch_size": 64, "method": "gaussian", "device": "cpu",
             "certify": {"n0": 16, "n": 400, "batch_size": 200, "skip": 64}}  # 8 images
 GOOD, BAD, WIDE = "sigma0.25-lr0.05", "sigma0.25-lr1e-06", "sigma0.5-lr0.05"

@@ -20,7 +20,7 @@ from sweep.cli import main
 from sweep.storage import open_sweep
 
 TINY_DEFAULTS = {
-    "dataset": "synthetic", "arch": "lenet", "train_subset": 128, "test_subset": 64,
+    "dataset": "synthetic", "arch": "lenet", "train_subset": 128, "epoch_test_subset": 64,
     "epochs": 1, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1, "steps": 1,
     "epsilon": 0.25, "device": "cpu",
     "certify": {"n0": 16, "n": 100, "batch_size": 100, "skip": 64},  # 8 of 512 test images

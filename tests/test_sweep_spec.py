@@ -176,7 +176,11 @@ def test_set_turns_the_optional_blocks_on_off_and_sets_their_keys():
 
 
 @pytest.mark.parametrize("values,needle", [
-    ({**TINY, "grid": {"sigmaa": [0.25]}}, "grid.sigmaa: unknown key"),
+    ({**TINY, "grid": {"sigmaa": [0.25]}}, "grid.sigmaa: unknown key; did you mean 'sigma'?"),
+    # the old name of the per-epoch test images (it never limited certification)
+    ({**TINY, "defaults": {**TINY["defaults"], "test_subset": 100}},
+     "test_subset: unknown key; did you mean 'epoch_test_subset'?"),
+    ({**TINY, "grid": {"zzz": [1]}}, "grid.zzz: unknown key; expected one of ['amp', 'arch', "),
     ({**TINY, "grid": {"sigma": [0.25, -1.0]}}, "trial sigma-1: sigma: must be > 0"),
     ({**TINY, "grid": {}}, "grid: expected a non-empty mapping"),
     ({**TINY, "grid": []}, "grid: empty"),

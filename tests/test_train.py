@@ -18,7 +18,7 @@ from trainers.train import train_trial
 
 BASE = {"dataset": "synthetic", "arch": "lenet", "sigma": 0.25, "epsilon": 0.25, "steps": 2,
         "m_train": 2, "warmup_epochs": 2, "batch_size": 50, "lr": 0.05, "lr_step": 2,
-        "train_subset": 300, "test_subset": 100, "device": "cpu"}
+        "train_subset": 300, "epoch_test_subset": 100, "device": "cpu"}
 
 
 def config(**overrides):

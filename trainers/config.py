@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Self
 
 from certify.settings import Sampling, SamplingKeys, check_seed, check_sigma
-from common.errors import UserError
+from common.errors import UserError, unknown_key
 from common.yaml_input import load_yaml, read_yaml_file
 from trainers.registry import DATASETS, check_arch, dataset_info, is_import_path
 
@@ -63,7 +63,9 @@ class TrialConfig:
     dataset: str = "cifar10"
     data_root: str | None = None
     train_subset: int | None = None
-    test_subset: int | None = None
+    # the first N test images score each epoch's noisy test accuracy (null: all); what is
+    # certified is certify.skip/certify.max's
+    epoch_test_subset: int | None = None
     arch: str = "cifar_resnet110"
     sigma: float = 0.25
     method: str = "smoothadv"
@@ -142,7 +144,7 @@ def _typed(cls, values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     for key, value in values.items():
         name = f"{prefix}{key}"
         if key not in known:
-            raise UserError(f"{name}: unknown key; expected one of {sorted(known)}")
+            raise unknown_key(name, key, known)
         annotation = known[key].type
         if annotation == "CertifyConfig":
             if not isinstance(value, Mapping):
@@ -183,7 +185,7 @@ def validate(config: TrialConfig) -> TrialConfig:
     _require(c.extra_weight >= 0, "extra_weight", f"must be ≥ 0, got {c.extra_weight}")
     _require(c.loader_workers is None or c.loader_workers >= 0, "loader_workers",
              f"must be ≥ 0 or null (auto), got {c.loader_workers}")
-    for key in ("train_subset", "test_subset"):
+    for key in ("train_subset", "epoch_test_subset"):
         value = getattr(c, key)
         _require(value is None or value >= 1, key, f"must be ≥ 1 or null, got {value}")
     _require(not c.gradient_free or c.attack == "pgd", "gradient_free",

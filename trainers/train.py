@@ -394,7 +394,7 @@ def load_trial_data(config: TrialConfig, world: int,
     train_set = _subset(load_dataset(config.dataset, "train", config.data_root),
                         config.train_subset)
     test_set = _subset(load_dataset(config.dataset, "test", config.data_root, augment=False),
-                       config.test_subset)
+                       config.epoch_test_subset)
     extra_set = None
     if config.extra_data is not None:
         labelled = train_set.dataset if isinstance(train_set, Subset) else train_set

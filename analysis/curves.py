@@ -119,47 +119,79 @@ def holdout_split(idx: Sequence[int], seed: int = HOLDOUT_SEED) -> tuple[np.ndar
     return np.sort(shuffled[:k]), np.sort(shuffled[k:])
 
 
+ENVELOPE_COLUMNS = ["radius", "accuracy", "trial", "images", "chosen_on", "common_only"]
+
+
+def common_images(results: pd.DataFrame) -> np.ndarray:
+    """The image indices (``idx``) that every trial of ``results`` certified, sorted."""
+    rows = _certify_rows(results)[["trial", "idx"]].drop_duplicates()
+    idx, counts = np.unique(rows["idx"].to_numpy(dtype=np.int64), return_counts=True)
+    return idx[counts == rows["trial"].nunique()]
+
+
+def choose_and_report(rows: pd.DataFrame, radii: Sequence[float], common: np.ndarray,
+                      within: np.ndarray | None = None,
+                      report: np.ndarray | None = None) -> pd.DataFrame:
+    """The envelope's one rule: at each radius the trial is chosen on the images ``common`` to
+    all trials (those also in ``within``, the selection half, when given) and its accuracy is
+    reported on all of its own rows (those in ``report``, the evaluation half, when given).
+
+    Salman et al. 2019 (Appendix) chose their models on 500 test images and reported them on
+    all 10,000; a staged sweep (common.stages) does the same: every trial is certified on the
+    planned images, its winners on the full test set. A max over a mix of some trials'
+    full-test rows and others' subset rows is never taken. Ties go to the higher clean
+    accuracy on the same images, then to the name. ``chosen_on``: the images the choice was
+    made on (0: no image is common, so each trial is judged on its own rows). ``common_only``:
+    the winner has no rows beyond the common images while another trial has (its full-test
+    rows are missing: stage 3 not run or not finished), so its accuracy is on the common
+    images only. ``images``: the m behind the reported accuracy."""
+    radii = np.asarray(radii, dtype=float)
+    choose = common if within is None else np.intersect1d(common, within)
+    basis = choose if len(choose) else within
+    picked = trial_curves(rows, radii, basis)
+    trial, _ = _best(picked, trial_curves(rows, [0.0], basis).iloc[0])
+    measured = trial_curves(rows, radii, report)
+    accuracy = measured.to_numpy()[np.arange(len(radii)), measured.columns.get_indexer(trial)]
+    shown = rows if report is None else rows[rows["idx"].isin(report)]
+    m = shown.groupby("trial", observed=True, sort=False).size().reindex(trial).fillna(0)
+    beyond = shown[~shown["idx"].isin(common)].groupby("trial", observed=True).size()
+    only = (len(common) > 0) & (beyond.sum() > 0) & (beyond.reindex(trial).fillna(0) == 0)
+    return pd.DataFrame({"radius": radii, "accuracy": accuracy, "trial": trial,
+                         "images": m.to_numpy(dtype=np.int64), "chosen_on": len(choose),
+                         "common_only": np.asarray(only, dtype=bool)})
+
+
 def envelope(results: pd.DataFrame, radii: Sequence[float], selection: str = "max",
              seed: int = HOLDOUT_SEED) -> pd.DataFrame:
-    """The upper envelope: columns ``radius``, ``accuracy``, ``trial``, ``images``.
+    """The upper envelope (:func:`choose_and_report`'s columns), the trial at each radius chosen
+    on the images common to all trials and reported on its own rows.
 
-    ``max``: the largest certified accuracy over trials at each radius (what the paper plots;
-    biased upwards, being a maximum of noisy estimates). ``holdout``: the trial is chosen on the
-    selection half of the images and its accuracy measured on the evaluation half, which then
-    is an unbiased estimate for the chosen trial. ``images`` is the m behind each accuracy.
+    ``max``: chosen on every common image, reported on all of the trial's rows (what the paper
+    plots; biased upwards, being a maximum of noisy estimates, where all trials have the same
+    images). ``holdout``: chosen on the common images of the selection half, reported on the
+    trial's rows in the evaluation half, which then is an unbiased estimate for it.
     """
     rows = _certify_rows(results)
-    radii = np.asarray(radii, dtype=float)
+    common = common_images(rows)
     if selection == "max":
-        curves = trial_curves(rows, radii)
-        counts = rows.groupby("trial", observed=True, sort=False).size()
-        trial, accuracy = _best(curves, trial_curves(rows, [0.0]).iloc[0])
-        m = counts.reindex(trial).to_numpy()
-    elif selection == "holdout":
+        return choose_and_report(rows, radii, common)
+    if selection == "holdout":
         choose, measure = holdout_split(rows["idx"].to_numpy(), seed)
-        picked = trial_curves(rows, radii, choose)
-        trial, _ = _best(picked, trial_curves(rows, [0.0], choose).iloc[0])
-        measured = trial_curves(rows, radii, measure)
-        accuracy = np.array([measured.at[r, t] for r, t in zip(radii, trial, strict=True)])
-        in_half = rows[rows["idx"].isin(measure)]
-        m = in_half.groupby("trial", observed=True, sort=False).size().reindex(trial)
-        m = m.fillna(0).to_numpy()
-    else:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    return pd.DataFrame({"radius": radii, "accuracy": accuracy, "trial": trial,
-                         "images": np.asarray(m, dtype=np.int64)})
+        return choose_and_report(rows, radii, common, choose, measure)
+    raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
 
 
 def envelope_per_sigma(results: pd.DataFrame, trials: pd.DataFrame, radii: Sequence[float],
                        selection: str = "max") -> pd.DataFrame:
-    """``envelope`` over the trials of each σ: columns ``sigma`` + those of ``envelope``."""
+    """``envelope`` over the trials of each σ (its winner chosen on the images common to
+    them): columns ``sigma`` + those of ``envelope``."""
     rows = _certify_rows(results)
     parts = []
     for sigma, group in trials.groupby("sigma", sort=True):
         own = rows[rows["trial"].isin(group["trial"])]
         if len(own):
             parts.append(envelope(own, radii, selection).assign(sigma=sigma))
-    columns = ["sigma", "radius", "accuracy", "trial", "images"]
+    columns = ["sigma", *ENVELOPE_COLUMNS]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 

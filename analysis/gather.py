@@ -10,7 +10,9 @@ A trial with fewer rows than planned is incomplete: left out of the results (lis
 status) unless asked for, then kept under a marked name. Without a plan file (sweeps made
 before it existed) the plan is unknown and the trial counts as complete: the planned count
 depends on the test split's size, which only loading the dataset would tell. Logs of the
-mapping count as complete. Files are only read.
+mapping count as complete. A staged sweep's trial still in stage 3 (its full-test rows not all
+there) is drawn on the images stage 2 certified, which every trial of stage 2 has; the
+envelopes (curves.choose_and_report) choose on those common images. Files are only read.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class Gathered:
     ``target_radius``: the smallest target radius of sequentially certified trials (None: none
     had one); beyond it their certified accuracies are lower bounds. ``files``: by trial, the
     files its status comes from (its results file, and its plan when it has one).
+    ``unfinished``: trials of a staged sweep still in stage 3 (the finer image grid), drawn
+    on the images stage 2 certified (their full-test rows are not all there yet).
     """
 
     trials: pd.DataFrame
@@ -69,6 +73,7 @@ class Gathered:
     torn: tuple[str, ...]
     target_radius: float | None = None
     files: Mapping[str, str] = field(default_factory=dict)
+    unfinished: tuple[str, ...] = ()
 
     @property
     def certified(self) -> pd.DataFrame:
@@ -107,6 +112,7 @@ class _Trial:
     sigma_from: str = ""  # the file (or mapping line) σ comes from
     dataset_from: str = ""  # the file (or mapping line) the dataset comes from
     plan: Path | None = None  # its plan file, when it has one
+    stage2: tuple[int, int] | None = None  # in stage 3: (skip, max) of stage 2's images
 
     def files(self) -> str:
         """Its results file, and its plan file when it has one."""
@@ -278,6 +284,7 @@ def _sweep_trials(folder: Path, qualify: bool) -> list[_Trial]:
             certify=certify, attack=attack if attack.is_file() else None,
             planned=records.read_plan(plan),
             stopped=_stopped(stages.get(trial_dir.name)),
+            stage2=_stage2_grid(stages.get(trial_dir.name), config, config_path),
             target_radius=meta.get("target_radius"),
             named_in=str(info_path if name else trial_dir), sigma_from=str(sigma_from),
             dataset_from=str(config_path if "dataset" in config else layout.meta_path(certify)),
@@ -291,6 +298,27 @@ def _stopped(stage: Any) -> str | None:
     if not isinstance(stage, dict) or not stage.get("why"):
         return None
     return f"stopped at stage {stage.get('stage')}: {stage['why']}"
+
+
+def _stage2_grid(stage: Any, config: Mapping[str, Any], path: Path) -> tuple[int, int] | None:
+    """For a trial a staged sweep took to stage 3 (sweep.staging), the (skip, max) of the
+    images stage 2 certified: its recorded ``certify`` block (stage 3 only lowers the skip);
+    None for any other trial."""
+    if not isinstance(stage, dict) or stage.get("stage") != stage_record.LAST or stage.get("why"):
+        return None
+    certify = config.get("certify") or {}
+    _check(path, certify, {"skip": (lambda v: records.whole(v, 1, 1 << 63), "a whole number ≥ 1"),
+                           "max": (lambda v: records.whole(v, -(1 << 63), 1 << 63),
+                                   "a whole number")}, prefix="certify.")
+    return certify.get("skip", 1), certify.get("max", -1)
+
+
+def _on_grid(cert: pd.DataFrame, grid: tuple[int, int]) -> pd.DataFrame:
+    """The rows whose image is on the grid (skip, max): idx % skip == 0 and idx < max (any
+    idx when max < 0), as certify.runner.select_indices picks them."""
+    skip, top = grid
+    idx = cert["idx"].to_numpy()
+    return cert[(idx % skip == 0) & ((top < 0) | (idx < top))].reset_index(drop=True)
 
 
 def _mapping_trials(csv_path: Path) -> list[_Trial]:
@@ -373,22 +401,12 @@ def gather(sweeps: Sequence[str | Path], logs: str | Path | None = None,
     seen = dict.fromkeys(k for t in trials for k in t.params if k not in _RESERVED)
     grid = [k for k in PAPER_AXES if k in seen or k == "sigma"]
     grid += [k for k in seen if k not in grid]
-    rows, parts, torn = [], [], []
+    rows, parts, torn, unfinished = [], [], [], []
     for t in trials:
-        cert = _certify_rows(t, torn)
-        images = 0 if cert is None else len(cert)
-        complete = t.planned is None or images >= t.planned
-        name, status = t.name, (t.stopped if cert is None and t.stopped else _status(cert))
-        if status == "ok" and not complete:
-            if include_incomplete:
-                name = f"{t.name} (incomplete {images}/{t.planned})"
-            else:
-                status = f"incomplete, {images}/{t.planned} images"
-        if status == "ok":
-            parts += _trial_parts(t, cert, name, torn)
-        rows.append({"trial": name, "source": t.source, "dataset": t.dataset,
-                     "alpha": t.alpha, "images": images, "planned": t.planned,
-                     "complete": complete, "status": status})
+        row, drawn, in_stage3 = _drawn(t, include_incomplete, torn)
+        rows.append(row)
+        parts += drawn
+        unfinished += [t.name] if in_stage3 else []
     table = pd.DataFrame(rows, columns=["trial", "source", "dataset", "alpha", "images",
                                         "planned", "complete", "status"])
     table = table.astype({"planned": "Int64", "complete": bool})
@@ -400,7 +418,32 @@ def gather(sweeps: Sequence[str | Path], logs: str | Path | None = None,
     targets = [t.target_radius for t in trials if t.target_radius is not None]
     return Gathered(trials=table, results=results, grid=tuple(grid), torn=tuple(torn),
                     files={t.name: t.files() for t in trials},
-                    target_radius=min(targets) if targets else None)
+                    target_radius=min(targets) if targets else None,
+                    unfinished=tuple(unfinished))
+
+
+def _drawn(t: _Trial, include_incomplete: bool, torn: list[str]
+           ) -> tuple[dict[str, Any], list[pd.DataFrame], bool]:
+    """The trial's row of the trial table, its parts of the results, and whether it is still
+    in stage 3 of a staged sweep: then it is drawn on stage 2's images (all there: a trial
+    reaches stage 3 only once stage 2 finished), its planned count unknown (NA)."""
+    cert = _certify_rows(t, torn)
+    images, planned = (0 if cert is None else len(cert)), t.planned
+    complete = planned is None or images >= planned
+    in_stage3 = cert is not None and not complete and t.stage2 is not None
+    if in_stage3:
+        cert = _on_grid(cert, t.stage2)
+        images, planned, complete = len(cert), None, True
+    name, status = t.name, (t.stopped if cert is None and t.stopped else _status(cert))
+    if status == "ok" and not complete:
+        if include_incomplete:
+            name = f"{t.name} (incomplete {images}/{planned})"
+        else:
+            status = f"incomplete, {images}/{planned} images"
+    parts = _trial_parts(t, cert, name, torn) if status == "ok" else []
+    return {"trial": name, "source": t.source, "dataset": t.dataset, "alpha": t.alpha,
+            "images": images, "planned": planned, "complete": complete,
+            "status": status}, parts, in_stage3 and status == "ok"
 
 
 def _certify_rows(t: _Trial, torn: list[str]) -> pd.DataFrame | None:

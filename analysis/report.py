@@ -229,8 +229,12 @@ def _tables(data: Gathered, results: pd.DataFrame, radii: np.ndarray, summary: p
     headline = pd.DataFrame([[name, *np.asarray(values, dtype=float)] for name, values in rows],
                             columns=["", *heads])
     best_trials = pd.DataFrame({"radius": radii, "max": plain["trial"],
-                                "images (max)": plain["images"], "held-out": held["trial"],
-                                "images (held-out)": held["images"]})
+                                "chosen on (max)": plain["chosen_on"],
+                                "images (max)": plain["images"],
+                                "common only (max)": _marks(plain), "held-out": held["trial"],
+                                "chosen on (held-out)": held["chosen_on"],
+                                "images (held-out)": held["images"],
+                                "common only (held-out)": _marks(held)})
 
     per_sigma = curves.envelope_per_sigma(results, trials, radii, options.selection)
     sigma_table = per_sigma.pivot(index="sigma", columns="radius", values="accuracy")
@@ -246,10 +250,12 @@ def _tables(data: Gathered, results: pd.DataFrame, radii: np.ndarray, summary: p
                     "accuracy measured on the other half. Cohen's bound: acc − α − "
                     "√(α(1−α)ln(1/ρ)/m) − ln(1/ρ)/(3m), clipped at 0; it holds for a trial "
                     "fixed in advance, so only the held-out row's bound is a guarantee.")),
-        Table("Trial behind each envelope point", best_trials,
-              decimals={"radius": 2}),
+        Table("Trial behind each envelope point", best_trials, decimals={"radius": 2},
+              note=" ".join(filter(None, [CHOSEN_NOTE, _flagged(plain, "max"),
+                                          _flagged(held, "held-out")]))),
         Table(f"Upper envelope per σ (%), selection: {options.selection}", sigma_table,
-              percent=heads, bold=heads),
+              percent=heads, bold=heads,
+              note=_flagged(per_sigma, "per σ")),
         Table("Every trial (Tables 7–15), certified accuracy (%)", every,
               percent=heads, bold=[*heads, "ACR"], decimals={"ACR": 3}),
     ]
@@ -262,6 +268,33 @@ def _tables(data: Gathered, results: pd.DataFrame, radii: np.ndarray, summary: p
     missing = data.missing[["trial", "status"]].rename(columns={"status": "why"})
     tables.append(Table("Trials left out: missing or incomplete certification", missing))
     return _preamble(data, options), tables
+
+
+CHOSEN_NOTE = ("Each trial is chosen on the images common to all trials (chosen on: how many; "
+               "held-out: those of half A; 0: none is common, each trial judged on its own "
+               "rows) and its accuracy reported on all of its own rows (images; held-out: those "
+               "of half B), as Salman et al. 2019 chose on 500 images and reported on 10,000: a "
+               "staged sweep's winners on the full test set, never a max over a mix of "
+               "full-test and subset rows. Common only: the trial has no rows beyond the common "
+               "images while others have (stage 3 not run or not finished for it), so its "
+               "accuracy is on the common images.")
+
+
+def _marks(env: pd.DataFrame) -> list[str]:
+    """"yes" where an envelope point is reported on the common images only, else ""."""
+    return ["yes" if flag else "" for flag in env["common_only"]]
+
+
+def _flagged(env: pd.DataFrame, what: str, shown: int = 5) -> str:
+    """A sentence naming the envelope points reported on the common images only ("": none)."""
+    points = env[env["common_only"]]
+    if points.empty:
+        return ""
+    named = [(f"σ = {p.sigma:g}, " if "sigma" in env else "") + f"r = {p.radius:g} ({p.trial})"
+             for p in points.head(shown).itertuples()]
+    more = f" and {len(points) - shown} more" if len(points) > shown else ""
+    return (f"{what}: {len(points)} point(s) reported on the common images only, their trial "
+            f"lacking full-test rows: {'; '.join(named)}{more}.")
 
 
 def _every_trial_table(data: Gathered, results: pd.DataFrame, radii: np.ndarray,
@@ -301,6 +334,7 @@ def _preamble(data: Gathered, options: Options) -> list[str]:
                    "accuracy is over its own images)")
     lines = [f"{_trial_counts(data)}; {counts}; envelope selection: {options.selection}; "
              f"ρ = {options.rho:g}."]
+    lines += _image_set_lines(data)
     if data.target_radius is not None:
         lines.append(f"Certified sequentially up to radius {data.target_radius:g}: accuracies at "
                      "larger radii are lower bounds (sampling stopped once an image reached it).")
@@ -310,6 +344,26 @@ def _preamble(data: Gathered, options: Options) -> list[str]:
     if options.references and not published_rows(data.dataset, options.references):
         lines.append(f"--reference: no published rows for dataset {data.dataset or 'unknown'} "
                      f"(published: {', '.join(PAPER_RADII)}); none drawn.")
+    return lines
+
+
+def _image_set_lines(data: Gathered) -> list[str]:
+    """How the envelopes choose when trials were certified on different images, and which
+    trials of a staged sweep are still in stage 3."""
+    cert = data.results[data.results["kind"] == "certify"]
+    common = curves.common_images(cert)
+    lines = []
+    if len(common) < cert["idx"].nunique():
+        how = ("each envelope point's trial is chosen on the images common to the trials "
+               "compared and reported on all of its own rows (Salman et al. 2019: chosen on 500 "
+               "images, reported on 10,000)" if len(common)
+               else "no image is common to all, so each trial is judged on its own rows")
+        lines.append(f"Trials certified on different images ({len(common)} common to all): "
+                     f"{how}.")
+    if data.unfinished:
+        lines.append(f"Staged certification: stage 3 has not finished for "
+                     f"{len(data.unfinished)} trial(s) ({', '.join(data.unfinished[:5])}"
+                     f"{', …' if len(data.unfinished) > 5 else ''}): drawn on stage 2's images.")
     return lines
 
 
@@ -340,7 +394,8 @@ def _summary_lines(data: Gathered, out: Path, main: pd.DataFrame, radii: np.ndar
     shown = [r for r in radii if r > 0][:4] or [0.0]
     points = main.set_index(np.round(main["radius"], 10))
     best = ", ".join(f"r={r:g}: {points.at[round(r, 10), 'accuracy']:.3f} "
-                     f"({points.at[round(r, 10), 'trial']})"
+                     f"({points.at[round(r, 10), 'trial']}"
+                     f"{', common images only' if points.at[round(r, 10), 'common_only'] else ''})"
                      for r in shown if round(r, 10) in points.index)
     lines.append(f"envelope ({selection}): {best}")
     return lines

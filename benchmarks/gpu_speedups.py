@@ -2,8 +2,8 @@
 same run.
 
 - Training: one SmoothAdv-PGD ``train_batch`` of ResNet-110 on CIFAR-10-shaped data (batch 256,
-  m = 4, T = 2), as ``build_training`` sets it up: float32 eager (the baseline), ``amp``
-  (bfloat16 autocast and channels-last; CUDA only, the CPU ignores it) and ``amp`` with
+  m = 4, T = 2), as ``build_training`` sets it up: float32 eager (the baseline, the default),
+  ``amp: true`` (bfloat16 autocast on a channels-last model, as on a CPU too) and ``amp`` with
   ``compile``. Median of ``--repeats`` steps after warm-up steps (compilation included there).
 - Certification: seconds per image of CERTIFY on ResNet-110 at n0 = 100, n = 100,000 (untrained
   weights: the cost does not depend on them) with Cohen et al.'s batch of 400 in float32 (the

@@ -62,15 +62,6 @@ def dominated(own: Mapping[float, float], others: Iterable[Mapping[float, float]
     return all(own[r] + margin < max(o[r] for o in others if r in o) for r in shared)
 
 
-def envelope(others: Iterable[Mapping[float, float]]) -> dict[float, float]:
-    """The pointwise maximum of the curves ``others``."""
-    env: dict[float, float] = {}
-    for curve in others:
-        for r, a in curve.items():
-            env[r] = a if r not in env else max(env[r], a)
-    return env
-
-
 def _same_sigma(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
@@ -84,34 +75,67 @@ def curve_of(result: Mapping[str, Any]) -> dict[float, float]:
 class Rungs:
     """The scheduler's bookkeeping, free of Ray: each trial's σ and proxy curve at each rung it
     reported, and the trials stopped with their reasons (the contents of schedule.json, as
-    common.schedule_record.read_schedule checked it)."""
+    common.schedule_record.read_schedule checked it). Indexed by (σ, rung) with the two best
+    accuracies at each radius, so a verdict costs O(radii) however many trials a σ has (the
+    early-stopping replay judges a 440-trial grid thousands of times)."""
 
     def __init__(self, margin: float, min_trials: int,
                  record: Mapping[str, Any] | None = None):
         self.margin, self.min_trials = margin, min_trials
         record = record or {}
         self.trials: dict[str, dict[str, Any]] = {}
+        self._groups: dict[tuple[float, int], dict[str, dict[float, float]]] = {}
+        self._tops: dict[tuple[float, int], dict[float, list[tuple[float, str]]]] = {}
         for name, entry in (record.get("trials") or {}).items():
-            self.trials[name] = {"sigma": float(entry["sigma"]), "rungs": {
-                int(k): {"epoch": int(v["epoch"]),
-                         "curve": {float(r): float(a) for r, a in v["curve"].items()}}
-                for k, v in entry["rungs"].items()}}
+            for k, v in entry["rungs"].items():
+                self.record(name, float(entry["sigma"]), int(k), int(v["epoch"]),
+                            {float(r): float(a) for r, a in v["curve"].items()})
         self.stopped: dict[str, dict[str, Any]] = stopped_entries(record)
+
+    def _sigma_key(self, sigma: float) -> float:
+        """The σ its group is filed under: a recorded one equal up to rounding, else itself."""
+        return next((s for s, _ in self._groups if _same_sigma(s, sigma)), float(sigma))
 
     def record(self, name: str, sigma: float, rung: int, epoch: int,
                curve: Mapping[float, float]) -> None:
         """Trial ``name`` (noise level ``sigma``) reported ``curve`` at rung ``rung``, after
         ``epoch`` epochs."""
         entry = self.trials.setdefault(name, {"sigma": float(sigma), "rungs": {}})
+        if not _same_sigma(entry["sigma"], sigma):  # (a trial's σ never changes: be safe)
+            for k in entry["rungs"]:
+                self._leave(name, (self._sigma_key(entry["sigma"]), k))
         entry["sigma"] = float(sigma)
         entry["rungs"][int(rung)] = {"epoch": int(epoch), "curve": dict(curve)}
+        key = (self._sigma_key(sigma), int(rung))
+        if name in self._groups.get(key, {}):
+            self._leave(name, key)
+        self._groups.setdefault(key, {})[name] = dict(curve)
+        tops = self._tops.get(key)
+        if tops is not None:
+            for r, a in curve.items():
+                tops[r] = sorted([*tops.get(r, []), (a, name)], key=lambda t: -t[0])[:2]
 
-    def peers(self, name: str, rung: int) -> list[dict[float, float]]:
-        """The curves at ``rung`` of the other trials of ``name``'s σ that reported it."""
-        sigma = self.trials[name]["sigma"]
-        return [entry["rungs"][rung]["curve"] for other, entry in sorted(self.trials.items())
-                if other != name and _same_sigma(entry["sigma"], sigma)
-                and rung in entry["rungs"]]
+    def _leave(self, name: str, key: tuple[float, int]) -> None:
+        self._groups.get(key, {}).pop(name, None)
+        self._tops.pop(key, None)  # rebuilt when next asked
+
+    def _best_two(self, key: tuple[float, int]) -> dict[float, list[tuple[float, str]]]:
+        """Per radius, the two best (accuracy, trial) of the group ``key`` (σ, rung)."""
+        if key not in self._tops:
+            tops: dict[float, list[tuple[float, str]]] = {}
+            for name, curve in self._groups.get(key, {}).items():
+                for r, a in curve.items():
+                    tops[r] = sorted([*tops.get(r, []), (a, name)], key=lambda t: -t[0])[:2]
+            self._tops[key] = tops
+        return self._tops[key]
+
+    def others_envelope(self, name: str, rung: int) -> dict[float, float]:
+        """The envelope (pointwise maximum) at ``rung`` of the other trials of ``name``'s σ
+        that reported it, at the radii at least one of them has."""
+        key = (self._sigma_key(self.trials[name]["sigma"]), rung)
+        return {r: next(a for a, other in best if other != name)
+                for r, best in self._best_two(key).items()
+                if any(other != name for _, other in best)}
 
     def verdict(self, name: str) -> str | None:
         """Why trial ``name`` is to stop (None: it goes on): its recorded reason once stopped;
@@ -124,21 +148,24 @@ class Rungs:
 
     def _decide(self, name: str) -> tuple[int, str] | None:
         entry = self.trials.get(name)
-        decidable = [k for k in sorted((entry or {"rungs": {}})["rungs"], reverse=True)
-                     if 1 + len(self.peers(name, k)) >= self.min_trials]
+        if entry is None:
+            return None
+        sigma = self._sigma_key(entry["sigma"])
+        decidable = [k for k in sorted(entry["rungs"], reverse=True)
+                     if len(self._groups.get((sigma, k), ())) >= self.min_trials]
         if not decidable:
             return None
         rung = decidable[0]
         own = entry["rungs"][rung]["curve"]
-        peers = self.peers(name, rung)
-        if not dominated(own, peers, self.margin):
+        env = self.others_envelope(name, rung)
+        if not dominated(own, [env], self.margin):
             return None
-        env = envelope(peers)
         detail = ", ".join(f"r={r:g}: {own[r]:.3f} < {env[r]:.3f}" for r in sorted(own)
                            if r in env)
+        others = len(self._groups[(sigma, rung)]) - 1
         return rung, (f"dominated at rung {rung} (epoch {entry['rungs'][rung]['epoch']}) by "
                       f"σ={entry['sigma']:g}'s envelope by ≥ {self.margin:g} at every radius "
-                      f"({detail}; {len(peers)} other trials)")
+                      f"({detail}; {others} other trials)")
 
     def stop(self, name: str) -> str | None:
         """Record that ``name`` stops, when its :meth:`verdict` says so; returns the reason
@@ -170,6 +197,20 @@ def _name(trial) -> str:
 def sigma_of(config: Mapping[str, Any]) -> float:
     """A Tune trial's σ: from the trial config its record holds (sweep.param_space)."""
     return float(config[KEY]["config"]["sigma"])
+
+
+def training(trial, result: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``trial`` still trains after its latest result (``result``, else Tune's last):
+    none yet, or an epoch's before its last. Stopping a trial that trained in full, or that
+    certifies, saves nothing and would throw its final model away, so it is never judged."""
+    result = getattr(trial, "last_result", None) or {} if result is None else result
+    if "epoch" not in result:
+        return not result
+    try:
+        epochs = int(trial.config[KEY]["config"]["epochs"])
+    except (KeyError, TypeError, ValueError):
+        return True
+    return int(result["epoch"]) + 1 < epochs
 
 
 class EnvelopeScheduler(FIFOScheduler):
@@ -212,7 +253,7 @@ class EnvelopeScheduler(FIFOScheduler):
                         int(result["epoch"]) + 1, curve_of(result))
             self._save()
             self._judge_peers(tune_controller, trial)
-        if "epoch" in result:  # (not the final certification's report)
+        if training(trial, result):  # (not the last epoch's, nor certification's, report)
             self._judge(name)
         # Never Tune's STOP: it ends the trial's actor, and its Train run's workers would keep
         # their resources (their controller dies before freeing them). The decision is in
@@ -236,7 +277,7 @@ class EnvelopeScheduler(FIFOScheduler):
         curve (with the others') may now dominate (a stop is recorded for their workers)."""
         sigma = sigma_of(trial.config)
         for other in list(tune_controller.get_trials()):
-            if other is trial or other.status != "RUNNING":
+            if other is trial or other.status != "RUNNING" or not training(other):
                 continue
             try:
                 if not _same_sigma(sigma_of(other.config), sigma):

@@ -177,7 +177,8 @@ def test_holdout_envelope_measures_the_chosen_trial_on_the_other_half(tmp_path):
     pd.testing.assert_frame_equal(
         curves.envelope(results[results["idx"].isin(measure) | (results["trial"] == "x")],
                         [1.0], "holdout"),
-        pd.DataFrame({"radius": [1.0], "accuracy": [0.0], "trial": ["x"], "images": [10]}),
+        pd.DataFrame({"radius": [1.0], "accuracy": [0.0], "trial": ["x"], "images": [10],
+                      "chosen_on": [0], "common_only": [False]}),  # no common image in half A
         check_dtype=False)
 
 
@@ -499,3 +500,145 @@ def test_a_staged_sweeps_stopped_trials_and_sequential_target_radius_are_reporte
     report = build_report([sweep], None, tmp_path / "report")
     assert any("pruned: stopped at stage 1: dominated" in line for line in report.summary)
     assert any("Certified sequentially up to radius 0.5" in line for line in report.summary)
+
+
+# --- staged certification: chosen on the common images, reported on the winner's own rows ---
+# Images 0-19 are the "full test set", every 4th (0, 4, 8, 12, 16) the planned images every
+# trial of a staged sweep has; stage 3's winners also have the other 15.
+FULL, COMMON = list(range(20)), list(range(0, 20, 4))
+
+
+def staged_rows(trial: str, right: dict[int, float], images: list[int]) -> pd.DataFrame:
+    """Hand-made certify rows of ``trial`` on ``images``: image i right with radius right[i]
+    where given, else wrong."""
+    ok = [i in right for i in images]
+    return pd.DataFrame({"trial": trial, "kind": "certify", "idx": images, "label": 1,
+                         "predict": [1 if v else 2 for v in ok],
+                         "radius": [right.get(i, 0.3) for i in images],
+                         "correct": [int(v) for v in ok]})
+
+
+def staged_results() -> pd.DataFrame:
+    """w (σ .25, full rows): on the common images .8 at r ≤ 1, on all 20 .5.
+    s (σ .25, common only): .6 at r ≤ 1 — above w's full-test .5, below w's common .8.
+    v (σ .25, common only): .2 at r ≤ 2, nothing else (wins only beyond r = 1).
+    x (σ .5, full rows): common .6, all 20 .2.   y (σ .5, common only): .4."""
+    return pd.concat([
+        staged_rows("w", dict.fromkeys([0, 4, 8, 12, 1, 2, 3, 5, 6, 7], 1.0), FULL),
+        staged_rows("s", dict.fromkeys([0, 4, 8], 1.0), COMMON),
+        staged_rows("v", {16: 2.0}, COMMON),
+        staged_rows("x", dict.fromkeys([0, 4, 8, 1], 1.0), FULL),
+        staged_rows("y", dict.fromkeys([0, 4], 1.0), COMMON)], ignore_index=True)
+
+
+STAGED_SIGMA = pd.DataFrame({"trial": list("wsvxy"), "sigma": [0.25] * 3 + [0.5] * 2})
+
+
+def test_the_envelope_chooses_on_the_common_images_and_reports_the_winners_own_rows():
+    """At r = .5 s's .6 (5 images) beats w's full-test .5 (20 images): a max over the mix
+    would report s's .6; w wins on the common images (.8 > .6), so its full-test .5 is
+    reported, on 20 images. Beyond r = 1 only v (common rows only) certifies anything: its
+    .2 is reported on the common images and flagged."""
+    results = staged_results()
+    assert curves.common_images(results).tolist() == COMMON
+    env = curves.envelope(results, [0.0, 0.5, 1.5, 2.5])
+    assert env["trial"].tolist() == ["w", "w", "v", "w"]  # r = 2.5: all 0, w's clean .8
+    assert env["accuracy"].tolist() == [0.5, 0.5, 0.2, 0.0]
+    assert env["images"].tolist() == [20, 20, 5, 20]
+    assert env["chosen_on"].tolist() == [5] * 4
+    assert env["common_only"].tolist() == [False, False, True, False]
+    assert env.loc[1, "accuracy"] < 0.6  # not the mixed max, s's subset .6
+
+
+def test_the_per_sigma_envelope_chooses_per_sigma_on_the_common_images():
+    per_sigma = curves.envelope_per_sigma(staged_results(), STAGED_SIGMA, [0.5, 1.5])
+    got = per_sigma[["sigma", "trial", "accuracy", "images", "common_only"]]
+    assert got.values.tolist() == [[0.25, "w", 0.5, 20, False], [0.25, "v", 0.2, 5, True],
+                                   # σ .5: x (.6 > .4 on the common images), its full .2
+                                   [0.5, "x", 0.2, 20, False], [0.5, "x", 0.0, 20, False]]
+
+
+def test_a_winner_without_full_rows_is_reported_on_the_common_images_and_flagged():
+    """Stage 3 not run for anyone: every trial has the common images only, nothing is
+    flagged (there are no full-test rows to miss) and the envelope is the plain max. Once w
+    has its full rows, s (best on the common images) is reported on them, flagged."""
+    only_common = pd.concat([staged_rows("w", dict.fromkeys([0, 4], 1.0), COMMON),
+                             staged_rows("s", dict.fromkeys([0, 4, 8], 1.0), COMMON)])
+    env = curves.envelope(only_common, [0.5])
+    assert env[["trial", "accuracy", "images", "common_only"]].values.tolist() == [
+        ["s", 0.6, 5, False]]
+    mixed = pd.concat([staged_rows("w", dict.fromkeys([0, 4, *range(1, 16, 4)], 1.0), FULL),
+                       staged_rows("s", dict.fromkeys([0, 4, 8], 1.0), COMMON)])
+    env = curves.envelope(mixed, [0.5])  # w: .4 common, .3 full; s: .6 common
+    assert env[["trial", "accuracy", "images", "common_only"]].values.tolist() == [
+        ["s", 0.6, 5, True]]
+
+
+def test_holdout_chooses_on_the_common_images_of_the_selection_half():
+    """w (full rows) is right on every common image, wrong on its other rows; s (common rows
+    only) is right on every common image but one of the selection half. On its own rows of
+    the selection half s looks best; on the common ones w does, and is measured on its rows
+    of the evaluation half."""
+    full, common = list(range(40)), list(range(0, 40, 4))
+    choose, measure = curves.holdout_split(full)
+    missed = sorted(set(common) & set(choose))[0]
+    results = pd.concat([
+        staged_rows("w", dict.fromkeys(common, 1.0), full),
+        staged_rows("s", {i: 1.0 for i in common if i != missed}, common)])
+    env = curves.envelope(results, [0.5], "holdout")
+    assert env["trial"].tolist() == ["w"]
+    assert env["chosen_on"].tolist() == [len(set(common) & set(choose))]
+    assert env["images"].tolist() == [len(measure)]
+    assert env["accuracy"].tolist() == [len(set(common) & set(measure)) / len(measure)]
+    assert env["common_only"].tolist() == [False]
+
+
+def write_staged_trial(sweep: Path, name: str, right: dict[int, float], images: list[int],
+                       planned: int) -> None:
+    """A trial of a staged sweep whose stage 2 certified every 4th image (certify.skip 4)."""
+    folder = write_trial(sweep, name, {"sigma": 0.25}, [], planned=planned, config={
+        "certify": {"n0": 100, "n": 100000, "alpha": 0.001, "skip": 4, "max": -1}})
+    rows = staged_rows(name, right, images)
+    rows["time"], rows["pA_lower"] = "0:00:01.500000", 0.9
+    rows[list(HEADER)].to_csv(folder / "certify.tsv", sep="\t", index=False)
+
+
+def test_a_staged_sweeps_report_shows_where_each_point_was_chosen_and_reported(tmp_path):
+    """w went through stage 3 (20 rows), s stopped at stage 2 (the 5 planned images), v is
+    still in stage 3 (3 of its 20 rows so far): v is drawn on stage 2's images and said to be
+    unfinished; the headline reports w's full-test value, never s's higher subset one."""
+    sweep = tmp_path / "staged"
+    sweep.mkdir()
+    (sweep / "sweep.yaml").write_text("name: staged\n")
+    write_staged_trial(sweep, "w", dict.fromkeys([0, 4, 8, 12, 1, 2, 3, 5, 6, 7], 1.0), FULL,
+                       planned=20)
+    write_staged_trial(sweep, "s", dict.fromkeys([0, 4, 8], 1.0), COMMON, planned=5)
+    write_staged_trial(sweep, "v", {16: 2.0, 1: 2.0, 2: 2.0}, [*COMMON, 1, 2, 3], planned=20)
+    (sweep / "stages.json").write_text(json.dumps({"stage": 3, "trials": {
+        "w": {"stage": 3, "why": ""}, "s": {"stage": 2, "why": "not on the envelope at full n"},
+        "v": {"stage": 3, "why": ""}}}))
+    data = gather([sweep])
+    assert data.unfinished == ("v",)
+    trials = data.trials.set_index("trial")
+    assert trials["status"].tolist() == ["ok"] * 3 and trials.loc["v", "images"] == 5
+    assert pd.isna(trials.loc["v", "planned"]) and trials.loc["v", "complete"]
+    v_rows = data.results[data.results["trial"] == "v"]
+    assert sorted(v_rows["idx"]) == COMMON  # its partial stage-3 rows are left out
+    report = build_report([sweep], None, tmp_path / "report")
+    md = (tmp_path / "report" / "tables.md").read_text()
+    assert "| upper envelope (max over trials) | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 20.0 |" in md
+    assert "| 1.50 | v | 5 | 5 | yes |" in md and "| 0.50 | w | 5 | 20 |  |" in md
+    assert "max: 4 point(s) reported on the common images only" in md
+    assert "(5 common to all)" in md and "stage 3 has not finished for 1 trial(s) (v)" in md
+    assert any("r=0.25: 0.500 (w)" in line for line in report.summary)
+
+
+def test_a_stage3_trials_damaged_certify_block_is_one_error_line(tmp_path, capsys):
+    sweep = tmp_path / "staged"
+    write_trial(sweep, "w", {"sigma": 0.25}, [0.5], planned=4,
+                config={"certify": {"alpha": 0.001, "skip": "x"}})
+    (sweep / "stages.json").write_text(json.dumps({"stage": 3, "trials": {
+        "w": {"stage": 3, "why": ""}}}))
+    assert main(["analyze", str(sweep), "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "w/config.yaml: certify.skip: expected a whole number" in err

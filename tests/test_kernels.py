@@ -239,16 +239,19 @@ TRAIN = {"dataset": "synthetic", "arch": "lenet", "sigma": 0.25, "epsilon": 0.25
          "m_train": 2, "batch_size": 8, "train_subset": 16, "epoch_test_subset": 8}
 
 
-def autocast_seen(device: str, **overrides) -> set[tuple[bool, torch.dtype | None, bool]]:
-    """(autocast on, its dtype, first conv weight channels-last) at every forward pass of one
-    SmoothAdv train step (its attack's passes and its update's)."""
+def autocast_seen(device: str, **overrides
+                  ) -> set[tuple[bool, torch.dtype | None, bool, torch.dtype]]:
+    """(autocast on, its dtype, first conv weight channels-last, the dtype of the first conv's
+    activations) at every forward pass of one SmoothAdv train step (its attack's passes and its
+    update's)."""
     config = parse_trial_config({**TRAIN, "device": device, **overrides})
     net = build_model("lenet", "synthetic")
     seen = set()
-    net.register_forward_pre_hook(lambda module, args: seen.add(
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+    conv.register_forward_hook(lambda module, args, out: seen.add(
         (torch.is_autocast_enabled(device),
          torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None,
-         conv_weight(module).is_contiguous(memory_format=torch.channels_last))))
+         module.weight.is_contiguous(memory_format=torch.channels_last), out.dtype)))
     state = train_module.build_training(net, None, config, torch.device(device), world=1)
     x, y = torch.rand(8, 1, 16, 16, device=device), torch.randint(4, (8,), device=device)
     stats = {"loss": 0.0, "correct": 0, "samples": 0}
@@ -257,14 +260,12 @@ def autocast_seen(device: str, **overrides) -> set[tuple[bool, torch.dtype | Non
     return seen
 
 
-def conv_weight(model: nn.Module) -> torch.Tensor:
-    return next(m.weight for m in model.modules() if isinstance(m, nn.Conv2d))
-
-
-def test_cpu_training_ignores_amp_and_loads_in_process():
-    assert autocast_seen("cpu") == {(False, None, True)}  # place(): channels-last on CPU
+def test_cpu_training_is_float32_by_default_bf16_with_amp_and_loads_in_process():
+    f32, bf16 = torch.float32, torch.bfloat16  # place(): channels-last on CPU either way
+    assert autocast_seen("cpu") == {(False, None, True, f32)}
+    assert autocast_seen("cpu", amp=True) == {(True, bf16, True, bf16)}
     config = parse_trial_config({**TRAIN, "device": "cpu"})
-    assert config.amp and config.loader_workers is None
+    assert not config.amp and config.loader_workers is None
     assert train_module.loader_options(config, torch.device("cpu"), 1) == {}
     two = parse_trial_config({**TRAIN, "loader_workers": 2})
     assert train_module.loader_options(two, torch.device("cpu"), 1) == {
@@ -275,8 +276,8 @@ def test_cpu_training_ignores_amp_and_loads_in_process():
 
 @cuda
 def test_cuda_train_step_runs_under_bf16_autocast_channels_last():
-    assert autocast_seen("cuda") == {(True, torch.bfloat16, True)}
-    assert autocast_seen("cuda", amp=False) == {(False, None, False)}
+    assert autocast_seen("cuda", amp=True) == {(True, torch.bfloat16, True, torch.bfloat16)}
+    assert autocast_seen("cuda") == {(False, None, False, torch.float32)}  # the default
     config = parse_trial_config({**TRAIN, "device": "cuda"})
     options = train_module.loader_options(config, torch.device("cuda"), 1)
     assert options["pin_memory"] and options["persistent_workers"]

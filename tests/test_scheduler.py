@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import random
 from types import SimpleNamespace
 
 import pandas as pd
@@ -175,6 +176,54 @@ def test_a_rung_report_judges_the_running_peers_it_dominates_at_once(tmp_path):
         "CONTINUE"
     assert set(stopped_trials(tmp_path)) == {"bad"}
     assert stopped == []  # never through Tune's stop_trial
+
+
+def test_a_trial_whose_training_ended_is_never_stopped(tmp_path):
+    """Stopping a trial that trained in full, or certifies, saves nothing and would throw its
+    final model away: only trials still training are judged."""
+    scheduler = EnvelopeScheduler(str(tmp_path), Schedule(min_trials=2).record())
+
+    def trial(name, last_result):
+        return SimpleNamespace(trial_id=name, status="RUNNING", last_result=last_result,
+                               config={"trial": {"name": name,
+                                                 "config": {"sigma": 0.25, "epochs": 3}}})
+
+    trained, certifying, training = (trial("trained", {"epoch": 2}),
+                                     trial("certifying", {"acr": 0.1}),
+                                     trial("training", {"epoch": 1}))
+    good = trial("good", {})
+    controller = SimpleNamespace(get_trials=lambda: [trained, certifying, training, good])
+    for t in (trained, certifying, training):
+        scheduler.on_trial_result(controller, t, _result(0, 1, (0.2, 0.1, 0.0)))
+    assert stopped_trials(tmp_path) == {}  # (each dominated by none yet: equal curves)
+    scheduler.on_trial_result(controller, good, _result(0, 1, (0.9, 0.7, 0.3)))
+    assert set(stopped_trials(tmp_path)) == {"training"}
+    scheduler.on_trial_result(controller, trained, _result(2))  # its last epoch's report
+    assert set(stopped_trials(tmp_path)) == {"training"}
+
+
+def test_the_indexed_bookkeeping_decides_as_the_rule_over_all_peers():
+    """Rungs keeps the two best accuracies per (σ, rung, radius); its verdicts equal the rule
+    applied to every same-σ peer's curve (ties, re-recorded rungs and σ up to rounding)."""
+    rng = random.Random(7)
+    for _ in range(200):
+        margin, min_trials = rng.choice([0.0, 0.05, 0.1]), rng.choice([2, 3])
+        rungs, seen = Rungs(margin, min_trials), {}
+        for _ in range(rng.randrange(2, 14)):
+            name = f"t{rng.randrange(8)}"
+            sigma = seen.setdefault(name, rng.choice([0.25, 0.5, 0.25 + 1e-12]))
+            curve = {r: rng.choice([0.0, 0.1, 0.3, 0.5]) for r in RADII if rng.random() < 0.9}
+            rungs.record(name, sigma, rng.choice([1, 2]), 1, curve)
+            rungs.verdict(rng.choice(sorted(seen)))  # (its index then updates as it grows)
+        for name, entry in rungs.trials.items():
+            peers = {k: [e["rungs"][k]["curve"] for other, e in rungs.trials.items()
+                         if other != name and abs(e["sigma"] - entry["sigma"]) < 1e-9
+                         and k in e["rungs"]] for k in entry["rungs"]}
+            decidable = [k for k in sorted(peers, reverse=True) if 1 + len(peers[k]) >= min_trials]
+            expected = bool(decidable) and dominated(entry["rungs"][decidable[0]]["curve"],
+                                                     peers[decidable[0]], margin)
+            assert (rungs.verdict(name) is not None) == expected
+            assert Rungs(margin, min_trials, rungs.to_dict()).verdict(name) == rungs.verdict(name)
 
 
 # --- the spec block -----------------------------------------------------------------------

@@ -25,11 +25,13 @@ def config(**overrides):
     return parse_trial_config({**BASE, **overrides})
 
 
-@pytest.mark.parametrize("method,attack,multi", [("smoothadv", "pgd", False),
-                                                 ("smoothadv", "ddn", True),
-                                                 ("gaussian", "pgd", False)])
-def test_resume_from_epoch_checkpoint_equals_uninterrupted(tmp_path, method, attack, multi):
-    c = config(method=method, attack=attack, multi_noise=multi, epochs=3)
+@pytest.mark.parametrize("method,attack,multi,amp", [("smoothadv", "pgd", False, False),
+                                                     ("smoothadv", "ddn", True, False),
+                                                     ("gaussian", "pgd", False, False),
+                                                     ("smoothadv", "pgd", True, True)])
+def test_resume_from_epoch_checkpoint_equals_uninterrupted(tmp_path, method, attack, multi, amp):
+    """Also with ``amp`` (bfloat16 autocast), which the CPU honours too."""
+    c = config(method=method, attack=attack, multi_noise=multi, epochs=3, amp=amp)
     train_trial(c, tmp_path / "straight", progress=False)
     interrupted = parse_trial_config({**c.to_dict(), "epochs": 1})
     train_trial(interrupted, tmp_path / "resumed", progress=False)

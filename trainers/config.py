@@ -97,9 +97,11 @@ class TrialConfig:
     # Training data loader processes: null (auto) is min(8, CPUs per GPU) on CUDA, 0 (loading in
     # the training process, as always) on the CPU; an integer is used as given.
     loader_workers: int | None = None
-    # On CUDA only: channels-last model and bfloat16 autocast of the forward passes of the
-    # attack and the update (backward passes outside it). The CPU ignores it.
-    amp: bool = True
+    # bfloat16 autocast of the forward passes of the attack and the update (backward passes
+    # outside it), on CPU and CUDA (there on a channels-last model, as the CPU always is).
+    # Off by default: float32 is the reference (Hadisalman/smoothing-adversarial trains in
+    # float32); benchmarks/bf16_vs_fp32.py compares the two.
+    amp: bool = False
     # torch.compile the trained model (the attack's and the update's passes; eager, with one
     # line, where no compiler works). On 2 CPU cores it pays for ResNet-20 (1.36-1.62× per
     # SmoothAdv step) but not for a LeNet (0.86×): benchmarks/train_step_speed.py --compile.

@@ -28,10 +28,12 @@ global batch: each rank takes batch_size/W images of a shared shuffled order
 DDP wrapper, whose all-reduce averages the gradients. Rank 0 writes checkpoints and metrics.
 
 On CUDA only: data loads in worker processes into pinned memory (``loader_workers``;
-:func:`loader_options`), and with ``amp`` (default) the model is channels-last and the forward
-passes of the attack and of the update run under bfloat16 autocast (:class:`Autocast`). The CPU
-path is unchanged by both, so it stays bit-for-bit reproducible. With ``compile`` (any device,
-off by default) the model trains through ``torch.compile`` (certify.compiled.CompiledOrEager).
+:func:`loader_options`); the CPU loads in the training process, so it stays bit-for-bit
+reproducible. With ``amp`` (any device, off by default: float32 is the reference) the forward
+passes of the attack and of the update run under bfloat16 autocast (:class:`Autocast`), on a
+channels-last model (the CPU's layout anyway: trainers.models.place); a CPU run with ``amp``
+still resumes bit for bit. With ``compile`` (any device, off by default) the model trains
+through ``torch.compile`` (certify.compiled.CompiledOrEager).
 """
 
 from __future__ import annotations
@@ -87,11 +89,6 @@ def distributed_rank() -> tuple[int, int]:
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside a DistributedDataParallel wrapper."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def amp_enabled(config: TrialConfig, device: torch.device) -> bool:
-    """Whether training runs channels-last under bfloat16 autocast: ``amp`` on CUDA only."""
-    return config.amp and torch.device(device).type == "cuda"
 
 
 class Autocast(nn.Module):
@@ -364,7 +361,7 @@ def build_training(net: nn.Module, ckpt: dict | None, config: TrialConfig,
     schedule, both restored from ``ckpt`` when resuming."""
     net = place(net, device)
     trained: nn.Module = net
-    if amp_enabled(config, device):  # CUDA: channels-last convolutions, bfloat16 forwards
+    if config.amp:  # bfloat16 forwards on channels-last convolutions (place() did the CPU's)
         net = net.to(memory_format=torch.channels_last)
         trained = Autocast(net)
     if config.compile:  # inside DDP, so the attack (on the unwrapped model) is compiled too

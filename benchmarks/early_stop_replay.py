@@ -30,7 +30,7 @@ sweep.scheduler.Rungs:
   does), and a stopped trial has no final certification.
 
 Printed per degradation model: the training cost saved (full/kept, weighted by m_train·(T+1)
-per epoch, and in trial-epochs), the proxies' own cost (100 images × (n0 + n) forward passes
+per epoch, and in trial-epochs), the proxies' own cost (images × (n0 + n) forward passes
 per rung, against an epoch's 50,000 × m_train·(T+1) forward-backward passes counted as 3
 forward passes each), and the upper envelope's loss (all trials' minus the kept trials', in
 points) at r = 0, 0.25, …, 2.25: mean, worst, and the share of draws losing more than 1 point;

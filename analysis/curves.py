@@ -5,8 +5,9 @@ Certified accuracy of a trial at ℓ2 radius r over its m certified images (Cohe
 Section 4): acc(r) = (1/m) Σ_i 1[correct_i ∧ radius_i ≥ r], abstentions counting as wrong.
 ACR = (1/m) Σ_i radius_i·correct_i. Both, like every metric, are computed by
 :mod:`common.metrics`, shared with the trial's report and the CLI. The upper envelope (Salman
-et al. 2019, Fig. 1 left) takes at each radius the best trial; ties go to the higher clean
-accuracy, then to the name.
+et al. 2019, Fig. 1 left) takes at each radius the best trial, by the one rule of
+:mod:`common.envelope` (shared with staged certification and early stopping): ties go to the
+higher clean accuracy, then to the name.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from common import envelope as best_curve
 from common import metrics
 from common.metrics import certified_accuracy as accuracy_at  # noqa: F401 (its name here)
 
@@ -100,14 +102,12 @@ def trial_summary(results: pd.DataFrame, radii: Sequence[float]) -> pd.DataFrame
     return out
 
 
-def _best(curves: pd.DataFrame, clean: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``curves`` the best column and its value; ties go to the higher ``clean``,
-    then to the earlier name."""
-    order = sorted(curves.columns, key=lambda t: (-np.nan_to_num(clean[t], nan=-1.0), t))
-    values = curves[order].to_numpy(dtype=float)
-    filled = np.where(np.isnan(values), -np.inf, values)
-    j = np.argmax(filled, axis=1)
-    return np.asarray(order, dtype=object)[j], values[np.arange(len(values)), j]
+def _winners(curves: pd.DataFrame, clean: pd.Series) -> np.ndarray:
+    """Per row of ``curves`` (radius × trial) the trial on the envelope, under common.envelope's
+    tie rule (higher ``clean``, then the earlier name); None where no trial has a value."""
+    names = list(curves.columns)
+    j = best_curve.winners(curves.to_numpy(dtype=float), names, clean.reindex(names).to_numpy())
+    return np.array([names[k] if k != best_curve.NONE else None for k in j], dtype=object)
 
 
 def holdout_split(idx: Sequence[int], seed: int = HOLDOUT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -148,10 +148,10 @@ def choose_and_report(rows: pd.DataFrame, radii: Sequence[float], common: np.nda
     radii = np.asarray(radii, dtype=float)
     choose = common if within is None else np.intersect1d(common, within)
     basis = choose if len(choose) else within
-    picked = trial_curves(rows, radii, basis)
-    trial, _ = _best(picked, trial_curves(rows, [0.0], basis).iloc[0])
+    trial = _winners(trial_curves(rows, radii, basis), trial_curves(rows, [0.0], basis).iloc[0])
     measured = trial_curves(rows, radii, report)
-    accuracy = measured.to_numpy()[np.arange(len(radii)), measured.columns.get_indexer(trial)]
+    column = measured.columns.get_indexer(trial)
+    accuracy = np.where(column >= 0, measured.to_numpy()[np.arange(len(radii)), column], np.nan)
     shown = rows if report is None else rows[rows["idx"].isin(report)]
     m = shown.groupby("trial", observed=True, sort=False).size().reindex(trial).fillna(0)
     beyond = shown[~shown["idx"].isin(common)].groupby("trial", observed=True).size()
@@ -232,9 +232,9 @@ def empirical_accuracy(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def empirical_envelope(empirical: pd.DataFrame) -> pd.DataFrame:
-    """Per attack ε the best trial's empirical accuracy (ties: name): columns ``epsilon``,
-    ``accuracy``, ``trial``."""
-    ordered = empirical.sort_values(["epsilon", "accuracy", "trial"],
-                                    ascending=[True, False, True])
-    return ordered.groupby("epsilon").head(1)[["epsilon", "accuracy", "trial"]].reset_index(
-        drop=True)
+    """Per attack ε the best trial's empirical accuracy (common.envelope's rule, with no clean
+    accuracy to break ties: the earlier name): columns ``epsilon``, ``accuracy``, ``trial``."""
+    table = empirical.pivot(index="epsilon", columns="trial", values="accuracy")
+    trial = _winners(table, pd.Series(np.nan, index=table.columns))
+    return pd.DataFrame({"epsilon": table.index.to_numpy(), "trial": trial}).merge(
+        empirical, on=["epsilon", "trial"], how="left")[["epsilon", "accuracy", "trial"]]

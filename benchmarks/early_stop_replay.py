@@ -61,8 +61,8 @@ from scipy.stats import norm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.gather import gather  # noqa: E402
+from common.binomial import cp_lower  # noqa: E402
 from common.metrics import certified_accuracy  # noqa: E402
-from common.stages import cp_lower  # noqa: E402
 from sweep.scheduler import Rungs, dominated  # noqa: E402,F401 (the rule the replay drives)
 from sweep.spec import Schedule  # noqa: E402
 

@@ -25,11 +25,11 @@ from collections.abc import Callable
 import torch
 
 from certify import Smooth
-from certify.compiled import compile_classifier
 from certify.precision import evaluation_precision
 from certify.smooth import batch_for
 from trainers import build_model, dataset_info
 from trainers import train as train_module
+from trainers.compiled import compile_classifier
 from trainers.config import parse_trial_config
 
 

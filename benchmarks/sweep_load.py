@@ -86,7 +86,7 @@ def finished(sweep_dir: Path) -> int:
 
 def timed(*args: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sweep.cli", *args], check=True,
+    subprocess.run([sys.executable, "-m", "cli.main", *args], check=True,
                    stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
@@ -105,7 +105,7 @@ def main() -> int:
         t0 = time.perf_counter()
         flags = [] if args.max_concurrent is None else ["--max-concurrent",
                                                         str(args.max_concurrent)]
-        run = subprocess.Popen([sys.executable, "-m", "sweep.cli", "sweep", "run", str(spec),
+        run = subprocess.Popen([sys.executable, "-m", "cli.main", "sweep", "run", str(spec),
                                 "--storage", str(root / "sweeps"), "--verbose", "0", *flags],
                                stdout=subprocess.DEVNULL)
         samples: list[tuple[int, float]] = []  # (trials finished, PSS MiB)

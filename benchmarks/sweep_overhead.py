@@ -50,7 +50,7 @@ def run_sweep(values: dict, root: Path) -> float:
     spec = root / "spec.yaml"
     spec.write_text(yaml.safe_dump(values))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sweep.cli", "sweep", "run", str(spec), "--storage",
+    subprocess.run([sys.executable, "-m", "cli.main", "sweep", "run", str(spec), "--storage",
                     str(root / "sweeps"), "--max-concurrent", "1", "--verbose", "0"],
                    check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0

@@ -14,7 +14,7 @@ drawn before the clock starts; the ratio step / bound shows what noise sampling,
 loss, normalization, projection and mode switching cost on top. Target: ≤ 1.15.
 
 With ``--compile`` the step and its bound run through ``torch.compile`` (a trial's ``compile:
-true``, certify.compiled.CompiledOrEager), and the eager step is timed too: the line
+true``, trainers.compiled.CompiledOrEager), and the eager step is timed too: the line
 "compiled speed-up" is eager step / compiled step (2 CPU cores: ResNet-20 at the defaults
 1.62×, at ``--m 1`` 1.36×; ``--arch lenet --dataset fashion_mnist --batch 128 --m 1`` 0.86×).
 
@@ -31,10 +31,10 @@ import time
 import torch
 from torch.nn import functional as F
 
-from certify.compiled import CompiledOrEager
 from common.errors import UserError
 from trainers import build_model, dataset_info
 from trainers.attacks import frozen
+from trainers.compiled import CompiledOrEager
 from trainers.config import TrialConfig, validate
 from trainers.train import train_batch
 

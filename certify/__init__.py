@@ -1,6 +1,6 @@
 """Randomized-smoothing certification (Cohen et al. 2019) and the SmoothAdv attack.
 
-Names are imported on first use, so the torch-free :mod:`certify.settings` loads without torch.
+Names are imported on first use, so importing a submodule loads only what it needs.
 """
 
 from importlib import import_module

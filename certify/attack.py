@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from certify.results_file import ResultsFile
 from certify.runner import image_seed, load_evaluation, outcome, run_resumable, smoother
-from certify.settings import AttackSettings
+from common.settings import AttackSettings
 from trainers.attacks import smoothadv_pgd
 
 ATTACK_COLUMNS = ("idx", "label", "epsilon", "predict", "correct", "time")

@@ -22,13 +22,13 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from certify.compiled import compile_classifier
 from certify.precision import evaluation_precision, precision_name, requested_precision
 from certify.results_file import ResultsFile
-from certify.settings import Sampling
 from certify.smooth import ABSTAIN, Smooth, batch_for
 from common.errors import UserError
 from common.provenance import provenance
+from common.settings import Sampling
+from trainers.compiled import compile_classifier
 from trainers.device import resolve_device
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower")
@@ -91,7 +91,7 @@ def run_smoothing(
     train/eval mode is restored afterwards.
 
     ``compile``: the forward passes go through ``torch.compile`` when a probe pass compiles,
-    else stay eager with one line saying why (:mod:`certify.compiled`); the record then holds
+    else stay eager with one line saying why (:mod:`trainers.compiled`); the record then holds
     ``"compiled"`` (true or false). Off, the key is absent, so older records still match, and
     a file recorded with ``"compiled": true`` is refused.
     """

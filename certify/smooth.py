@@ -15,6 +15,8 @@ import torch
 from scipy.stats import binomtest, norm
 from torch import nn
 
+from common.binomial import cp_lower
+
 ABSTAIN = -1
 # Noisy samples per forward pass when none is given: Cohen et al.'s 400 on the CPU; on CUDA
 # 4,096, which keeps a large GPU busy on CIFAR-10 models. A batch that runs out of GPU memory
@@ -28,12 +30,10 @@ def batch_for(batch_size: int | None, device: torch.device) -> int:
 
 
 def clopper_pearson_lower(n_success: int, n_total: int, alpha: float) -> float:
-    """One-sided (1 − α) lower confidence bound on a binomial proportion (Clopper–Pearson).
-
-    Equals the lower end of the two-sided exact interval at level 1 − 2α, which is what Cohen's
-    code computes with ``proportion_confint(method="beta", alpha=2α)``.
-    """
-    return float(binomtest(n_success, n_total).proportion_ci(1 - 2 * alpha, method="exact").low)
+    """One-sided (1 − α) lower confidence bound on a binomial proportion (Clopper–Pearson), one
+    count at a time: common.binomial.cp_lower, to the bit what Cohen's code computes with
+    ``proportion_confint(method="beta", alpha=2α)``."""
+    return float(cp_lower(n_success, n_total, alpha))
 
 
 def sequential_looks(n: int, max_looks: int = 4, ratio: int = 4, first: int = 100

@@ -11,7 +11,7 @@ its prediction is the label. Over the m rows of a trial (Cohen et al. 2019, Sect
 - empirical accuracy under attack (Salman et al. 2019, Section 4.3): the accuracy of the attack
   rows of each ε.
 
-The trial's final report (:mod:`sweep.trial_worker`), the CLI summaries (:mod:`sweep.cli`), the
+The trial's final report (:mod:`sweep.trial_worker`), the CLI summaries (:mod:`cli.smoothing`), the
 analysis (:mod:`analysis.curves`) and the benchmarks all call these functions.
 """
 

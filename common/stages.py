@@ -6,9 +6,10 @@ full test set. Staged certification makes that choice with a known risk: stage 1
 every trial on m images with a small n1; a trial goes on (:func:`reachable_trials`) unless
 even an optimistic bound on its certified accuracy at full n is, at every radius, below the
 best pessimistic bound of the others, overall and within its own σ (the per-σ envelope, the
-paper's Figure 2); stage 3 re-certifies on the full test set the trials that attain the
-envelope somewhere (:func:`winners`). Only the decision logic lives here (numpy, pandas,
-scipy.stats): the sweep wires it in.
+paper's Figure 2); stage 3 re-certifies on the full test set the trials that win the
+envelope somewhere (:func:`winners`, under the tie rule of common.envelope, where every
+envelope is taken). Only the decision logic lives here (numpy, pandas, scipy.stats; the
+Clopper–Pearson bounds are common.binomial's): the sweep wires it in.
 
 The bounds of one trial at radius r (:func:`certified_bounds`), m its stage-1 rows, β = ``alpha``:
 
@@ -50,29 +51,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import beta as beta_dist
 from scipy.stats import norm
 
+from common import envelope
+from common.binomial import cp_lower, cp_upper
 from common.metrics import certified_accuracy, right_rows
 
 REACHABLE = "reachable"
-
-
-def cp_lower(k: np.ndarray | int, m: int, alpha: float) -> np.ndarray:
-    """One-sided (1 − α) Clopper–Pearson lower bound on a proportion from k of m (0 at k = 0);
-    the lower end of the two-sided exact interval at 1 − 2α (as certify.smooth computes it)."""
-    k = np.asarray(k, dtype=float)
-    with np.errstate(invalid="ignore"):
-        out = beta_dist.ppf(alpha, k, m - k + 1)
-    return np.where(k <= 0, 0.0, out)
-
-
-def cp_upper(k: np.ndarray | int, m: int, alpha: float) -> np.ndarray:
-    """One-sided (1 − α) Clopper–Pearson upper bound on a proportion from k of m (1 at k = m)."""
-    k = np.asarray(k, dtype=float)
-    with np.errstate(invalid="ignore"):
-        out = beta_dist.ppf(1 - alpha, k + 1, m - k)
-    return np.where(k >= m, 1.0, out)
 
 
 @functools.lru_cache(maxsize=256)
@@ -227,9 +212,9 @@ def reachable_trials(stage1: Mapping[str, pd.DataFrame], sigma_of: Mapping[str, 
               for t, rows in stage1.items()}
     if not bounds:
         return {}
-    overall = np.max([low for low, _ in bounds.values()], axis=0)
-    group = {s: np.max([bounds[t][0] for t in bounds if sigma_of[t] == s], axis=0)
-             for s in {sigma_of[t] for t in bounds}}
+    lows = {t: low for t, (low, _) in bounds.items()}
+    overall, *per_sigma = [_best(lows, members) for members in _groups(lows, sigma_of)]
+    group = dict(zip(_sigmas(lows, sigma_of), per_sigma, strict=True))
     out = {}
     for trial, (_, upper) in bounds.items():
         sigma = sigma_of[trial]
@@ -247,22 +232,35 @@ def reachable_trials(stage1: Mapping[str, pd.DataFrame], sigma_of: Mapping[str, 
     return out
 
 
+def _sigmas(trials: Mapping[str, object], sigma_of: Mapping[str, float]) -> list[float]:
+    return sorted({sigma_of[t] for t in trials})
+
+
+def _groups(trials: Mapping[str, object], sigma_of: Mapping[str, float]) -> list[list[str]]:
+    """The envelopes' trials: all of ``trials``, then those of each σ (ascending)."""
+    return [list(trials)] + [[t for t in trials if sigma_of[t] == s]
+                             for s in _sigmas(trials, sigma_of)]
+
+
+def _best(curves: Mapping[str, np.ndarray], members: Sequence[str]) -> np.ndarray:
+    """The envelope (common.envelope.best_values) of the curves of ``members``."""
+    return envelope.best_values(np.column_stack([curves[t] for t in members]))
+
+
 def winners(full: Mapping[str, pd.DataFrame], sigma_of: Mapping[str, float],
             radii: Sequence[float]) -> list[str]:
-    """The trials that attain the plain-max envelope of certified accuracy at some radius of
-    ``radii``, overall or among the trials of their σ; every tied trial attains it. Radii where
-    the envelope is 0 (or no trial has rows) pick nobody. In the order of ``full``."""
-    radii = np.asarray(radii, dtype=float)
-    curves = {t: certified_accuracy(rows["radius"].to_numpy(dtype=float), right_rows(rows), radii)
+    """The trials that win the plain-max envelope of certified accuracy at some radius of
+    ``radii``, overall or among the trials of their σ, under common.envelope's tie rule
+    (higher clean accuracy on the same rows, then the earlier name): the trials the analysis's
+    envelope (analysis.curves) chooses there on these images. Radii where the envelope is 0
+    (or no trial has rows) pick nobody. In the order of ``full``."""
+    grid = np.concatenate([[0.0], np.asarray(radii, dtype=float)])
+    curves = {t: certified_accuracy(rows["radius"].to_numpy(dtype=float), right_rows(rows), grid)
               for t, rows in full.items()}
     chosen: set[str] = set()
-    groups = [list(curves)] + [[t for t in curves if sigma_of[t] == s]
-                               for s in sorted({sigma_of[t] for t in curves})]
-    for members in groups:
-        table = np.array([np.nan_to_num(curves[t], nan=-1.0) for t in members])
-        if not len(table):
-            continue
-        best = table.max(axis=0)
-        hit = (table == best) & (best > 0)
-        chosen |= {t for t, row in zip(members, hit, strict=True) if row.any()}
+    for members in _groups(curves, sigma_of) if curves else []:
+        table = np.column_stack([curves[t][1:] for t in members])
+        won = envelope.winners(table, members, [curves[t][0] for t in members])
+        positive = envelope.best_values(table) > 0
+        chosen |= {members[j] for j in won[positive & (won != envelope.NONE)]}
     return [t for t in full if t in chosen]

@@ -10,7 +10,8 @@ is worse than a small-σ one at r = 0 by design, and holds the high-radius end o
 envelope; ASHA on one scalar would prune exactly those): a trial is stopped at rung k when, at
 every radius r its curve and a peer's share,
 
-    own(r) + margin < max over the other same-σ trials that reported rung k of their acc(r),
+    own(r) + margin < max over the other same-σ trials that reported rung k of their acc(r)
+                      (their envelope, common.envelope),
 
 and at least ``min_trials`` same-σ trials (itself included) have reported rung k; k is the
 latest of the trial's rungs that enough of its σ reported (newer evidence overrules older, and
@@ -40,6 +41,7 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from common import layout
+from common.envelope import best_by_radius, rank
 from common.errors import UserError
 from common.records import read_state
 from common.schedule_record import read_schedule, stopped_entries
@@ -51,15 +53,17 @@ RUNG_KEY = "proxy_rung"
 
 def dominated(own: Mapping[float, float], others: Iterable[Mapping[float, float]],
               margin: float) -> bool:
-    """Whether ``own`` (radius → certified accuracy) is below the envelope of ``others`` (the
-    maximum over those that have the radius) by more than ``margin`` at every radius it shares
-    with at least one of them; False with nothing to compare (no peer, no shared radius) and
-    at a NaN."""
-    others = list(others)
-    shared = [r for r in own if any(r in o for o in others)]
-    if not shared:
-        return False
-    return all(own[r] + margin < max(o[r] for o in others if r in o) for r in shared)
+    """Whether ``own`` (radius → certified accuracy) is below the envelope of ``others``
+    (common.envelope.best_by_radius: the maximum over those that have the radius) by more than
+    ``margin`` at every radius it shares with at least one of them; False with nothing to
+    compare (no peer, no shared radius) and at a NaN (own, or the envelope's: all peers NaN)."""
+    return below(own, best_by_radius(others), margin)
+
+
+def below(own: Mapping[float, float], envelope: Mapping[float, float], margin: float) -> bool:
+    """:func:`dominated` given the peers' ``envelope`` itself (radius → its value)."""
+    shared = [r for r in own if r in envelope]
+    return bool(shared) and all(own[r] + margin < envelope[r] for r in shared)
 
 
 def _same_sigma(a: float, b: float) -> bool:
@@ -70,6 +74,14 @@ def curve_of(result: Mapping[str, Any]) -> dict[float, float]:
     """The proxy curve a rung's result reports: radius → ``proxy_cert_acc_<radius>``."""
     return {float(k[len(PROXY_PREFIX):]): float(v) for k, v in result.items()
             if k.startswith(PROXY_PREFIX)}
+
+
+def _keep_top_two(tops: dict[float, list[tuple[float, str]]], name: str,
+                  curve: Mapping[float, float]) -> None:
+    """Add trial ``name``'s ``curve`` to ``tops``, per radius the two best (accuracy, trial),
+    ranked as common.envelope ranks values (NaN: no value, after every number)."""
+    for r, a in curve.items():
+        tops[r] = sorted([*tops.get(r, []), (a, name)], key=lambda t: rank(t[0]))[:2]
 
 
 class Rungs:
@@ -112,8 +124,7 @@ class Rungs:
         self._groups.setdefault(key, {})[name] = dict(curve)
         tops = self._tops.get(key)
         if tops is not None:
-            for r, a in curve.items():
-                tops[r] = sorted([*tops.get(r, []), (a, name)], key=lambda t: -t[0])[:2]
+            _keep_top_two(tops, name, curve)
 
     def _leave(self, name: str, key: tuple[float, int]) -> None:
         self._groups.get(key, {}).pop(name, None)
@@ -124,14 +135,14 @@ class Rungs:
         if key not in self._tops:
             tops: dict[float, list[tuple[float, str]]] = {}
             for name, curve in self._groups.get(key, {}).items():
-                for r, a in curve.items():
-                    tops[r] = sorted([*tops.get(r, []), (a, name)], key=lambda t: -t[0])[:2]
+                _keep_top_two(tops, name, curve)
             self._tops[key] = tops
         return self._tops[key]
 
     def others_envelope(self, name: str, rung: int) -> dict[float, float]:
-        """The envelope (pointwise maximum) at ``rung`` of the other trials of ``name``'s σ
-        that reported it, at the radii at least one of them has."""
+        """The envelope at ``rung`` of the other trials of ``name``'s σ that reported it, at
+        the radii at least one of them has: common.envelope.best_by_radius of their curves,
+        read off the index (the best other of the two best)."""
         key = (self._sigma_key(self.trials[name]["sigma"]), rung)
         return {r: next(a for a, other in best if other != name)
                 for r, best in self._best_two(key).items()
@@ -158,7 +169,7 @@ class Rungs:
         rung = decidable[0]
         own = entry["rungs"][rung]["curve"]
         env = self.others_envelope(name, rung)
-        if not dominated(own, [env], self.margin):
+        if not below(own, env, self.margin):
             return None
         detail = ", ".join(f"r={r:g}: {own[r]:.3f} < {env[r]:.3f}" for r in sorted(own)
                            if r in env)

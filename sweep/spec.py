@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Self
 
-from certify.settings import AttackKeys
 from common.errors import UserError, unknown_key
+from common.settings import AttackKeys
 from common.yaml_input import load_yaml, read_yaml_file
 from sweep.pretrained import KEY as INIT_FROM_SWEEP
 from sweep.pretrained import pretrained_checkpoints, pretrained_for, pretraining_spec

@@ -15,8 +15,8 @@ from analysis import curves, figures
 from analysis.gather import gather
 from analysis.published import l2_radius_for_linf, parse_references, published_rows
 from analysis.report import Options, build_report
+from cli.main import main
 from common.errors import UserError
-from sweep.cli import main
 
 HEADER = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower")
 ABSTAIN, WRONG = "abstain", "wrong"

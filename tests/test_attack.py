@@ -19,9 +19,9 @@ from conftest import LinearBinary
 from scipy.stats import binom, binomtest, norm
 
 from certify.attack import AttackSettings, run_attack
+from cli.main import main
 from common.errors import UserError
 from common.layout import meta_path
-from sweep.cli import main
 
 SIGMA, N, ALPHA, GAP = 0.25, 2000, 0.001, 0.1
 SHAPE = (1, 2, 4)

@@ -33,7 +33,7 @@ def _cli(env: dict, cache: Path, *args: str, **kwargs) -> subprocess.CompletedPr
     """The `smoothadv` command as a user on a machine whose local copies live in ``cache``."""
     full = {**os.environ, **env, "SMOOTHADV_CACHE": str(cache)}
     full.pop("SMOOTHADV_FAULTS", None)
-    return subprocess.run([sys.executable, "-m", "sweep.cli", *args], env=full,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=full,
                           capture_output=True, text=True, timeout=600, **kwargs)
 
 
@@ -64,7 +64,7 @@ def test_a_node_lost_while_certifying_resumes_from_its_uploads(s3_server, tmp_pa
     markers = tmp_path / "markers"
     full = {**os.environ, **s3_server, "SMOOTHADV_CACHE": str(head),
             "SMOOTHADV_FAULTS": f"hold_certified:1:sigma0.25:{markers}"}
-    driver = subprocess.Popen([sys.executable, "-m", "sweep.cli", "sweep", "run", str(path),
+    driver = subprocess.Popen([sys.executable, "-m", "cli.main", "sweep", "run", str(path),
                                "--storage", f"s3://{BUCKET}/run2", "--verbose", "0"],
                               env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trial = Bucket(uri).child(f"{layout.TRIALS}/sigma0.25")

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from certify.runner import select_indices
+from cli.main import main
 from common.layout import meta_path
-from sweep.cli import main
 
 CERTIFY_HEADER = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower"]
 
@@ -145,7 +145,7 @@ def test_predict_writes_reference_columns_and_resumes(synthetic_checkpoint, tmp_
 
 def run_cli(*args, cwd=None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "sweep.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=120)
 
 
@@ -185,7 +185,7 @@ def test_a_second_writer_of_the_same_out_is_refused_until_the_first_dies(synthet
     from common.writer_lock import holder, lock_path
 
     out = tmp_path / "shared.tsv"
-    command = [sys.executable, "-m", "sweep.cli", *certify_args(synthetic_checkpoint, out)]
+    command = [sys.executable, "-m", "cli.main", *certify_args(synthetic_checkpoint, out)]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lock = lock_path(out)
     deadline = time.monotonic() + 120

@@ -592,7 +592,7 @@ def test_train_and_certify_on_svhn_files_through_the_cli(isolated, capsys):
     both reading the dataset through the same loader."""
     import yaml
 
-    from sweep.cli import main
+    from cli.main import main
 
     write_svhn(isolated / "svhn", n_train=24, n_test=6, seed=38)
     spec = isolated / "trial.yaml"

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from common.stages import cp_lower
+from common.binomial import cp_lower
 from sweep.spec import Schedule
 
 spec = importlib.util.spec_from_file_location(

@@ -27,11 +27,11 @@ import torch
 import yaml
 
 from analysis import figures
+from cli.main import main
 from common import layout, stage_record
 from common.atomic import atomic_write_bytes
 from common.provenance import software
 from sweep import staging
-from sweep.cli import main
 from sweep.driver_record import this_driver
 from sweep.scheduler import write_stopped
 from sweep.spec import parse_spec

@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from certify.results_file import ResultsFile
+from cli.main import main
 from common import layout
 from common.errors import UserError
 from common.schedule_record import stopped_entries, stopped_trials
 from sweep import processes
-from sweep.cli import main
 
 SPEC = {"name": "tiny", "defaults": {"dataset": "synthetic", "arch": "lenet", "epochs": 2},
         "grid": {"sigma": [0.25, 0.5]}}

@@ -1,6 +1,6 @@
 """Hostile and mistaken input to every command that reads a checkpoint or a trial config: one
 line on stderr (``smoothadv: error: ...``) naming the file or key, exit code 2, nothing written,
-nothing run. In-process (``sweep.cli.main`` returns the exit code); a subprocess only where the
+nothing run. In-process (``cli.main.main`` returns the exit code); a subprocess only where the
 unguarded failure would be a hang or an exhausted memory."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import pytest
 import torch
 import yaml
 
+from cli.main import main
 from common.errors import UserError
 from common.layout import CONFIG, METRICS, meta_path
 from common.writer_lock import lock_path
-from sweep.cli import main
 from trainers.checkpoint import DIGEST_KEY, payload_digest, save_checkpoint
 from trainers.config import TrialConfig, validate
 from trainers.models import build_model

@@ -1,5 +1,5 @@
 """No import cycle among the modules of any package (``common``, ``trainers``, ``certify``,
-``sweep``, ``analysis``).
+``sweep``, ``analysis``, ``cli``).
 
 Imports inside functions count too: a lazy import only hides a cycle (``trainers.train`` and
 ``trainers.self_training`` once imported each other that way)."""
@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("common", "trainers", "certify", "sweep", "analysis")
+PACKAGES = ("common", "trainers", "certify", "sweep", "analysis", "cli")
 
 
 def _modules() -> dict[str, Path]:

@@ -22,15 +22,15 @@ import pytest
 import torch
 from torch import nn
 
-from certify.compiled import CompiledOrEager, compile_classifier
 from certify.precision import evaluation_precision, precision_name
 from certify.runner import Sampling, run_smoothing
 from certify.smooth import Smooth
+from cli.main import main
 from common.errors import UserError
 from common.layout import meta_path
-from sweep.cli import main
 from trainers import build_model
 from trainers import train as train_module
+from trainers.compiled import CompiledOrEager, compile_classifier
 from trainers.config import parse_trial_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -131,7 +131,7 @@ def test_without_a_compiler_certify_compile_falls_back_with_one_line(synthetic_c
     assert main(cli_args("certify", synthetic_checkpoint, eager)) == 0
     env = {**os.environ, "CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "sweep.cli",
+    done = subprocess.run([sys.executable, "-m", "cli.main",
                            *cli_args("certify", synthetic_checkpoint, compiled, "--compile")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -33,7 +33,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from sweep.cli import build_parser
+from cli.main import build_parser
 from sweep.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ CLOUD_SDK = {"aws": "boto3", "gcp": "google-api-python-client", "azure": "azure-
 STUB = """\
 #!{python}
 import contextlib, io, json, os, sys
-from sweep.cli import build_parser, main
+from cli.main import build_parser, main
 from sweep.spec import load_spec
 argv = sys.argv[1:]
 args = build_parser().parse_args(argv)  # exits 2 on anything the real command would refuse

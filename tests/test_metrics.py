@@ -10,9 +10,9 @@ from test_analysis import write_trial
 
 from analysis import curves
 from analysis.gather import gather
+from cli.smoothing import print_summary
 from common import metrics
 from sweep import trial_worker
-from sweep.cli import _print_summary
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -55,7 +55,7 @@ def test_trial_report_cli_summary_and_analysis_agree_on_one_file(tmp_path, capsy
     assert trial["cert_acc_0.5"] == ((rows["radius"] >= 0.5) & ok).sum() / len(rows)
     assert trial["abstain"] == (rows["predict"] == -1).sum() / len(rows)
 
-    _print_summary(folder / "certify.tsv", certifying=True)
+    print_summary(folder / "certify.tsv", certifying=True)
     printed = capsys.readouterr().out
     assert (f"301 images, accuracy {trial['cert_acc_0']:.3f}, average certified radius "
             f"{trial['acr']:.3f}, abstained {trial['abstain']:.3f}") in printed

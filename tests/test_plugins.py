@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
+from cli.main import main
 from common.errors import UserError
-from sweep.cli import main
 from trainers.checkpoint import model_from_checkpoint
 from trainers.config import parse_trial_config
 from trainers.models import NormalizeLayer

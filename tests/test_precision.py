@@ -17,8 +17,8 @@ from torch import nn
 
 from certify.attack import AttackSettings, run_attack
 from certify.runner import Sampling, run_smoothing
+from cli.main import main
 from common.layout import meta_path
-from sweep.cli import main
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

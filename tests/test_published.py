@@ -25,8 +25,8 @@ from torch import nn
 
 from certify import clopper_pearson_lower
 from certify.runner import load_evaluation
+from cli.main import main
 from common.layout import meta_path
-from sweep.cli import main
 from trainers import build_model, save_checkpoint
 from trainers.models import NormalizeLayer
 

@@ -120,7 +120,7 @@ def test_a_checkpoint_of_another_arch_is_refused_not_skipped(tmp_path):
 
 
 def certify_command(ckpt, out, *extra):
-    return [sys.executable, "-m", "sweep.cli", "certify", str(ckpt), "--sigma", "0.25", "--n0",
+    return [sys.executable, "-m", "cli.main", "certify", str(ckpt), "--sigma", "0.25", "--n0",
             "20", "--n", "2000", "--alpha", "0.01", "--batch", "500", "--skip", "8", "--out",
             str(out), "--device", "cpu", "--no-progress", *extra]
 
@@ -240,7 +240,7 @@ def test_a_disk_turned_read_only_mid_training_is_one_clear_error_and_keeps_the_e
     config.write_text(yaml.safe_dump({**TINY, "train_subset": 2048, "method": "smoothadv",
                                       "m_train": 2, "steps": 2, "epochs": 3}))
     trial = disk / "trial"
-    command = [sys.executable, "-m", "sweep.cli", "train", str(config), "--out", str(trial),
+    command = [sys.executable, "-m", "cli.main", "train", str(config), "--out", str(trial),
                "--no-progress"]
     run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

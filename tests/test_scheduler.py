@@ -5,6 +5,7 @@ after its rung while the trained one runs to the end."""
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import random
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from common import layout
+from common.envelope import best_by_radius
 from common.errors import UserError
 from common.schedule_record import stopped_trials
 from sweep.scheduler import EnvelopeScheduler, Rungs, dominated
@@ -226,6 +228,30 @@ def test_the_indexed_bookkeeping_decides_as_the_rule_over_all_peers():
             assert Rungs(margin, min_trials, rungs.to_dict()).verdict(name) == rungs.verdict(name)
 
 
+def test_the_index_gives_the_common_envelope_of_the_peers():
+    """Rungs.others_envelope, read off its two-best index, is common.envelope.best_by_radius
+    of the other same-σ curves of the rung (ties, missing radii, NaN, re-recorded rungs)."""
+    rng = random.Random(11)
+    for _ in range(300):
+        rungs, sigmas = Rungs(0.05, 2), {}
+        for _ in range(rng.randrange(1, 12)):
+            name = f"t{rng.randrange(6)}"
+            curve = {r: rng.choice([0.0, 0.3, 0.3, 0.5, math.nan]) for r in RADII
+                     if rng.random() < 0.8}
+            rungs.record(name, sigmas.setdefault(name, rng.choice([0.25, 0.5])),
+                         rng.choice([1, 2]), 1, curve)
+            if rng.random() < 0.5:  # (the index is built, then kept up to date)
+                rungs.others_envelope(rng.choice(sorted(rungs.trials)), 1)
+        for name, entry in rungs.trials.items():
+            for k in entry["rungs"]:
+                peers = [e["rungs"][k]["curve"] for other, e in rungs.trials.items()
+                         if other != name and e["sigma"] == entry["sigma"] and k in e["rungs"]]
+                got, expected = rungs.others_envelope(name, k), best_by_radius(peers)
+                assert got.keys() == expected.keys()
+                assert all(got[r] == expected[r] or math.isnan(got[r]) and math.isnan(
+                    expected[r]) for r in got), (got, expected)
+
+
 # --- the spec block -----------------------------------------------------------------------
 
 
@@ -276,7 +302,7 @@ EPOCHS = 10
 
 
 def test_a_dominated_trial_is_stopped_after_its_rung(local_ray, tmp_path, capsys):
-    from sweep.cli import main
+    from cli.main import main
 
     defaults = {"dataset": "synthetic", "arch": "lenet", "train_subset": 2048,
                 "epoch_test_subset": 64, "epochs": EPOCHS, "batch_size": 64, "method": "gaussian",
@@ -399,7 +425,7 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
         return full if faults is None else {**full, "SMOOTHADV_FAULTS": faults}
 
     def cli(cache: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "sweep.cli", *args], env=env(cache),
+        return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env(cache),
                               capture_output=True, text=True, timeout=600)
 
     def epochs_of(name: str) -> list[int]:
@@ -407,7 +433,7 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
         return [json.loads(line)["epoch"] for line in data.decode().splitlines()
                 if line.endswith("}")]
 
-    driver = subprocess.Popen([sys.executable, "-m", "sweep.cli", "sweep", "run", str(path),
+    driver = subprocess.Popen([sys.executable, "-m", "cli.main", "sweep", "run", str(path),
                                "--storage", f"s3://{BUCKET}/scheduled", "--verbose", "0",
                                "--max-concurrent", "2"],
                               env=env("head", ";".join(f"hold_after_epoch:0:{name}:{held}"
@@ -430,7 +456,7 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
     # after the schedule stopped the dominated trial; a third machine resumes it to the end
     import signal
 
-    driver = subprocess.Popen([sys.executable, "-m", "sweep.cli", "sweep", "resume", uri,
+    driver = subprocess.Popen([sys.executable, "-m", "cli.main", "sweep", "resume", uri,
                                "--verbose", "0"], env=env("elsewhere"), start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300

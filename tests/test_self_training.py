@@ -17,9 +17,9 @@ import yaml
 from conftest import assert_resumed_equals_straight
 from formats import write_cifar10
 
+from cli.main import main
 from common.errors import UserError
 from common.layout import METRICS
-from sweep.cli import main
 from trainers import build_model, load_dataset, model_from_checkpoint
 from trainers import train as train_module
 from trainers.config import parse_trial_config

@@ -15,7 +15,6 @@ import torch
 from scipy.stats import binom
 
 from certify.runner import CERTIFY_COLUMNS, image_seed, run_smoothing
-from certify.settings import Sampling
 from certify.smooth import (
     ABSTAIN,
     Smooth,
@@ -23,9 +22,10 @@ from certify.smooth import (
     least_certified_count,
     sequential_looks,
 )
+from cli.main import main
 from common.errors import UserError
 from common.layout import meta_path
-from sweep.cli import main
+from common.settings import Sampling
 
 SIGMA = 0.5
 N0, N = 32, 6400  # looks at 100, 400, 1,600 and 6,400 samples

@@ -1,4 +1,4 @@
-"""The certification and attack settings (`certify.settings`): one definition of each block,
+"""The certification and attack settings (`common.settings`): one definition of each block,
 validated once, named as the user wrote it, recorded on disk exactly as before, torch-free."""
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ SPEC = {"name": "tiny", "defaults": {"dataset": "synthetic", "arch": "lenet", "e
         "grid": {"sigma": [0.25, 0.5]},
         "attack_eval": {"epsilons": [1, 0.25], "m_test": 4, "skip": 8}}
 
-# Written by the code before certify.settings existed (commit 0a00bcc) for the inputs below.
+# Written by the code before the settings module (now common.settings) existed (commit
+# 0a00bcc) for the inputs below.
 _SHA = '  "checkpoint_sha256": "' + "ab" * 32 + '",\n  "dataset": "synthetic",\n'
 RECORDS = {
     "certify": '{\n  "alpha": 0.01,\n' + _SHA + '  "n": 200,\n  "n0": 20,\n  "seed": 3,\n'
@@ -52,7 +53,7 @@ CERTIFY_BLOCK = ("n0: 100\nn: 1000\nalpha: 0.001\nbatch_size: null\nskip: 20\nma
 
 
 def test_sweep_plan_and_status_modules_load_without_torch():
-    code = ("import sys, sweep.spec, sweep.status, certify.settings; "
+    code = ("import sys, sweep.spec, sweep.status, common.settings; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
 

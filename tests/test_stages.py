@@ -223,14 +223,33 @@ def test_winners_overall_and_per_sigma_with_ties():
     # Full-set rows as designed: A25 wins r = 0, C50 r ≥ 0.25 overall (tied with A25 and B25
     # at 0.25), B25 σ = 0.25 at 0.5 and 0.75, E50 σ = 0.5 at r = 0; D25, D50 nowhere.
     assert stages.winners(rows, sigma_of, RADII) == ["A25", "B25", "C50", "E50"]
-    # Ties: B25 attains the overall envelope only by its tie with A25 and C50 at r = 0.25.
+    # Ties (common.envelope's rule): at r = 0.25 A25, B25 and C50 tie at .60; A25 wins overall
+    # and σ = 0.25 by its clean accuracy (.85 > .70 > .65), C50 σ = 0.5 alone; B25 nowhere.
     assert stages.winners({t: rows[t] for t in ("A25", "B25", "C50")}, sigma_of, (0.25,)) == [
-        "A25", "B25", "C50"]
-    # Two identical trials both win; a radius where the envelope is 0 picks nobody.
-    twin = {"x": rows["D25"], "y": rows["D25"].copy(), "z": rows["D50"]}
+        "A25", "C50"]
+    # Two identical trials: the earlier name wins; a radius where the envelope is 0 picks nobody.
+    twin = {"y": rows["D25"].copy(), "x": rows["D25"], "z": rows["D50"]}
     same = {"x": 0.5, "y": 0.5, "z": 0.5}
-    assert stages.winners(twin, same, (0.0,)) == ["x", "y"]
+    assert stages.winners(twin, same, (0.0,)) == ["x"]
     assert stages.winners(twin, same, (5.0,)) == []
+    assert stages.winners({}, {}, RADII) == []
+
+
+def test_winners_are_the_trials_the_analysis_envelopes_choose():
+    """Stage 3 certifies in full exactly the trials the report's envelopes (overall and per σ,
+    plain max) then choose at ``radii`` on these images: one tie rule."""
+    from analysis import curves
+
+    rows, sigma_of = sweep()
+    for subset in (list(rows), ["A25", "B25", "C50"], ["B25", "C50", "E50", "D50"]):
+        full = {t: rows[t] for t in subset}
+        results = pd.concat([r.assign(trial=t, kind="certify") for t, r in full.items()],
+                            ignore_index=True)
+        trials = pd.DataFrame({"trial": subset, "sigma": [sigma_of[t] for t in subset]})
+        chosen = pd.concat([curves.envelope(results, RADII),
+                            curves.envelope_per_sigma(results, trials, RADII)])
+        expected = set(chosen.loc[chosen["accuracy"] > 0, "trial"])
+        assert set(stages.winners(full, sigma_of, RADII)) == expected, subset
 
 
 # ---- simulation: true full-n curves computed exactly --------------------------------------

@@ -13,10 +13,10 @@ import pytest
 import yaml
 from conftest import FAULT_TRIAL, KILL_TRIAL, RESTART_TRIAL
 
+from cli.main import main
 from common import layout
 from common.errors import UserError
 from sweep import trust
-from sweep.cli import main
 from sweep.storage import open_sweep
 
 TINY_DEFAULTS = {

@@ -11,9 +11,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cli.main import main
 from common import layout
 from common.errors import UserError
-from sweep.cli import main
 from sweep.spec import Schedule, load_spec, parse_spec, trial_name
 from sweep.status import format_status
 

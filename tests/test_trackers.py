@@ -11,8 +11,8 @@ import pytest
 from conftest import TRACKED_TRIAL
 from test_sweep_ray import TINY_DEFAULTS, run_spec
 
+from cli.main import main
 from common import layout
-from sweep.cli import main
 
 # One gaussian and one pgd trial: the union's parts grid different keys. The pgd trial raises
 # after its epoch is trained and saved but before it is reported (once, conftest.TRACKED_TRIAL):

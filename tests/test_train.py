@@ -188,7 +188,7 @@ def test_a_rerun_with_other_model_settings_is_refused_and_writes_nothing(tmp_pat
     more epochs (a key that does not change the model) resume."""
     import yaml
 
-    from sweep.cli import main
+    from cli.main import main
 
     spec = tmp_path / "trial.yaml"
     spec.write_text(yaml.safe_dump({**BASE, "epochs": 1, "train_subset": 100}))

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Self
 
-from certify.settings import Sampling, SamplingKeys, check_seed, check_sigma
 from common.errors import UserError, unknown_key
+from common.settings import Sampling, SamplingKeys, check_seed, check_sigma
 from common.yaml_input import load_yaml, read_yaml_file
 from trainers.registry import DATASETS, check_arch, dataset_info, is_import_path
 

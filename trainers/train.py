@@ -33,7 +33,7 @@ reproducible. With ``amp`` (any device, off by default: float32 is the reference
 passes of the attack and of the update run under bfloat16 autocast (:class:`Autocast`), on a
 channels-last model (the CPU's layout anyway: trainers.models.place); a CPU run with ``amp``
 still resumes bit for bit. With ``compile`` (any device, off by default) the model trains
-through ``torch.compile`` (certify.compiled.CompiledOrEager).
+through ``torch.compile`` (trainers.compiled.CompiledOrEager).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from trainers.checkpoint import (
     previous_path,
     save_checkpoint,
 )
+from trainers.compiled import CompiledOrEager
 from trainers.config import TrialConfig, parse_trial_config
 from trainers.datasets import dataset_info, load_dataset
 from trainers.device import resolve_device
@@ -365,8 +366,6 @@ def build_training(net: nn.Module, ckpt: dict | None, config: TrialConfig,
         net = net.to(memory_format=torch.channels_last)
         trained = Autocast(net)
     if config.compile:  # inside DDP, so the attack (on the unwrapped model) is compiled too
-        from certify.compiled import CompiledOrEager
-
         trained = CompiledOrEager(trained)
     model = trained if world == 1 else nn.parallel.DistributedDataParallel(
         trained, device_ids=[device.index] if device.type == "cuda" else None)

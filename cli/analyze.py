@@ -1,0 +1,51 @@
+"""``smoothadv analyze``: sweeps' certification (and logs made elsewhere) into a report of
+envelopes, figures and tables (analysis.report)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parsers(sub) -> None:
+    """analyze."""
+    p = sub.add_parser("analyze", help="certified-accuracy envelopes, figures and tables",
+                       description="Gather the certification of sweeps (and of logs made "
+                       "elsewhere) into results.parquet, envelope CSVs, the paper's Figure 1/2 "
+                       "panels and Tables 1-2, 3 and 7-15.")
+    p.add_argument("sweep_dirs", nargs="*", metavar="SWEEP_DIR", help="sweep folder")
+    p.add_argument("--logs", metavar="MAPPING.csv", help="CSV with a path column (relative to "
+                   "the CSV) naming certify logs, and trial-value columns (sigma, attack, "
+                   "epsilon, m_train, steps, method, dataset, alpha; label names the trial)")
+    p.add_argument("-o", "--out", required=True, metavar="REPORT_DIR", help="report folder")
+    p.add_argument("--radii", type=float, nargs="+", default=[],
+                   help="extra radii for certified_accuracy.csv (besides every 0.25)")
+    p.add_argument("--selection", choices=["max", "holdout"], default="max",
+                   help="envelope: best trial per radius (max, as in the paper) or chosen on "
+                   "half the images and measured on the other half (holdout)")
+    p.add_argument("--reference", metavar="NAMES",
+                   help="published rows to draw, comma-separated: cohen,smoothadv,smoothadv_both")
+    p.add_argument("--representative", nargs="+", default=[], metavar="NAME",
+                   help="trials for representative_per_sigma (default: largest ACR per σ)")
+    p.add_argument("--rho", type=float, default=0.001,
+                   help="failure probability of Cohen's high-probability accuracy bound")
+    p.add_argument("--include-incomplete", action="store_true",
+                   help="also draw trials certified on fewer images than planned, marked "
+                   "'(incomplete k/N)' (default: listed, left out)")
+    p.set_defaults(func=_run_analyze)
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from analysis.published import parse_references
+    from analysis.report import Options, build_report
+
+    options = Options(radii=tuple(args.radii), selection=args.selection,
+                      references=parse_references(args.reference),
+                      representative=tuple(args.representative), rho=args.rho,
+                      include_incomplete=args.include_incomplete)
+    from sweep.storage import read_sweep
+
+    # a sweep in a bucket is read from this machine's copy of its records and results
+    sweep_dirs = [str(read_sweep(d).local) if "://" in d else d for d in args.sweep_dirs]
+    report = build_report(sweep_dirs, args.logs, args.out, options)
+    print("\n".join(report.summary))
+    return 0

@@ -1,0 +1,88 @@
+"""The packages import one way (issue 23): ``common`` is the ground floor, ``trainers`` builds
+on it, ``certify`` on both, ``sweep`` on all three; ``analysis`` reads files and builds on
+``common`` only; the command line (``cli``) sits on top of them all and nothing imports it.
+
+Every ``.py`` under these packages is parsed, so imports inside functions count as much as
+those at the top of a file (as do ``import_module("...")`` calls with a literal name)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# What each package may import besides itself.
+ALLOWED = {
+    "common": set(),
+    "trainers": {"common"},
+    "certify": {"common", "trainers"},
+    "sweep": {"common", "trainers", "certify"},
+    "analysis": {"common"},
+    "cli": {"common", "trainers", "certify", "sweep", "analysis"},
+}
+# Third-party packages a package must not load: the ground floor and the file readers stay
+# light (no torch, no Ray).
+LIGHT = {"common": {"torch", "ray"}, "analysis": {"torch", "ray"}}
+
+
+def _imports(path: Path, package: str) -> list[tuple[int, str]]:
+    """(line, dotted module name) of every import in ``path``, at any depth; a relative import
+    is named from ``package``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.lineno, package if node.level else node.module or ""))
+        elif (isinstance(node, ast.Call) and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+              and (getattr(node.func, "id", None) == "import_module"
+                   or getattr(node.func, "attr", None) == "import_module")):
+            found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def _all_imports():
+    """(file relative to the root, line, importing package, imported module) for every import
+    in the packages."""
+    for package in ALLOWED:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for line, module in _imports(path, package):
+                yield path.relative_to(ROOT).as_posix(), line, package, module
+
+
+def layering_violations() -> list[str]:
+    """One line (file, line, edge) per import the layering refuses."""
+    bad = []
+    for file, line, package, module in _all_imports():
+        target = module.split(".")[0]
+        if target in ALLOWED and target != package and target not in ALLOWED[package]:
+            bad.append(f"{file}:{line}: {package} -> {target} (import {module})")
+        elif target in LIGHT.get(package, ()):
+            bad.append(f"{file}:{line}: {package} loads {target} (import {module})")
+    return bad
+
+
+def test_packages_import_one_way():
+    bad = layering_violations()
+    assert not bad, "\n".join(bad)
+
+
+def test_imported_project_modules_exist():
+    """A moved module leaves no import behind, in the packages, the tests or the benchmarks
+    (one inside a function fails only when called)."""
+    imports = [(file, line, module) for file, line, _, module in _all_imports()]
+    for folder in ("tests", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            file = path.relative_to(ROOT).as_posix()
+            imports += [(file, line, module) for line, module in _imports(path, folder)]
+    missing = []
+    for file, line, module in imports:
+        parts = module.split(".")
+        if parts[0] not in ALLOWED:
+            continue
+        base = ROOT.joinpath(*parts)
+        if not (base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()):
+            missing.append(f"{file}:{line}: no module {module}")
+    assert not missing, "\n".join(missing)

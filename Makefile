@@ -29,7 +29,7 @@ data: install
 	  apt-get install -y -q dataset-fashion-mnist || \
 	  (apt-get update -q && apt-get install -y -q dataset-fashion-mnist); \
 	else \
-	  $(PY) -c "from trainers import load_dataset as l; [l('fashion_mnist', s, download=True) for s in ('train', 'test')]"; \
+	  $(PY) -c "from smoothadv.trainers import load_dataset as l; [l('fashion_mnist', s, download=True) for s in ('train', 'test')]"; \
 	fi
 
 # The main job: a small real SmoothAdv sweep (configs/quickstart.yaml) on the embedded local Ray,

@@ -17,10 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-
-from common import envelope as best_curve
-from common import metrics
-from common.metrics import certified_accuracy as accuracy_at  # noqa: F401 (its name here)
+from smoothadv.common import envelope as best_curve
+from smoothadv.common import metrics
+from smoothadv.common.metrics import certified_accuracy as accuracy_at  # noqa: F401 (its name here)
 
 CURVE_STEP = 0.01  # radius step of the envelope files and figures
 TABLE_STEP = 0.25  # radius step of the default columns of certified_accuracy.csv

@@ -13,9 +13,8 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
-
-from analysis.output import write_atomic
-from analysis.published import Row
+from smoothadv.analysis.output import write_atomic
+from smoothadv.analysis.published import Row
 
 SIZE = (6.4, 4.4)
 X_LABEL = r"$\ell_2$ radius"

@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from common import layout, records, stage_record
-from common.errors import UserError
-from common.files import file_bytes
-from common.yaml_input import read_yaml_file
+from smoothadv.common import layout, records, stage_record
+from smoothadv.common.errors import UserError
+from smoothadv.common.files import file_bytes
+from smoothadv.common.yaml_input import read_yaml_file
 
 CERTIFY_REQUIRED = ("idx", "label", "predict", "radius", "correct")
 ATTACK_REQUIRED = ("idx", "label", "epsilon", "predict", "correct")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from common.atomic import atomic_write_bytes
+from smoothadv.common.atomic import atomic_write_bytes
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:

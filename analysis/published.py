@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from common.errors import UserError
+from smoothadv.common.errors import UserError
 
 # ℓ2 radii of the paper's Table 2 (CIFAR-10) and Table 1 (ImageNet).
 PAPER_RADII: dict[str, tuple[float, ...]] = {

@@ -20,19 +20,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-
-from analysis import curves, figures
-from analysis.gather import Gathered, gather
-from analysis.output import write_atomic, write_text
-from analysis.published import (
+from smoothadv.analysis import curves, figures
+from smoothadv.analysis.gather import Gathered, gather
+from smoothadv.analysis.output import write_atomic, write_text
+from smoothadv.analysis.published import (
     INPUT_DIM,
     LINF_RADII_255,
     PAPER_RADII,
     l2_radius_for_linf,
     published_rows,
 )
-from analysis.tables import Table, latex, markdown
-from common.errors import UserError
+from smoothadv.analysis.tables import Table, latex, markdown
+from smoothadv.common.errors import UserError
 
 
 @dataclass(frozen=True)

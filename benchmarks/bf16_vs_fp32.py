@@ -68,12 +68,11 @@ from fashion_mnist_claim import (  # a sibling: run this file as a script
     trial_config,
 )
 from scipy.stats import norm, ttest_ind
-
-from certify.runner import Sampling, smooth_checkpoint
-from common.errors import UserError
-from common.layout import CHECKPOINT, METRICS
-from trainers.config import parse_trial_config
-from trainers.train import train_trial
+from smoothadv.certify.runner import Sampling, smooth_checkpoint
+from smoothadv.common.errors import UserError
+from smoothadv.common.layout import CHECKPOINT, METRICS
+from smoothadv.trainers.config import parse_trial_config
+from smoothadv.trainers.train import train_trial
 
 PRECISIONS = {"float32": False, "bfloat16": True}  # label → the trial's amp
 COLUMNS = [f"r={r:g}" for r in RADII] + ["ACR"]

@@ -74,10 +74,9 @@ def main() -> None:
     os.environ["SMOOTHADV_CACHE"] = str(work / "cache")
     try:
         import pyarrow.fs as pafs
-
-        from common import layout
-        from sweep.storage import Bucket, read_sweep
-        from sweep.trial_sync import TrialSync
+        from smoothadv.common import layout
+        from smoothadv.sweep.storage import Bucket, read_sweep
+        from smoothadv.sweep.trial_sync import TrialSync
 
         pafs.S3FileSystem(endpoint_override=endpoint, access_key="bench", secret_key="bench",
                           region="us-east-1", allow_bucket_creation=True).create_dir("bench")

@@ -13,9 +13,8 @@ import argparse
 import time
 
 import torch
-
-from certify import Smooth
-from trainers import build_model
+from smoothadv.certify import Smooth
+from smoothadv.trainers import build_model
 
 
 def sync(device: torch.device) -> None:

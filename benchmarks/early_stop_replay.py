@@ -60,11 +60,11 @@ from scipy.stats import norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.gather import gather  # noqa: E402
-from common.binomial import cp_lower  # noqa: E402
-from common.metrics import certified_accuracy  # noqa: E402
-from sweep.scheduler import Rungs, dominated  # noqa: E402,F401 (the rule the replay drives)
-from sweep.spec import Schedule  # noqa: E402
+from smoothadv.analysis.gather import gather  # noqa: E402
+from smoothadv.common.binomial import cp_lower  # noqa: E402
+from smoothadv.common.metrics import certified_accuracy  # noqa: E402
+from smoothadv.sweep.scheduler import Rungs, dominated  # noqa: E402,F401 (the rule the replay drives)
+from smoothadv.sweep.spec import Schedule  # noqa: E402
 
 RADII = tuple(round(0.25 * i, 2) for i in range(10))  # 0, 0.25, …, 2.25 (the paper's)
 MODELS = {"same": (1.0, 1.0), "mild": (0.8, 1.0), "strong": (0.6, 1.0)}

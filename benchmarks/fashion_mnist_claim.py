@@ -31,13 +31,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 from scipy.stats import norm
-
-from certify.runner import Sampling, smooth_checkpoint
-from common.errors import UserError
-from common.layout import CHECKPOINT
-from common.metrics import average_certified_radius, certified_accuracy, right_rows
-from trainers.config import TrialConfig, parse_trial_config
-from trainers.train import train_trial
+from smoothadv.certify.runner import Sampling, smooth_checkpoint
+from smoothadv.common.errors import UserError
+from smoothadv.common.layout import CHECKPOINT
+from smoothadv.common.metrics import average_certified_radius, certified_accuracy, right_rows
+from smoothadv.trainers.config import TrialConfig, parse_trial_config
+from smoothadv.trainers.train import train_trial
 
 # Table row → (method, attack); each row's model lives in --out/<row>.
 ROWS = {"gaussian": ("gaussian", "pgd"), "smoothadv": ("smoothadv", "pgd"),

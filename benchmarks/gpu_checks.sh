@@ -54,14 +54,14 @@ save_checkpoint(sys.argv[1], model, arch="lenet", dataset="synthetic")
 PY
 for flag in "" "--allow-tf32"; do
     out="$work/certify${flag:+_tf32}.tsv"
-    "$py" -m cli.main certify "$work/lenet.pt" --sigma 0.25 --n0 100 --n 10000 --batch 1000 \
+    "$py" -m smoothadv.cli.main certify "$work/lenet.pt" --sigma 0.25 --n0 100 --n 10000 --batch 1000 \
         --skip 16 --device cuda --out "$out" --no-progress $flag
     "$py" -c 'import json, sys; print(sys.argv[2], "-> recorded precision:",
                                      json.load(open(sys.argv[1]))["precision"])' \
         "$out.meta.json" "certify ${flag:-(no flag)}"
 done
 out="$work/certify_default_batch.tsv"  # the default batch on CUDA (4,096)
-"$py" -m cli.main certify "$work/lenet.pt" --sigma 0.25 --n0 100 --n 10000 --skip 16 \
+"$py" -m smoothadv.cli.main certify "$work/lenet.pt" --sigma 0.25 --n0 100 --n 10000 --skip 16 \
     --device cuda --out "$out" --no-progress
 echo "== a one-GPU sweep (device auto: the worker's CUDA device from Ray Train)"
 cat > "$work/gpu_sweep.yaml" <<'YAML'
@@ -72,8 +72,8 @@ defaults: {dataset: synthetic, arch: lenet, train_subset: 256, epoch_test_subset
 resources: {workers: 1, gpus_per_worker: 1, cpus_per_worker: 2}
 grid: {attack: [pgd], sigma: [0.25]}
 YAML
-"$py" -m cli.main sweep run "$work/gpu_sweep.yaml" --storage "$work/sweeps" --verbose 0
-"$py" -m cli.main sweep status "$work/sweeps/gpu"
+"$py" -m smoothadv.cli.main sweep run "$work/gpu_sweep.yaml" --storage "$work/sweeps" --verbose 0
+"$py" -m smoothadv.cli.main sweep status "$work/sweeps/gpu"
 grep -q '"device": "cuda' "$work/sweeps/gpu/trials/pgd-sigma0.25/config.yaml" 2>/dev/null \
   || grep -q 'device: cuda' "$work/sweeps/gpu/trials/pgd-sigma0.25/config.yaml"
 echo "== speed-ups (issue 15)"

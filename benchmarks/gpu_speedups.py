@@ -23,14 +23,13 @@ import time
 from collections.abc import Callable
 
 import torch
-
-from certify import Smooth
-from certify.precision import evaluation_precision
-from certify.smooth import batch_for
-from trainers import build_model, dataset_info
-from trainers import train as train_module
-from trainers.compiled import compile_classifier
-from trainers.config import parse_trial_config
+from smoothadv.certify import Smooth
+from smoothadv.certify.precision import evaluation_precision
+from smoothadv.certify.smooth import batch_for
+from smoothadv.trainers import build_model, dataset_info
+from smoothadv.trainers import train as train_module
+from smoothadv.trainers.compiled import compile_classifier
+from smoothadv.trainers.config import parse_trial_config
 
 
 def sync(device: torch.device) -> None:

@@ -39,10 +39,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-
-from analysis.curves import envelope
-from analysis.gather import gather
-from common import layout
+from smoothadv.analysis.curves import envelope
+from smoothadv.analysis.gather import gather
+from smoothadv.common import layout
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 TARGET_RATIO, TARGET_POINTS = 3.0, 0.01

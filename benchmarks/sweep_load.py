@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 import yaml
-
-from common import layout
-from sweep.processes import descendants
+from smoothadv.common import layout
+from smoothadv.sweep.processes import descendants
 
 STATUS_BOUND_S = 2.0  # a researcher polls status by hand: it must answer at once
 ANALYZE_BOUND_S = 30.0
@@ -86,7 +85,7 @@ def finished(sweep_dir: Path) -> int:
 
 def timed(*args: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cli.main", *args], check=True,
+    subprocess.run([sys.executable, "-m", "smoothadv.cli.main", *args], check=True,
                    stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
@@ -105,7 +104,8 @@ def main() -> int:
         t0 = time.perf_counter()
         flags = [] if args.max_concurrent is None else ["--max-concurrent",
                                                         str(args.max_concurrent)]
-        run = subprocess.Popen([sys.executable, "-m", "cli.main", "sweep", "run", str(spec),
+        run = subprocess.Popen([sys.executable, "-m", "smoothadv.cli.main",
+                                "sweep", "run", str(spec),
                                 "--storage", str(root / "sweeps"), "--verbose", "0", *flags],
                                stdout=subprocess.DEVNULL)
         samples: list[tuple[int, float]] = []  # (trials finished, PSS MiB)

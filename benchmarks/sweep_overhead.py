@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 import yaml
-
-from sweep.spec import parse_spec
-from sweep.trial_worker import certify_trial
-from trainers.train import train_trial
+from smoothadv.sweep.spec import parse_spec
+from smoothadv.sweep.trial_worker import certify_trial
+from smoothadv.trainers.train import train_trial
 
 
 def spec_values(trials: int, epochs: int) -> dict:
@@ -50,7 +49,8 @@ def run_sweep(values: dict, root: Path) -> float:
     spec = root / "spec.yaml"
     spec.write_text(yaml.safe_dump(values))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cli.main", "sweep", "run", str(spec), "--storage",
+    subprocess.run([sys.executable, "-m", "smoothadv.cli.main",
+                    "sweep", "run", str(spec), "--storage",
                     str(root / "sweeps"), "--max-concurrent", "1", "--verbose", "0"],
                    check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0

@@ -29,14 +29,13 @@ import statistics
 import time
 
 import torch
+from smoothadv.common.errors import UserError
+from smoothadv.trainers import build_model, dataset_info
+from smoothadv.trainers.attacks import frozen
+from smoothadv.trainers.compiled import CompiledOrEager
+from smoothadv.trainers.config import TrialConfig, validate
+from smoothadv.trainers.train import train_batch
 from torch.nn import functional as F
-
-from common.errors import UserError
-from trainers import build_model, dataset_info
-from trainers.attacks import frozen
-from trainers.compiled import CompiledOrEager
-from trainers.config import TrialConfig, validate
-from trainers.train import train_batch
 
 TARGET = 1.15
 

@@ -11,4 +11,4 @@ __all__ = ["ABSTAIN", "Smooth", "clopper_pearson_lower"]
 def __getattr__(name: str):
     if name not in __all__:
         raise AttributeError(f"module 'certify' has no attribute {name!r}")
-    return getattr(import_module("certify.smooth"), name)
+    return getattr(import_module("smoothadv.certify.smooth"), name)

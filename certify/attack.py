@@ -19,12 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from smoothadv.certify.results_file import ResultsFile
+from smoothadv.certify.runner import image_seed, load_evaluation, outcome, run_resumable, smoother
+from smoothadv.common.settings import AttackSettings
+from smoothadv.trainers.attacks import smoothadv_pgd
 from torch.utils.data import Dataset
-
-from certify.results_file import ResultsFile
-from certify.runner import image_seed, load_evaluation, outcome, run_resumable, smoother
-from common.settings import AttackSettings
-from trainers.attacks import smoothadv_pgd
 
 ATTACK_COLUMNS = ("idx", "label", "epsilon", "predict", "correct", "time")
 ATTACK_KEYS = {"idx": int, "epsilon": float}

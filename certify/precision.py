@@ -21,8 +21,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 import torch
-
-from common.errors import UserError
+from smoothadv.common.errors import UserError
 
 FLOAT32 = "float32"
 TF32 = "tf32"

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from common.atomic import atomic_write_bytes
-from common.errors import UserError
-from common.layout import meta_path
-from common.records import (
+from smoothadv.common.atomic import atomic_write_bytes
+from smoothadv.common.errors import UserError
+from smoothadv.common.layout import meta_path
+from smoothadv.common.records import (
     check_result_rows,
     corrupt,
     finite,

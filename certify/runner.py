@@ -19,17 +19,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from smoothadv.certify.precision import evaluation_precision, precision_name, requested_precision
+from smoothadv.certify.results_file import ResultsFile
+from smoothadv.certify.smooth import ABSTAIN, Smooth, batch_for
+from smoothadv.common.errors import UserError
+from smoothadv.common.provenance import provenance
+from smoothadv.common.settings import Sampling
+from smoothadv.trainers.compiled import compile_classifier
+from smoothadv.trainers.device import resolve_device
 from torch.utils.data import Dataset
 from tqdm import tqdm
-
-from certify.precision import evaluation_precision, precision_name, requested_precision
-from certify.results_file import ResultsFile
-from certify.smooth import ABSTAIN, Smooth, batch_for
-from common.errors import UserError
-from common.provenance import provenance
-from common.settings import Sampling
-from trainers.compiled import compile_classifier
-from trainers.device import resolve_device
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
@@ -241,14 +240,14 @@ def load_evaluation(
     records as its arch or dataset is used only when ``arch`` or ``dataset`` names it (the
     user's own word: importing it runs its code); otherwise the file is refused.
     """
-    from trainers.checkpoint import (
+    from smoothadv.trainers.checkpoint import (
         is_smoothadv_checkpoint,
         model_from_checkpoint,
         read_weights_file,
     )
-    from trainers.datasets import load_dataset
-    from trainers.models import place
-    from trainers.published import released_model
+    from smoothadv.trainers.datasets import load_dataset
+    from smoothadv.trainers.models import place
+    from smoothadv.trainers.published import released_model
 
     device = resolve_device(device)
     payload = read_weights_file(checkpoint)

@@ -13,9 +13,8 @@ import functools
 
 import torch
 from scipy.stats import binomtest, norm
+from smoothadv.common.binomial import cp_lower
 from torch import nn
-
-from common.binomial import cp_lower
 
 ABSTAIN = -1
 # Noisy samples per forward pass when none is given: Cohen et al.'s 400 on the CPU; on CUDA

@@ -35,14 +35,14 @@ def add_parsers(sub) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from analysis.published import parse_references
-    from analysis.report import Options, build_report
+    from smoothadv.analysis.published import parse_references
+    from smoothadv.analysis.report import Options, build_report
 
     options = Options(radii=tuple(args.radii), selection=args.selection,
                       references=parse_references(args.reference),
                       representative=tuple(args.representative), rho=args.rho,
                       include_incomplete=args.include_incomplete)
-    from sweep.storage import read_sweep
+    from smoothadv.sweep.storage import read_sweep
 
     # a sweep in a bucket is read from this machine's copy of its records and results
     sweep_dirs = [str(read_sweep(d).local) if "://" in d else d for d in args.sweep_dirs]

@@ -7,14 +7,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cli import analyze, smoothing, sweep, training
-from common.errors import UserError
+from smoothadv.cli import analyze, smoothing, sweep, training
+from smoothadv.common.errors import UserError
 
 GROUPS = (smoothing, training, analyze, sweep)  # the order `smoothadv --help` lists them in
 
 
 def _version() -> str:
-    from common.provenance import version
+    from smoothadv.common.provenance import version
 
     return version()
 

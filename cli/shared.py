@@ -24,7 +24,7 @@ def one_writer(out: str):
     command writing the same output is refused in one line naming the first."""
     from pathlib import Path
 
-    from common.writer_lock import exclusive, lock_path
+    from smoothadv.common.writer_lock import exclusive, lock_path
 
     path = Path(out).expanduser().absolute()
     return exclusive(lock_path(path), f"--out {out}")

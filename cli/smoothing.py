@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.shared import add_device, add_no_progress, one_writer
+from smoothadv.cli.shared import add_device, add_no_progress, one_writer
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -135,8 +135,8 @@ def _evaluation_args(args: argparse.Namespace) -> dict:
 
 
 def _run_smoothing(args: argparse.Namespace) -> int:
-    from certify.runner import smooth_checkpoint
-    from common.settings import Sampling
+    from smoothadv.certify.runner import smooth_checkpoint
+    from smoothadv.common.settings import Sampling
 
     certifying = args.command == "certify"
     sampling = Sampling(sigma=args.sigma, n=args.n, alpha=args.alpha,
@@ -155,8 +155,7 @@ def print_summary(path, certifying: bool) -> None:
     """One line: the images, their accuracy and, when ``certifying``, the average certified
     radius and the abstention rate."""
     import pandas as pd
-
-    from common.metrics import accuracy, certified_summary, right_rows
+    from smoothadv.common.metrics import accuracy, certified_summary, right_rows
 
     rows = pd.read_csv(path, sep="\t")
     if rows.empty:
@@ -172,10 +171,9 @@ def print_summary(path, certifying: bool) -> None:
 
 def _run_attack(args: argparse.Namespace) -> int:
     import pandas as pd
-
-    from certify.attack import attack_checkpoint
-    from common.metrics import empirical_accuracy
-    from common.settings import AttackSettings
+    from smoothadv.certify.attack import attack_checkpoint
+    from smoothadv.common.metrics import empirical_accuracy
+    from smoothadv.common.settings import AttackSettings
 
     settings = AttackSettings(sigma=args.sigma, epsilons=tuple(args.epsilon), steps=args.steps,
                               m_test=args.m_test, n=args.n, alpha=args.alpha,

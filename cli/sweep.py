@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from cli.shared import add_set
-from common.errors import UserError
-from sweep.spec import MAX_TRIALS
-from sweep.trackers import TRACKERS
+from smoothadv.cli.shared import add_set
+from smoothadv.common.errors import UserError
+from smoothadv.sweep.spec import MAX_TRIALS
+from smoothadv.sweep.trackers import TRACKERS
 
 SPEC_HELP = "YAML sweep spec, or a preset's name (smoothadv sweep presets)"
 SWEEP_DIR_HELP = "the sweep folder or URI (STORAGE/NAME)"
@@ -118,22 +118,22 @@ def add_parsers(sub) -> None:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from sweep.spec import load_spec
-    from sweep.status import format_plan
+    from smoothadv.sweep.spec import load_spec
+    from smoothadv.sweep.status import format_plan
 
     print(format_plan(load_spec(args.spec, args.set, args.max_trials)))
     return 0
 
 
 def _run_presets(args: argparse.Namespace) -> int:
-    from sweep.status import format_presets
+    from smoothadv.sweep.status import format_presets
 
     print(format_presets())
     return 0
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from sweep.run import run_sweep
+    from smoothadv.sweep.run import run_sweep
 
     errors = run_sweep(args.spec, args.set, max_trials=args.max_trials,
                        address=args.address, storage=args.storage,
@@ -143,7 +143,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
 
 def _run_resume(args: argparse.Namespace) -> int:
-    from sweep.run import resume_sweep
+    from smoothadv.sweep.run import resume_sweep
 
     errors = resume_sweep(args.sweep_dir, restart_errored=args.restart_errored,
                           address=args.address, max_concurrent=args.max_concurrent,
@@ -153,24 +153,24 @@ def _run_resume(args: argparse.Namespace) -> int:
 
 
 def _run_stop(args: argparse.Namespace) -> int:
-    from sweep.run import stop_sweep
+    from smoothadv.sweep.run import stop_sweep
 
     stop_sweep(args.sweep_dir)
     return 0
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from sweep.status import format_status
-    from sweep.storage import read_sweep
+    from smoothadv.sweep.status import format_status
+    from smoothadv.sweep.storage import read_sweep
 
     print(format_status(read_sweep(args.sweep_dir)))
     return 0
 
 
 def _run_trust(args: argparse.Namespace) -> int:
-    from common import layout, stage_record
-    from sweep import staging, trust
-    from sweep.storage import read_sweep
+    from smoothadv.common import layout, stage_record
+    from smoothadv.sweep import staging, trust
+    from smoothadv.sweep.storage import read_sweep
 
     sweep = read_sweep(args.sweep_dir)
     if not sweep.exists(layout.SPEC):

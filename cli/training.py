@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.shared import add_device, add_no_progress, add_set, one_writer
+from smoothadv.cli.shared import add_device, add_no_progress, add_set, one_writer
 
 
 def _add_train(sub) -> None:
@@ -48,8 +48,8 @@ def add_parsers(sub) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from trainers.config import load_trial_config
-    from trainers.train import train_trial
+    from smoothadv.trainers.config import load_trial_config
+    from smoothadv.trainers.train import train_trial
 
     config = load_trial_config(args.config, args.set)
     with one_writer(args.out):
@@ -61,8 +61,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_pseudo_label(args: argparse.Namespace) -> int:
     import numpy as np
-
-    from trainers.self_training import pseudo_label
+    from smoothadv.trainers.self_training import pseudo_label
 
     labels = pseudo_label(args.teacher, args.images, args.out, limit=args.limit,
                           data_root=args.data_root, batch_size=args.batch, device=args.device,

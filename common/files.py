@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from common.errors import UserError
+from smoothadv.common.errors import UserError
 
 MAX_RECORD_BYTES = 64 << 20  # far beyond any record or log smoothadv writes
 

@@ -43,7 +43,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_write_bytes
+from smoothadv.common.atomic import atomic_write_bytes
 
 SPEC = "sweep.yaml"
 DRIVER = "driver.json"

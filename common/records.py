@@ -29,9 +29,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from common.errors import UserError
-from common.files import file_bytes
+from smoothadv.common.errors import UserError
+from smoothadv.common.files import file_bytes
 
 STATES = ("RUNNING", "TERMINATED", "STOPPED", "ERROR", "INTERRUPTED")  # what state.json holds
 MAX_EPOCH = 1 << 31

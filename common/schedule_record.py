@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common import layout
-from common.records import corrupt, finite, read_object, shown, whole
+from smoothadv.common import layout
+from smoothadv.common.records import corrupt, finite, read_object, shown, whole
 
 FIX = ("the early-stopping schedule's record, written whole, so damaged: restore it (or remove "
        "it, and the schedule judges the trials afresh)")

@@ -15,7 +15,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Self
 
-from common.errors import UserError
+from smoothadv.common.errors import UserError
 
 SEED_LIMIT = 2**63  # seeds are integers in [0, 2**63): numpy's SeedSequence takes no negatives
 

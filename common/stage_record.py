@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common import layout
-from common.records import corrupt, read_object, shown, whole
+from smoothadv.common import layout
+from smoothadv.common.records import corrupt, read_object, shown, whole
 
 LAST = 3  # stage 1 screens, stage 2 certifies at full n, stage 3 re-certifies the winners
 DONE = LAST + 1  # the record's "stage" once every stage is done

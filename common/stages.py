@@ -52,10 +52,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
-
-from common import envelope
-from common.binomial import cp_lower, cp_upper
-from common.metrics import certified_accuracy, right_rows
+from smoothadv.common import envelope
+from smoothadv.common.binomial import cp_lower, cp_upper
+from smoothadv.common.metrics import certified_accuracy, right_rows
 
 REACHABLE = "reachable"
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from common.errors import UserError
+from smoothadv.common.errors import UserError
 
 
 def lock_path(target: Path) -> Path:

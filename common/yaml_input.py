@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from common.errors import UserError
-from common.files import file_bytes
+from smoothadv.common.errors import UserError
+from smoothadv.common.files import file_bytes
 
 MAX_BYTES = 1 << 20  # a spec or config is a few KB; the paper's largest grid spec is ~3 KB
 MAX_NODES = 100_000  # values once every alias is expanded (a 10,000-value grid is ~10,000)

@@ -26,13 +26,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from common import layout
-from common.errors import UserError
-from common.records import read_driver
-from common.writer_lock import exclusive
-from sweep import processes, trust
-from sweep.status import HEARTBEAT_S, driver_alive
-from sweep.storage import SweepFolder
+from smoothadv.common import layout
+from smoothadv.common.errors import UserError
+from smoothadv.common.records import read_driver
+from smoothadv.common.writer_lock import exclusive
+from smoothadv.sweep import processes, trust
+from smoothadv.sweep.status import HEARTBEAT_S, driver_alive
+from smoothadv.sweep.storage import SweepFolder
 
 LOCK = ".driver.lock"  # in the sweep's (local) folder
 LEASE_SETTLE_S = 2.0

@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common.errors import UserError
-from sweep.spec import SweepSpec, Trial
+from smoothadv.common.errors import UserError
+from smoothadv.sweep.spec import SweepSpec, Trial
 
 PATH_KEYS = ("data_root", "init_from", "extra_data")
 
@@ -43,7 +43,7 @@ def with_absolute_paths(spec: SweepSpec) -> SweepSpec:
 def check_inputs(trials: Iterable[Trial]) -> None:
     """Every trial's dataset splits and input files exist here; the first missing one is a
     UserError naming the trial, the key and the path."""
-    from trainers.datasets import locate_dataset
+    from smoothadv.trainers.datasets import locate_dataset
 
     seen: set[tuple] = set()
     for trial in trials:

@@ -23,8 +23,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from common.errors import UserError
-from sweep.spec import SweepSpec, Trial
+from smoothadv.common.errors import UserError
+from smoothadv.sweep.spec import SweepSpec, Trial
 
 KEY = "trial"  # the param space's grid key; its records: {"name", gridded values…, "config"}
 

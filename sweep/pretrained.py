@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import layout
-from common.errors import UserError
-from common.records import read_state
-from common.yaml_input import read_yaml_file
+from smoothadv.common import layout
+from smoothadv.common.errors import UserError
+from smoothadv.common.records import read_state
+from smoothadv.common.yaml_input import read_yaml_file
 
 KEY = "init_from_sweep"
 

@@ -86,6 +86,6 @@ def is_ray(process: Process) -> bool:
 
 def is_sweep_driver(process: Process) -> bool:
     """Whether a living ``process`` runs smoothadv's command line (``smoothadv …`` or
-    ``python -m cli.main …``)."""
+    ``python -m smoothadv.cli.main …``)."""
     line = _command_line(process[0])
-    return alive(process) and (b"smoothadv" in line or b"cli.main" in line)
+    return alive(process) and b"smoothadv" in line

@@ -21,19 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from common import layout, stage_record
-from common.atomic import atomic_write_bytes
-from common.errors import UserError
-from common.records import read_driver, read_state
-from common.schedule_record import read_schedule
-from sweep import driver_record, processes, staging, trackers, trial_states, trust
-from sweep.inputs import check_inputs, with_absolute_paths
-from sweep.param_space import param_space, trial_name, trial_of
-from sweep.spec import SweepSpec, Trial, load_spec
-from sweep.status import STALE_S, driver_alive, heartbeat_age, parse_sweep_yaml, read_sweep_spec
-from sweep.storage import SweepFolder, open_sweep, read_sweep
-from sweep.train_loop import NO_STATE_API
+from smoothadv.common import layout, stage_record
+from smoothadv.common.atomic import atomic_write_bytes
+from smoothadv.common.errors import UserError
+from smoothadv.common.records import read_driver, read_state
+from smoothadv.common.schedule_record import read_schedule
+from smoothadv.sweep import driver_record, processes, staging, trackers, trial_states, trust
+from smoothadv.sweep.inputs import check_inputs, with_absolute_paths
+from smoothadv.sweep.param_space import param_space, trial_name, trial_of
+from smoothadv.sweep.spec import SweepSpec, Trial, load_spec
+from smoothadv.sweep.status import (
+    STALE_S,
+    driver_alive,
+    heartbeat_age,
+    parse_sweep_yaml,
+    read_sweep_spec,
+)
+from smoothadv.sweep.storage import SweepFolder, open_sweep, read_sweep
+from smoothadv.sweep.train_loop import NO_STATE_API
 
 # What a trial's driver (Tune's function, which only waits on its Train run) asks Ray for: no
 # CPU, only its memory. A CPU sliver would leave fragments: once a node dies, the restarted
@@ -58,12 +63,11 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     import ray.train
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from common.provenance import software
+    from smoothadv.common.provenance import software
 
     # TorchTrainer's parts without torch in this process (sweep.train_loop): training,
     # certification, their imports and torch itself load in Train's workers and controller.
-    from sweep.train_loop import TorchBackendConfig, train_and_certify, trainer_class
+    from smoothadv.sweep.train_loop import TorchBackendConfig, train_and_certify, trainer_class
 
     sweep = open_sweep(sweep_dir)
     spec = parse_sweep_yaml(sweep.read_text(layout.SPEC), f"{sweep.where}/{layout.SPEC}")
@@ -147,8 +151,8 @@ def await_train_results_in_tune(timeout_s: float = 120.0) -> None:
 def _stopped_early(sweep: SweepFolder, name: str) -> bool:
     """Whether the sweep's schedule stopped trial ``name`` (sweep.scheduler: the sweep driver
     decides and records it in schedule.json); if so, its state.json says STOPPED and why."""
-    from common.schedule_record import stopped_trials
-    from sweep.scheduler import write_stopped
+    from smoothadv.common.schedule_record import stopped_trials
+    from smoothadv.sweep.scheduler import write_stopped
 
     sweep.refresh(sweep.local / layout.SCHEDULE)
     why = stopped_trials(sweep.local).get(name)
@@ -329,10 +333,10 @@ def _tuner(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: int,
 
     scheduler = None
     if spec.schedule is not None and stage <= 1:
-        from sweep.scheduler import EnvelopeScheduler
+        from smoothadv.sweep.scheduler import EnvelopeScheduler
 
         scheduler = EnvelopeScheduler(sweep.where, spec.schedule.record())
-    from sweep.signing_callback import TuneStateSigner
+    from smoothadv.sweep.signing_callback import TuneStateSigner
 
     name = staging.tune_name(stage)
     tuner = tune.Tuner(
@@ -533,8 +537,7 @@ def _resume(sweep: SweepFolder, spec: SweepSpec, stage: int, trials: list[Trial]
     Tune's statuses of them (``statuses``, sweep.trial_states), restore Tune's experiment (or
     start one: none was made) and run it, then any later stage."""
     from ray import tune
-
-    from sweep.signing_callback import TuneStateSigner
+    from smoothadv.sweep.signing_callback import TuneStateSigner
 
     folder = sweep.local
     tune_dir = f"{sweep.where}/{staging.tune_name(stage)}"
@@ -719,7 +722,7 @@ def _fit(tuner, sweep: SweepFolder, driver: dict[str, Any], names: list[str]) ->
         print(f"{sweep_dir}: interrupted with {finished} of {planned} trials finished, {errors} "
               f"errored; continue with `smoothadv sweep resume {sweep_dir}`")
         raise Terminated if terminated[0] else KeyboardInterrupt
-    from common.schedule_record import stopped_trials
+    from smoothadv.common.schedule_record import stopped_trials
 
     stopped = len(set(stopped_trials(sweep.local)) & set(names))
     print(f"{sweep_dir}: {planned} trials, {errors} errored"

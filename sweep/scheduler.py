@@ -39,13 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-
-from common import layout
-from common.envelope import best_by_radius, rank
-from common.errors import UserError
-from common.records import read_state
-from common.schedule_record import read_schedule, stopped_entries
-from sweep.param_space import KEY, name_of
+from smoothadv.common import layout
+from smoothadv.common.envelope import best_by_radius, rank
+from smoothadv.common.errors import UserError
+from smoothadv.common.records import read_state
+from smoothadv.common.schedule_record import read_schedule, stopped_entries
+from smoothadv.sweep.param_space import KEY, name_of
 
 PROXY_PREFIX = "proxy_cert_acc_"  # + radius ({r:g}): a rung's reported certified accuracy
 RUNG_KEY = "proxy_rung"
@@ -243,7 +242,7 @@ class EnvelopeScheduler(FIFOScheduler):
 
     def _book(self) -> Rungs:
         if self._rungs is None:
-            from sweep.storage import open_sweep
+            from smoothadv.sweep.storage import open_sweep
 
             self._folder = open_sweep(self.sweep_dir)
             path = self._folder.local / layout.SCHEDULE

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
-
-from sweep import trust
-from sweep.storage import SweepFolder
+from smoothadv.sweep import trust
+from smoothadv.sweep.storage import SweepFolder
 
 
 class TuneStateSigner(Callback):

@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Self
 
-from common.errors import UserError, unknown_key
-from common.settings import AttackKeys
-from common.yaml_input import load_yaml, read_yaml_file
-from sweep.pretrained import KEY as INIT_FROM_SWEEP
-from sweep.pretrained import pretrained_checkpoints, pretrained_for, pretraining_spec
-from trainers.config import TrialConfig, apply_overrides, parse_trial_config
+from smoothadv.common.errors import UserError, unknown_key
+from smoothadv.common.settings import AttackKeys
+from smoothadv.common.yaml_input import load_yaml, read_yaml_file
+from smoothadv.sweep.pretrained import KEY as INIT_FROM_SWEEP
+from smoothadv.sweep.pretrained import pretrained_checkpoints, pretrained_for, pretraining_spec
+from smoothadv.trainers.config import TrialConfig, apply_overrides, parse_trial_config
 
 SPEC_KEYS = ("name", "defaults", "resources", "grid", "exclude", "attack_eval",
              "init_from_sweep", "stages", "schedule", "max_trials")
@@ -196,7 +196,9 @@ class Schedule:
         every trial)."""
         if self.radii:
             return sorted(self.radii)
-        from common.stages import default_radii  # scipy: off the sweep driver's import path
+        from smoothadv.common.stages import (
+            default_radii,  # scipy: off the sweep driver's import path
+        )
 
         return default_radii(sigma, self.n, self.alpha, target_radius)
 

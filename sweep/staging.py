@@ -15,11 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-
-from common import layout, stage_record
-from common.schedule_record import stopped_trials
-from sweep.spec import SweepSpec, Trial
-from sweep.storage import SweepFolder
+from smoothadv.common import layout, stage_record
+from smoothadv.common.schedule_record import stopped_trials
+from smoothadv.sweep.spec import SweepSpec, Trial
+from smoothadv.sweep.storage import SweepFolder
 
 
 def tune_name(stage: int) -> str:
@@ -40,7 +39,9 @@ def begin(sweep: SweepFolder, stage: int, trials: dict[str, dict[str, Any]]) -> 
 def radii(spec: SweepSpec, trials: list[Trial]) -> list[float]:
     """Where the stages judge the trials: the spec's ``stages.radii``, else
     common.stages.default_radii at full n and the largest σ, up to ``certify.target_radius``."""
-    from common.stages import default_radii  # scipy: not on the sweep driver's import path
+    from smoothadv.common.stages import (
+        default_radii,  # scipy: not on the sweep driver's import path
+    )
 
     if spec.stages.radii:
         return sorted(spec.stages.radii)
@@ -57,7 +58,7 @@ def _rows(sweep: SweepFolder, trials: list[Trial], name: str) -> dict[str, pd.Da
 def next_stage(sweep: SweepFolder, spec: SweepSpec, done: int) -> tuple[int, list[Trial]]:
     """After stage ``done`` finished without errors: record the next stage's trials and their
     reasons in stages.json and return (next stage, its trials); (0, []) when none is left."""
-    from common.stages import REACHABLE, reachable_trials, winners
+    from smoothadv.common.stages import REACHABLE, reachable_trials, winners
 
     trials = spec.trials()
     record = read(sweep) or {"trials": {}}

@@ -10,17 +10,16 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-
-from common import layout
-from common.errors import UserError
-from common.records import read_driver, read_metrics, read_plan, read_state
-from common.stage_record import LAST, outcome, stopped_counts, trials
-from common.stage_record import read as read_stage_record
-from common.yaml_input import load_yaml, read_yaml_file
-from sweep import processes
-from sweep.spec import SweepSpec, parse_spec
-from sweep.storage import SweepFolder
-from sweep.trial_states import reconciled, tune_statuses, will_run
+from smoothadv.common import layout
+from smoothadv.common.errors import UserError
+from smoothadv.common.records import read_driver, read_metrics, read_plan, read_state
+from smoothadv.common.stage_record import LAST, outcome, stopped_counts, trials
+from smoothadv.common.stage_record import read as read_stage_record
+from smoothadv.common.yaml_input import load_yaml, read_yaml_file
+from smoothadv.sweep import processes
+from smoothadv.sweep.spec import SweepSpec, parse_spec
+from smoothadv.sweep.storage import SweepFolder
+from smoothadv.sweep.trial_states import reconciled, tune_statuses, will_run
 
 
 def plan_table(spec: SweepSpec) -> pd.DataFrame:
@@ -59,7 +58,7 @@ def concurrency_line(spec: SweepSpec) -> str:
 
 def format_presets() -> str:
     """One line per shipped preset: its name, trial count and the first line of its comment."""
-    from sweep.spec import PRESETS, load_spec, preset_names
+    from smoothadv.sweep.spec import PRESETS, load_spec, preset_names
 
     lines = []
     for name in preset_names():
@@ -284,7 +283,7 @@ def status_table(sweep_dir: str | Path | SweepFolder) -> tuple[pd.DataFrame, Swe
 
 def _tune_name(stages) -> str:
     """The Tune experiment of the stage a sweep is in."""
-    from sweep.staging import tune_name
+    from smoothadv.sweep.staging import tune_name
 
     stage = stages.get("stage") if stages else 0
     return tune_name(stage if isinstance(stage, int) else 0)

@@ -30,9 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import layout
-from common.atomic import atomic_write_bytes
-from common.errors import UserError
+from smoothadv.common import layout
+from smoothadv.common.atomic import atomic_write_bytes
+from smoothadv.common.errors import UserError
 
 CACHE_ENV = "SMOOTHADV_CACHE"
 CHECKPOINT_SUFFIXES = (".pt",)  # not copied down by status, analyze and resume

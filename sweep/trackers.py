@@ -24,8 +24,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from common import layout
-from common.errors import UserError
+from smoothadv.common import layout
+from smoothadv.common.errors import UserError
 
 TRACKERS = ("mlflow", "wandb")
 MLFLOW_ARTIFACTS = "mlartifacts"  # artifact root of an experiment created in that store
@@ -43,7 +43,7 @@ def wandb_mode() -> str:
 
 
 def _mlflow(sweep_dir: Path, name: str):
-    from sweep.tracker_callbacks import SweepMLflowCallback
+    from smoothadv.sweep.tracker_callbacks import SweepMLflowCallback
 
     local = "MLFLOW_TRACKING_URI" not in os.environ
     return SweepMLflowCallback(
@@ -52,7 +52,7 @@ def _mlflow(sweep_dir: Path, name: str):
 
 
 def _wandb(sweep_dir: Path, name: str):
-    from sweep.tracker_callbacks import SweepWandbCallback
+    from smoothadv.sweep.tracker_callbacks import SweepWandbCallback
 
     return SweepWandbCallback(project=os.environ.get("WANDB_PROJECT") or name, group=name,
                               mode=wandb_mode(), dir=str(sweep_dir))  # runs in SWEEP_DIR/wandb

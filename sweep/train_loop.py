@@ -50,7 +50,7 @@ def trainer_class():
 
 def train_and_certify(loop_config: dict[str, Any]) -> None:
     """Ray Train ``train_loop_per_worker``: runs ``sweep.trial_worker.train_and_certify``."""
-    from sweep.trial_worker import train_and_certify as run
+    from smoothadv.sweep.trial_worker import train_and_certify as run
 
     run(loop_config)
 

@@ -16,8 +16,8 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from common import layout
-from common.records import read_state
+from smoothadv.common import layout
+from smoothadv.common.records import read_state
 
 FINISHED = ("TERMINATED", "STOPPED")
 EXPERIMENT_STATE = "experiment_state-"  # Tune's restore point: experiment_state-<time>.json
@@ -89,8 +89,8 @@ def settle_after_fit(sweep, errored: Mapping[str, str], names: Iterable[str]) ->
     RUNNING was cut short by the sweep being stopped (its Train run dies with the Ray actors)
     and is INTERRUPTED, never ERROR (``--restart-errored`` would discard its progress).
     Returns how many of ``names`` (the trials this Tune experiment ran) finished."""
-    from common.schedule_record import stopped_trials
-    from sweep.scheduler import write_stopped
+    from smoothadv.common.schedule_record import stopped_trials
+    from smoothadv.sweep.scheduler import write_stopped
 
     sweep.pull(under=layout.TRIALS, only=(layout.STATE,))  # as trial drivers anywhere wrote
     halted = stopped_trials(sweep.local)

@@ -21,8 +21,8 @@ import shutil
 import threading
 from pathlib import Path
 
-from common import layout
-from sweep.storage import Bucket, mirror_dir
+from smoothadv.common import layout
+from smoothadv.sweep.storage import Bucket, mirror_dir
 
 APPEND_ONLY = (".tsv", ".jsonl")
 DRIVER_FILES = (layout.STATE, layout.TRIAL_INFO)  # written and uploaded by the trial driver

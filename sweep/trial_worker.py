@@ -24,24 +24,23 @@ from typing import Any
 
 import pandas as pd
 import torch
-
-from certify.runner import Evaluation, load_evaluation, run_smoothing
-from common import layout
-from common.atomic import atomic_write_bytes
-from common.layout import CHECKPOINT
-from common.metrics import (
+from smoothadv.certify.runner import Evaluation, load_evaluation, run_smoothing
+from smoothadv.common import layout
+from smoothadv.common.atomic import atomic_write_bytes
+from smoothadv.common.layout import CHECKPOINT
+from smoothadv.common.metrics import (
     certified_accuracy,
     certified_summary,
     empirical_accuracy,
     right_rows,
 )
-from common.schedule_record import stopped_entries
-from sweep import faults
-from sweep.spec import AttackEval, Schedule, Stages
-from sweep.storage import Bucket
-from sweep.trial_sync import TrialSync, worker_copy
-from trainers.config import CertifyConfig, TrialConfig, parse_trial_config
-from trainers.train import train_trial
+from smoothadv.common.schedule_record import stopped_entries
+from smoothadv.sweep import faults
+from smoothadv.sweep.spec import AttackEval, Schedule, Stages
+from smoothadv.sweep.storage import Bucket
+from smoothadv.sweep.trial_sync import TrialSync, worker_copy
+from smoothadv.trainers.config import CertifyConfig, TrialConfig, parse_trial_config
+from smoothadv.trainers.train import train_trial
 
 
 def _shard_path(trial_dir: Path, name: str, rank: int, world: int) -> Path:
@@ -161,7 +160,7 @@ def attack_trial(config: TrialConfig, attack_eval: AttackEval, trial_dir: Path, 
                  sync: TrialSync | None = None) -> dict[str, float]:
     """The spec's empirical attack (paper Section 4.3) on this rank's share of the images;
     rank 0 merges and returns the empirical accuracy per ε."""
-    from certify.attack import run_attack
+    from smoothadv.certify.attack import run_attack
 
     ev = _final_model(config, trial_dir, attack_eval.skip, attack_eval.max, device)
     settings = attack_eval.with_noise(config.sigma, config.seed)
@@ -223,8 +222,7 @@ def _record_node(trial_dir: Path) -> None:
     import time
 
     import ray
-
-    from common.provenance import hardware
+    from smoothadv.common.provenance import hardware
 
     line = {"node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),

@@ -33,11 +33,11 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from common import layout
-from common.errors import UserError
-from common.files import file_bytes
-from common.records import read_object
-from sweep.storage import SweepFolder
+from smoothadv.common import layout
+from smoothadv.common.errors import UserError
+from smoothadv.common.files import file_bytes
+from smoothadv.common.records import read_object
+from smoothadv.sweep.storage import SweepFolder
 
 SIGNATURES = "signatures.json"
 FORMAT_VERSION = 1

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from ports import free_port
+from smoothadv.sweep.run import LOCAL_RAY_ENV, set_local_ray_env
+from smoothadv.sweep.train_loop import NO_STATE_API
+from smoothadv.trainers import build_model, load_dataset, save_checkpoint
 from torch import nn
-
-from sweep.run import LOCAL_RAY_ENV, set_local_ray_env
-from sweep.train_loop import NO_STATE_API
-from trainers import build_model, load_dataset, save_checkpoint
 
 # The tests' own signing key (sweep.trust), never the user's: every command the tests start,
 # drivers included, inherits this folder.
@@ -128,7 +127,7 @@ def assert_resumed_equals_straight(straight, resumed, first_epoch: bytes, epochs
     """A run resumed after its first epoch kept that epoch (its metrics line, wall time
     included, survives as is: it was not trained again) and ends with the uninterrupted run's
     weights, bit for bit, after ``epochs`` epochs."""
-    from common.layout import CHECKPOINT, METRICS
+    from smoothadv.common.layout import CHECKPOINT, METRICS
 
     assert (resumed / METRICS).read_bytes().startswith(first_epoch)
     a = torch.load(straight / CHECKPOINT, weights_only=True)

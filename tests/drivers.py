@@ -12,19 +12,19 @@ import sys
 import time
 from pathlib import Path
 
-from common import layout
+from smoothadv.common import layout
 
 
 def smoothadv(*args: str, env: dict, log: Path) -> subprocess.Popen:
     """A `smoothadv` command in a session of its own (its process group: the driver and the
     local Ray it starts), output to ``log``."""
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env,
+        return subprocess.Popen([sys.executable, "-m", "smoothadv.cli.main", *args], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def run(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "smoothadv.cli.main", *args], env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from analysis import curves, figures
-from analysis.gather import gather
-from analysis.published import l2_radius_for_linf, parse_references, published_rows
-from analysis.report import Options, build_report
-from cli.main import main
-from common.errors import UserError
+from smoothadv.analysis import curves, figures
+from smoothadv.analysis.gather import gather
+from smoothadv.analysis.published import l2_radius_for_linf, parse_references, published_rows
+from smoothadv.analysis.report import Options, build_report
+from smoothadv.cli.main import main
+from smoothadv.common.errors import UserError
 
 HEADER = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower")
 ABSTAIN, WRONG = "abstain", "wrong"

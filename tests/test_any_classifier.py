@@ -15,11 +15,10 @@ import pandas as pd
 import pytest
 import torch
 from conftest import LinearBinary
+from smoothadv.certify import Smooth
+from smoothadv.certify.attack import AttackSettings, run_attack
+from smoothadv.certify.runner import Sampling, run_smoothing
 from torch import nn
-
-from certify import Smooth
-from certify.attack import AttackSettings, run_attack
-from certify.runner import Sampling, run_smoothing
 
 SHAPE = (1, 2, 4)
 SIGMA = 0.25

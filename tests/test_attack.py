@@ -17,11 +17,10 @@ import pytest
 import torch
 from conftest import LinearBinary
 from scipy.stats import binom, binomtest, norm
-
-from certify.attack import AttackSettings, run_attack
-from cli.main import main
-from common.errors import UserError
-from common.layout import meta_path
+from smoothadv.certify.attack import AttackSettings, run_attack
+from smoothadv.cli.main import main
+from smoothadv.common.errors import UserError
+from smoothadv.common.layout import meta_path
 
 SIGMA, N, ALPHA, GAP = 0.25, 2000, 0.001, 0.1
 SHAPE = (1, 2, 4)

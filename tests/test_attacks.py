@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import LinearBinary
+from smoothadv.trainers.attacks import smoothadv_ddn, smoothadv_pgd, vanilla_pgd
 from torch import nn
-
-from trainers.attacks import smoothadv_ddn, smoothadv_pgd, vanilla_pgd
 
 SIGMA = 0.25
 
@@ -186,7 +185,7 @@ def test_ddn_step_sizes_are_the_reference_scheduler_stepped_before_each_step(ste
     """PyTorch's CosineAnnealingLR(T_max=T, η_min=0.01) on lr 1, stepped before every step."""
     import warnings
 
-    from trainers.attacks import ddn_step_sizes
+    from smoothadv.trainers.attacks import ddn_step_sizes
 
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.01)
@@ -302,7 +301,7 @@ def test_rounding_within_epsilon_moves_the_fewest_coordinates(epsilon):
     """δ of norm exactly ε (the attack's usual case): rounded to nearest where that stays
     inside; otherwise the fewest coordinates nearest rounding moved outward are rounded toward
     zero, largest saving of ‖δ‖² first, and one coordinate fewer would not have sufficed."""
-    from trainers.attacks import _rounded_within, quantize
+    from smoothadv.trainers.attacks import _rounded_within, quantize
 
     g = torch.Generator().manual_seed(2)
     delta = torch.randn((12, 3, 32, 32), generator=g, dtype=torch.float64)

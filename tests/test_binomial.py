@@ -8,9 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.stats import beta, binomtest
-
-from certify.smooth import clopper_pearson_lower, least_certified_count
-from common.binomial import cp_lower, cp_upper
+from smoothadv.certify.smooth import clopper_pearson_lower, least_certified_count
+from smoothadv.common.binomial import cp_lower, cp_upper
 
 NS = (1, 2, 3, 10, 24, 100, 500, 1_000, 1_563, 6_250, 10_000, 25_000, 100_000)
 ALPHAS = (0.2, 0.05, 0.01, 0.001, 0.001 / 4, 1e-5)

@@ -18,10 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import BUCKET
-
-from common import layout
-from sweep.storage import Bucket
-from sweep.trial_sync import TrialSync
+from smoothadv.common import layout
+from smoothadv.sweep.storage import Bucket
+from smoothadv.sweep.trial_sync import TrialSync
 
 TINY = {"dataset": "synthetic", "arch": "lenet", "train_subset": 256, "epoch_test_subset": 64,
         "epochs": 2, "batch_size": 64, "lr": 0.05, "warmup_epochs": 1, "steps": 1,
@@ -33,7 +32,7 @@ def _cli(env: dict, cache: Path, *args: str, **kwargs) -> subprocess.CompletedPr
     """The `smoothadv` command as a user on a machine whose local copies live in ``cache``."""
     full = {**os.environ, **env, "SMOOTHADV_CACHE": str(cache)}
     full.pop("SMOOTHADV_FAULTS", None)
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], env=full,
+    return subprocess.run([sys.executable, "-m", "smoothadv.cli.main", *args], env=full,
                           capture_output=True, text=True, timeout=600, **kwargs)
 
 
@@ -64,7 +63,8 @@ def test_a_node_lost_while_certifying_resumes_from_its_uploads(s3_server, tmp_pa
     markers = tmp_path / "markers"
     full = {**os.environ, **s3_server, "SMOOTHADV_CACHE": str(head),
             "SMOOTHADV_FAULTS": f"hold_certified:1:sigma0.25:{markers}"}
-    driver = subprocess.Popen([sys.executable, "-m", "cli.main", "sweep", "run", str(path),
+    driver = subprocess.Popen([sys.executable, "-m", "smoothadv.cli.main",
+                               "sweep", "run", str(path),
                                "--storage", f"s3://{BUCKET}/run2", "--verbose", "0"],
                               env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trial = Bucket(uri).child(f"{layout.TRIALS}/sigma0.25")
@@ -84,7 +84,7 @@ def test_a_node_lost_while_certifying_resumes_from_its_uploads(s3_server, tmp_pa
     assert len(uploaded_rows) == 2  # the header and the first image's row
     ray_processes = [tuple(p) for p in json.loads(Bucket(uri).read_bytes(layout.DRIVER))
                      ["ray_processes"]]
-    from sweep import processes
+    from smoothadv.sweep import processes
 
     processes.end(ray_processes)  # the node is gone, and its processes with it
     shutil.rmtree(head)
@@ -124,9 +124,9 @@ def test_a_node_lost_while_certifying_resumes_from_its_uploads(s3_server, tmp_pa
 
 CLAIM = """
 import sys, time
-from sweep import driver_record
-from sweep.storage import open_sweep
-from common.errors import UserError
+from smoothadv.sweep import driver_record
+from smoothadv.sweep.storage import open_sweep
+from smoothadv.common.errors import UserError
 sweep = open_sweep(sys.argv[1])
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # both claim at the same instant
 try:
@@ -290,8 +290,8 @@ def test_a_command_reading_the_sweep_never_replaces_a_running_workers_files(s3_s
     """`sweep status` (or stop, analyze) on a node whose workers are writing a trial pulls the
     bucket's copy, which lags behind them: it must land beside the workers' copy, not over it
     (the metrics line and rows since the last upload would be lost)."""
-    from sweep.storage import read_sweep
-    from sweep.trial_sync import worker_copy
+    from smoothadv.sweep.storage import read_sweep
+    from smoothadv.sweep.trial_sync import worker_copy
 
     monkeypatch.setenv("SMOOTHADV_CACHE", str(tmp_path / "cache"))
     uri = f"s3://{BUCKET}/readers"

@@ -8,10 +8,9 @@ import sys
 
 import pandas as pd
 import pytest
-
-from certify.runner import select_indices
-from cli.main import main
-from common.layout import meta_path
+from smoothadv.certify.runner import select_indices
+from smoothadv.cli.main import main
+from smoothadv.common.layout import meta_path
 
 CERTIFY_HEADER = ["idx", "label", "predict", "radius", "correct", "time", "pA_lower"]
 
@@ -110,7 +109,7 @@ def test_different_settings_are_refused_and_nothing_is_touched(synthetic_checkpo
 
 
 def test_another_checkpoint_is_refused(synthetic_checkpoint, tmp_path, capsys):
-    from trainers import build_model, save_checkpoint
+    from smoothadv.trainers import build_model, save_checkpoint
 
     other = tmp_path / "other.pt"
     save_checkpoint(other, build_model("lenet", "synthetic"), arch="lenet", dataset="synthetic")
@@ -145,7 +144,7 @@ def test_predict_writes_reference_columns_and_resumes(synthetic_checkpoint, tmp_
 
 def run_cli(*args, cwd=None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "smoothadv.cli.main", *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=120)
 
 
@@ -182,10 +181,10 @@ def test_a_second_writer_of_the_same_out_is_refused_until_the_first_dies(synthet
     import signal
     import time
 
-    from common.writer_lock import holder, lock_path
+    from smoothadv.common.writer_lock import holder, lock_path
 
     out = tmp_path / "shared.tsv"
-    command = [sys.executable, "-m", "cli.main", *certify_args(synthetic_checkpoint, out)]
+    command = [sys.executable, "-m", "smoothadv.cli.main", *certify_args(synthetic_checkpoint, out)]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lock = lock_path(out)
     deadline = time.monotonic() + 120

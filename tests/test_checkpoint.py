@@ -8,17 +8,16 @@ import random
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from common.errors import UserError
-from trainers import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
-from trainers.checkpoint import (
+from smoothadv.common.errors import UserError
+from smoothadv.trainers import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+from smoothadv.trainers.checkpoint import (
     FORMAT_VERSION,
     REQUIRED_KEYS,
     atomic_write_bytes,
     payload_digest,
 )
-from trainers.models import place
+from smoothadv.trainers.models import place
+from torch import nn
 
 DOCUMENTED_KEYS = set(REQUIRED_KEYS) | {
     "input_shape", "config", "epoch", "optimizer", "scheduler",

@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
-
-from cli.main import build_parser, main
+from smoothadv.cli.main import build_parser, main
 
 VERBS = [("certify",), ("predict",), ("attack",), ("train",), ("pseudo-label",), ("analyze",),
          ("sweep",), *[("sweep", verb) for verb in

@@ -35,9 +35,8 @@ import pandas as pd
 import pytest
 import yaml
 from ports import free_port
-
-from common import layout
-from sweep import processes
+from smoothadv.common import layout
+from smoothadv.sweep import processes
 
 BIN = Path(sys.executable).parent
 TINY = {"dataset": "synthetic", "arch": "lenet", "method": "gaussian", "epoch_test_subset": 64,

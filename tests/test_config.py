@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from common.errors import UserError
-from trainers.config import (
+from smoothadv.common.errors import UserError
+from smoothadv.trainers.config import (
     TrialConfig,
     apply_overrides,
     load_trial_config,

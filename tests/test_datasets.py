@@ -24,10 +24,9 @@ from formats import (
     write_mnist,
     write_svhn,
 )
-
-import trainers.datasets
-from common.errors import UserError
-from trainers import dataset_info, load_dataset
+from smoothadv.common.errors import UserError
+from smoothadv.trainers import dataset_info, load_dataset
+from smoothadv.trainers import datasets as trainer_datasets
 
 # Real Fashion-MNIST where `make test` puts it: Debian's package, or torchvision's download into
 # the repository's ./data when apt is not usable.
@@ -42,7 +41,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SMOOTHADV_DATA", raising=False)
     monkeypatch.delenv("IMAGENET_DIR", raising=False)
-    monkeypatch.setattr(trainers.datasets, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-fmnist")
+    monkeypatch.setattr(trainer_datasets, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-fmnist")
     return tmp_path
 
 
@@ -300,7 +299,7 @@ def test_real_fashion_mnist(isolated, monkeypatch):
     np.testing.assert_array_equal(x[0].numpy(), first.astype(np.float32) / 255.0)
 
     # The default folder is also found with no --data-root.
-    monkeypatch.setattr(trainers.datasets, "DEBIAN_FASHION_MNIST", REAL_FASHION)
+    monkeypatch.setattr(trainer_datasets, "DEBIAN_FASHION_MNIST", REAL_FASHION)
     train = load_dataset("fashion_mnist", "train")
     assert len(train) == 60000
     assert train[0][1] == 9
@@ -445,7 +444,7 @@ def test_dot_data_folder_is_found(isolated):
 def _isolate(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SMOOTHADV_DATA", raising=False)
-    monkeypatch.setattr(trainers.datasets, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    monkeypatch.setattr(trainer_datasets, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
 
 
 def test_download_fetches_into_the_first_folder_then_loads(monkeypatch, tmp_path):
@@ -591,8 +590,7 @@ def test_train_and_certify_on_svhn_files_through_the_cli(isolated, capsys):
     """`smoothadv train` on tiny SVHN .mat files, then `smoothadv certify` of its checkpoint,
     both reading the dataset through the same loader."""
     import yaml
-
-    from cli.main import main
+    from smoothadv.cli.main import main
 
     write_svhn(isolated / "svhn", n_train=24, n_test=6, seed=38)
     spec = isolated / "trial.yaml"

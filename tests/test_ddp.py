@@ -9,9 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from ports import free_port
-
-from trainers import model_from_checkpoint, train
-from trainers.config import parse_trial_config
+from smoothadv.trainers import model_from_checkpoint, train
+from smoothadv.trainers.config import parse_trial_config
 
 CONFIG = {"dataset": "synthetic", "arch": "lenet", "train_subset": 96, "epoch_test_subset": 32,
           "epochs": 2, "batch_size": 32, "lr": 0.05, "method": "smoothadv", "attack": "pgd",

@@ -6,8 +6,7 @@ import re
 from pathlib import Path
 
 import torch
-
-from trainers.device import resolve_device
+from smoothadv.trainers.device import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 

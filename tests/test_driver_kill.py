@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 import yaml
-
-from common import layout
-from common.layout import CHECKPOINT
-from sweep import processes, trust
+from smoothadv.common import layout
+from smoothadv.common.layout import CHECKPOINT
+from smoothadv.sweep import processes, trust
 
 SPEC = {"name": "killed",
         "defaults": {"dataset": "synthetic", "arch": "lenet", "train_subset": 768,
@@ -28,7 +27,7 @@ SPEC = {"name": "killed",
 
 
 def smoothadv(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "smoothadv.cli.main", *args], **kwargs)
 
 
 def held_after(epoch: int, markers: Path) -> dict[str, str]:
@@ -75,7 +74,8 @@ def test_sigterm_then_sweep_stop_interrupt_the_driver_and_leave_no_ray_process(t
     recorded = [tuple(p) for p in json.loads((sweep_dir / layout.DRIVER).read_text())
                 ["ray_processes"]]
     assert recorded, "the driver recorded no Ray process: the check below would prove nothing"
-    stop = subprocess.run([sys.executable, "-m", "cli.main", "sweep", "stop", str(sweep_dir)],
+    stop = subprocess.run([sys.executable, "-m", "smoothadv.cli.main",
+                           "sweep", "stop", str(sweep_dir)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert stop.returncode == 0 and "stopped; continue with" in stop.stdout
     out, err = driver.communicate(timeout=60)
@@ -84,14 +84,15 @@ def test_sigterm_then_sweep_stop_interrupt_the_driver_and_leave_no_ray_process(t
     assert not any(processes.alive(p) for p in recorded)
     assert not (sweep_dir / layout.DRIVER).exists()
     assert torch.load(trial / CHECKPOINT, weights_only=True)["epoch"] == 2  # kept for resume
-    status = subprocess.run([sys.executable, "-m", "cli.main", "sweep", "status",
+    status = subprocess.run([sys.executable, "-m", "smoothadv.cli.main", "sweep", "status",
                              str(sweep_dir)], capture_output=True, text=True, env=env)
     assert "INTERRUPTED" in status.stdout
 
 
 def test_stop_without_a_running_driver(tmp_path):
     (tmp_path / layout.SPEC).write_text(yaml.safe_dump(SPEC))
-    out = subprocess.run([sys.executable, "-m", "cli.main", "sweep", "stop", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "smoothadv.cli.main",
+                          "sweep", "stop", str(tmp_path)],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "no driver is running" in out.stdout
     assert not Path(tmp_path / layout.DRIVER).exists()
@@ -101,7 +102,7 @@ def test_a_driver_on_a_replaced_machine_is_judged_by_its_heartbeat(tmp_path):
     """The head pod or node that ran the driver is gone: from a new machine, `sweep stop` and
     `resume` refuse while the old driver's heartbeat is fresh and go ahead once it is stale,
     ending no local process on the strength of another host's process ids."""
-    from sweep.status import STALE_S, driver_alive
+    from smoothadv.sweep.status import STALE_S, driver_alive
 
     (tmp_path / layout.SPEC).write_text(yaml.safe_dump(SPEC))
     me = os.getpid(), processes.start_time(os.getpid())  # must survive: same pid, other host
@@ -110,7 +111,8 @@ def test_a_driver_on_a_replaced_machine_is_judged_by_its_heartbeat(tmp_path):
     layout.write_json(tmp_path / layout.DRIVER,
                       trust.signed({**record, "heartbeat": time.time() - 5}))
     assert driver_alive(tmp_path)
-    fresh = subprocess.run([sys.executable, "-m", "cli.main", "sweep", "stop", str(tmp_path)],
+    fresh = subprocess.run([sys.executable, "-m", "smoothadv.cli.main",
+                            "sweep", "stop", str(tmp_path)],
                            capture_output=True, text=True)
     assert fresh.returncode == 2 and "runs on old-head-pod" in fresh.stderr
     assert (tmp_path / layout.DRIVER).exists()
@@ -118,7 +120,8 @@ def test_a_driver_on_a_replaced_machine_is_judged_by_its_heartbeat(tmp_path):
     layout.write_json(tmp_path / layout.DRIVER,
                       trust.signed({**record, "heartbeat": time.time() - STALE_S - 1}))
     assert not driver_alive(tmp_path)
-    stale = subprocess.run([sys.executable, "-m", "cli.main", "sweep", "stop", str(tmp_path)],
+    stale = subprocess.run([sys.executable, "-m", "smoothadv.cli.main",
+                            "sweep", "stop", str(tmp_path)],
                            capture_output=True, text=True)
     assert stale.returncode == 0, stale.stderr
     assert "the driver on old-head-pod is gone" in stale.stdout

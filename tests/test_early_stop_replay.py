@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
-
-from common.binomial import cp_lower
-from sweep.spec import Schedule
+from smoothadv.common.binomial import cp_lower
+from smoothadv.sweep.spec import Schedule
 
 spec = importlib.util.spec_from_file_location(
     "early_stop_replay", Path(__file__).resolve().parents[1] / "benchmarks/early_stop_replay.py")

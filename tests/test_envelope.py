@@ -7,8 +7,7 @@ import math
 
 import numpy as np
 import pytest
-
-from common.envelope import NONE, best_by_radius, best_values, rank, tie_order, winners
+from smoothadv.common.envelope import NONE, best_by_radius, best_values, rank, tie_order, winners
 
 NAN = math.nan
 NAMES = ["b", "a", "c"]

@@ -25,19 +25,18 @@ from typing import Any
 import pytest
 import torch
 import yaml
-
-from analysis import figures
-from cli.main import main
-from common import layout, stage_record
-from common.atomic import atomic_write_bytes
-from common.provenance import software
-from sweep import staging
-from sweep.driver_record import this_driver
-from sweep.scheduler import write_stopped
-from sweep.spec import parse_spec
-from sweep.storage import SweepFolder
-from sweep.trial_worker import attack_trial, certify_trial
-from trainers.train import train_trial
+from smoothadv.analysis import figures
+from smoothadv.cli.main import main
+from smoothadv.common import layout, stage_record
+from smoothadv.common.atomic import atomic_write_bytes
+from smoothadv.common.provenance import software
+from smoothadv.sweep import staging
+from smoothadv.sweep.driver_record import this_driver
+from smoothadv.sweep.scheduler import write_stopped
+from smoothadv.sweep.spec import parse_spec
+from smoothadv.sweep.storage import SweepFolder
+from smoothadv.sweep.trial_worker import attack_trial, certify_trial
+from smoothadv.trainers.train import train_trial
 
 SEED = 20261207
 MUTATIONS = 300

@@ -14,13 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
-from certify.results_file import ResultsFile
-from cli.main import main
-from common import layout
-from common.errors import UserError
-from common.schedule_record import stopped_entries, stopped_trials
-from sweep import processes
+from smoothadv.certify.results_file import ResultsFile
+from smoothadv.cli.main import main
+from smoothadv.common import layout
+from smoothadv.common.errors import UserError
+from smoothadv.common.schedule_record import stopped_entries, stopped_trials
+from smoothadv.sweep import processes
 
 SPEC = {"name": "tiny", "defaults": {"dataset": "synthetic", "arch": "lenet", "epochs": 2},
         "grid": {"sigma": [0.25, 0.5]}}
@@ -169,12 +168,12 @@ def test_a_damaged_stage_record_is_refused_naming_it(tmp_path, capsys, record):
 @pytest.fixture
 def no_ray(monkeypatch):
     """A resume that gets as far as starting Ray read the damaged file as valid."""
-    import sweep.run
+    from smoothadv.sweep import run as sweep_run
 
     def started(*args, **kwargs):
         raise AssertionError("Ray started: the damaged file was read as valid")
 
-    monkeypatch.setattr(sweep.run, "init_ray", started)
+    monkeypatch.setattr(sweep_run, "init_ray", started)
 
 
 @pytest.mark.parametrize("damage", ["state", "spec"])
@@ -187,8 +186,8 @@ def test_resume_refuses_a_damaged_folder_before_ray_starts(tmp_path, capsys, no_
 
 
 def test_the_readers_resume_calls_refuse_before_anything_starts(tmp_path):
-    from sweep.status import read_sweep_spec
-    from sweep.trial_states import recorded_states
+    from smoothadv.sweep.status import read_sweep_spec
+    from smoothadv.sweep.trial_states import recorded_states
 
     folder = sweep_folder(tmp_path, driver=False)
     assert recorded_states(folder, [TRIAL, "sigma0.5"]) == {TRIAL: "TERMINATED",
@@ -375,8 +374,8 @@ def test_resuming_valid_rows_and_a_torn_line_still_works(tmp_path):
                                   '{"trials": {"a": {"sigma": 0.5, "rungs": {"1": {"epoch": '
                                   '1, "curve": {"r": 0.5}}}}}}', '{"stopped": 5}'])
 def test_a_damaged_schedule_record_is_refused_naming_it(tmp_path, text):
-    from sweep.scheduler import EnvelopeScheduler
-    from sweep.spec import Schedule
+    from smoothadv.sweep.scheduler import EnvelopeScheduler
+    from smoothadv.sweep.spec import Schedule
 
     (tmp_path / layout.SCHEDULE).write_text(text)
     with pytest.raises(UserError, match=re.escape(str(tmp_path / layout.SCHEDULE))):
@@ -401,8 +400,8 @@ def test_a_trials_workers_read_any_schedule_record_without_failing():
 
 
 def test_a_damaged_pretraining_sweep_is_refused_naming_the_file(tmp_path):
-    from sweep.pretrained import pretrained_checkpoints, pretraining_spec
-    from sweep.spec import parse_spec
+    from smoothadv.sweep.pretrained import pretrained_checkpoints, pretraining_spec
+    from smoothadv.sweep.spec import parse_spec
 
     folder = sweep_folder(tmp_path, driver=False)
     state = layout.trial_dir(folder, TRIAL) / layout.STATE

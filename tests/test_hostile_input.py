@@ -17,15 +17,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from cli.main import main
-from common.errors import UserError
-from common.layout import CONFIG, METRICS, meta_path
-from common.writer_lock import lock_path
-from trainers.checkpoint import DIGEST_KEY, payload_digest, save_checkpoint
-from trainers.config import TrialConfig, validate
-from trainers.models import build_model
-from trainers.self_training import write_extra_data
+from smoothadv.cli.main import main
+from smoothadv.common.errors import UserError
+from smoothadv.common.layout import CONFIG, METRICS, meta_path
+from smoothadv.common.writer_lock import lock_path
+from smoothadv.trainers.checkpoint import DIGEST_KEY, payload_digest, save_checkpoint
+from smoothadv.trainers.config import TrialConfig, validate
+from smoothadv.trainers.models import build_model
+from smoothadv.trainers.self_training import write_extra_data
 
 TRIAL = {"dataset": "synthetic", "arch": "lenet", "method": "gaussian", "sigma": 0.25,
          "epochs": 1, "warmup_epochs": 0, "batch_size": 50, "lr": 0.05, "train_subset": 100,
@@ -248,7 +247,7 @@ def laughs() -> str:
 GUARDED = textwrap.dedent("""
     import resource, sys, time
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
-    from trainers.config import load_trial_config
+    from smoothadv.trainers.config import load_trial_config
     t0 = time.monotonic()
     try:
         load_trial_config(sys.argv[1], sys.argv[2:])

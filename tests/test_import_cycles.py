@@ -22,16 +22,22 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+def _inside(name: str) -> str:
+    """``smoothadv.sweep.run`` → ``sweep.run`` (the module's path in the repository)."""
+    return name.removeprefix("smoothadv.")
+
+
 def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
     """The modules of ``modules`` that ``path`` imports anywhere in its code."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name in modules}
+            found |= {_inside(a.name) for a in node.names if _inside(a.name) in modules}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            module = _inside(node.module)
             for alias in node.names:
-                name = f"{node.module}.{alias.name}"
-                found |= {name} if name in modules else {node.module} & set(modules)
+                name = f"{module}.{alias.name}"
+                found |= {name} if name in modules else {module} & set(modules)
     return found
 
 

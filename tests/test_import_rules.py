@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,14 +35,21 @@ def _modules(package: str) -> list[str]:
         for p in (ROOT / package).glob("*.py"))
 
 
+def _top(module: str) -> str:
+    """The package a module belongs to: ``smoothadv.sweep.run`` → ``sweep``, ``torch.nn`` →
+    ``torch``."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "smoothadv" and len(parts) > 1 else parts[0]
+
+
 def _imported(path: Path) -> set[str]:
     """The top-level names of the absolute imports in ``path`` (relative ones stay inside)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
+            found |= {_top(alias.name) for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
+            found.add(_top(node.module))
     return found
 
 
@@ -58,14 +64,12 @@ def test_no_source_file_imports_a_forbidden_floor(package):
 def _loaded(module: str) -> set[str]:
     """The top-level packages in sys.modules after ``import module`` in a fresh interpreter
     run from this checkout."""
-    code = (f"import json, sys, {module}; "
-            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+    code = (f"import json, sys, smoothadv.{module}; "
+            "print(json.dumps(sorted(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    return set(json.loads(result.stdout.splitlines()[-1]))
+    return {_top(m) for m in json.loads(result.stdout.splitlines()[-1])}
 
 
 @pytest.mark.parametrize("module", _modules("analysis") + _modules("common"))
@@ -76,7 +80,8 @@ def test_files_only_floors_load_no_torch_nor_the_upper_floors(module):
 
 def test_the_checkout_is_what_the_subprocesses_import():
     """The run-time checks above test this tree, not some installed copy."""
-    code = "import common, analysis; print(common.__file__); print(analysis.__file__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+    code = ("import smoothadv.common as c, smoothadv.analysis as a; print(c.__file__); "
+            "print(a.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
                          text=True, timeout=60, check=True).stdout.split()
     assert [Path(p).resolve().parent.parent for p in out] == [ROOT, ROOT]

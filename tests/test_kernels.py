@@ -20,18 +20,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from smoothadv.certify.precision import evaluation_precision, precision_name
+from smoothadv.certify.runner import Sampling, run_smoothing
+from smoothadv.certify.smooth import Smooth
+from smoothadv.cli.main import main
+from smoothadv.common.errors import UserError
+from smoothadv.common.layout import meta_path
+from smoothadv.trainers import build_model
+from smoothadv.trainers import train as train_module
+from smoothadv.trainers.compiled import CompiledOrEager, compile_classifier
+from smoothadv.trainers.config import parse_trial_config
 from torch import nn
-
-from certify.precision import evaluation_precision, precision_name
-from certify.runner import Sampling, run_smoothing
-from certify.smooth import Smooth
-from cli.main import main
-from common.errors import UserError
-from common.layout import meta_path
-from trainers import build_model
-from trainers import train as train_module
-from trainers.compiled import CompiledOrEager, compile_classifier
-from trainers.config import parse_trial_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +130,7 @@ def test_without_a_compiler_certify_compile_falls_back_with_one_line(synthetic_c
     assert main(cli_args("certify", synthetic_checkpoint, eager)) == 0
     env = {**os.environ, "CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "cli.main",
+    done = subprocess.run([sys.executable, "-m", "smoothadv.cli.main",
                            *cli_args("certify", synthetic_checkpoint, compiled, "--compile")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

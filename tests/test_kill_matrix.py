@@ -39,12 +39,11 @@ from drivers import (
     status_after_kill,
     wait_for,
 )
-
-from common import layout
-from common.layout import CHECKPOINT
-from sweep import processes
-from sweep.spec import parse_spec
-from trainers.train import train_trial
+from smoothadv.common import layout
+from smoothadv.common.layout import CHECKPOINT
+from smoothadv.sweep import processes
+from smoothadv.sweep.spec import parse_spec
+from smoothadv.trainers.train import train_trial
 
 DEFAULTS = {"dataset": "synthetic", "arch": "lenet", "train_subset": 256, "epoch_test_subset": 32,
             "epochs": 2, "batch_size": 64, "lr": 0.05, "steps": 1, "epsilon": 0.25,

@@ -32,9 +32,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
-
-from cli.main import build_parser
-from sweep.spec import load_spec
+from smoothadv.cli.main import build_parser
+from smoothadv.sweep.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 RAYJOB = ROOT / "cluster" / "rayjob.yaml"
@@ -49,8 +48,8 @@ CLOUD_SDK = {"aws": "boto3", "gcp": "google-api-python-client", "azure": "azure-
 STUB = """\
 #!{python}
 import contextlib, io, json, os, sys
-from cli.main import build_parser, main
-from sweep.spec import load_spec
+from smoothadv.cli.main import build_parser, main
+from smoothadv.sweep.spec import load_spec
 argv = sys.argv[1:]
 args = build_parser().parse_args(argv)  # exits 2 on anything the real command would refuse
 record = {{"argv": argv}}
@@ -185,7 +184,7 @@ def test_rayjob_entrypoint_runs_the_preset_then_resumes_it_on_resubmission(tmp_p
 
 
 def load_preset_names() -> list[str]:
-    from sweep.spec import preset_names
+    from smoothadv.sweep.spec import preset_names
 
     return preset_names()
 
@@ -415,7 +414,7 @@ def test_rayjob_entrypoint_installs_the_signing_key_from_its_secret(tmp_path, mo
     assert done.returncode == 0, done.stderr[-3000:]
     key = home / ".config" / "smoothadv" / "signing.key"
     assert key.read_text() == "ab" * 32 + "\n" and key.stat().st_mode & 0o777 == 0o600
-    from sweep import trust
+    from smoothadv.sweep import trust
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     assert trust.key_path() == key and trust.vouched(trust.signed({"pid": 1}))

@@ -34,7 +34,8 @@ def _imports(path: Path, package: str) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            found.append((node.lineno, package if node.level else node.module or ""))
+            found.append((node.lineno, f"smoothadv.{package}" if node.level
+                          else node.module or ""))
         elif (isinstance(node, ast.Call) and node.args
               and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
               and (getattr(node.func, "id", None) == "import_module"
@@ -52,11 +53,16 @@ def _all_imports():
                 yield path.relative_to(ROOT).as_posix(), line, package, module
 
 
+def _inside(module: str) -> str:
+    """``smoothadv.sweep.run`` → ``sweep.run``; a module outside the namespace unchanged."""
+    return module.removeprefix("smoothadv.")
+
+
 def layering_violations() -> list[str]:
     """One line (file, line, edge) per import the layering refuses."""
     bad = []
     for file, line, package, module in _all_imports():
-        target = module.split(".")[0]
+        target = _inside(module).split(".")[0]
         if target in ALLOWED and target != package and target not in ALLOWED[package]:
             bad.append(f"{file}:{line}: {package} -> {target} (import {module})")
         elif target in LIGHT.get(package, ()):
@@ -71,7 +77,9 @@ def test_packages_import_one_way():
 
 def test_imported_project_modules_exist():
     """A moved module leaves no import behind, in the packages, the tests or the benchmarks
-    (one inside a function fails only when called)."""
+    (one inside a function fails only when called), and every import goes through the one
+    namespace (a bare ``common`` would be a second copy of the module, or a researcher's own
+    folder of that name)."""
     imports = [(file, line, module) for file, line, _, module in _all_imports()]
     for folder in ("tests", "benchmarks"):
         for path in sorted((ROOT / folder).rglob("*.py")):
@@ -79,10 +87,27 @@ def test_imported_project_modules_exist():
             imports += [(file, line, module) for line, module in _imports(path, folder)]
     missing = []
     for file, line, module in imports:
-        parts = module.split(".")
-        if parts[0] not in ALLOWED:
+        if module.split(".")[0] in ALLOWED:
+            missing.append(f"{file}:{line}: import {module} as smoothadv.{module}")
+            continue
+        parts = _inside(module).split(".")
+        if not module.startswith("smoothadv.") or parts[0] not in ALLOWED:
             continue
         base = ROOT.joinpath(*parts)
         if not (base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()):
             missing.append(f"{file}:{line}: no module {module}")
     assert not missing, "\n".join(missing)
+
+
+def test_only_smoothadv_is_installed_at_the_top():
+    """Installed, the packages live under ``smoothadv`` only: a bare ``common`` or ``sweep``
+    (say, a researcher's own folder of that name) is never shadowed by, or shadows, ours."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.util as u, smoothadv.sweep.spec as s; "
+            "print([n for n in ('common', 'trainers', 'certify', 'sweep', 'analysis', 'cli') "
+            "if u.find_spec(n)], s.PRESETS.is_dir())")
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert out.split() == ["[]", "True"]

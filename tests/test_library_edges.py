@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_version_flag_prints_the_installed_version():
-    out = subprocess.run([sys.executable, "-m", "cli.main", "--version"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "smoothadv.cli.main", "--version"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"smoothadv {metadata.version('smoothadv')}")
@@ -48,11 +48,10 @@ def test_certification_records_list_the_versions_of_every_run_that_wrote_rows(tm
     import json
 
     import torch
-
-    from certify.results_file import ResultsFile
-    from certify.runner import CERTIFY_COLUMNS, run_smoothing
-    from common.layout import meta_path
-    from common.settings import Sampling
+    from smoothadv.certify.results_file import ResultsFile
+    from smoothadv.certify.runner import CERTIFY_COLUMNS, run_smoothing
+    from smoothadv.common.layout import meta_path
+    from smoothadv.common.settings import Sampling
 
     out = tmp_path / "certify.tsv"
     run_smoothing(torch.nn.Linear(2, 2), 2, [], [], Sampling(sigma=0.25, n=20, n0=4), out,

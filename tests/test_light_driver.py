@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from sweep.train_loop import NO_STATE_API, TorchBackendConfig
+from smoothadv.sweep.train_loop import NO_STATE_API, TorchBackendConfig
 
 
 def test_building_the_trial_drivers_trainer_imports_no_torch(tmp_path):
@@ -18,16 +18,17 @@ def test_building_the_trial_drivers_trainer_imports_no_torch(tmp_path):
 import sys
 import ray.train
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-import sweep.run
-from sweep.train_loop import TorchBackendConfig, train_and_certify
+import smoothadv.sweep.run
+from smoothadv.sweep.train_loop import TorchBackendConfig, train_and_certify
 trainer = DataParallelTrainer(
     train_and_certify, backend_config=TorchBackendConfig(backend="gloo"),
     train_loop_config={{}}, scaling_config=ray.train.ScalingConfig(num_workers=2),
     run_config=ray.train.RunConfig(name="t", storage_path={str(tmp_path)!r}))
 import ray.cloudpickle as pickle
 pickle.dumps(trainer._create_default_callbacks()), pickle.dumps(trainer._get_train_func())
-heavy = sorted(m for m in ("torch", "torchvision", "scipy", "sweep.trial_worker",
-                           "trainers.train", "certify.runner") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "torchvision", "scipy", "smoothadv.sweep.trial_worker",
+                           "smoothadv.trainers.train", "smoothadv.certify.runner")
+               if m in sys.modules)
 print("loaded:", heavy)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -66,7 +67,8 @@ def test_without_a_state_api_the_trainer_drops_only_the_placement_group_cleaner(
     code = f"""
 import os, sys
 import ray.train
-from sweep.train_loop import NO_STATE_API, TorchBackendConfig, train_and_certify, trainer_class
+from smoothadv.sweep.train_loop import (NO_STATE_API, TorchBackendConfig, train_and_certify,
+                                        trainer_class)
 def callbacks():
     trainer = trainer_class()(
         train_and_certify, backend_config=TorchBackendConfig(backend="gloo"),

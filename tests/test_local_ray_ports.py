@@ -98,8 +98,7 @@ def child() -> None:
     """Start local Ray as `smoothadv sweep run` without --address does; print what listens."""
     import ray
     from ray._private import ray_constants
-
-    from sweep.run import init_ray
+    from smoothadv.sweep.run import init_ray
 
     init_ray(None)
     try:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from smoothadv.analysis import curves
+from smoothadv.analysis.gather import gather
+from smoothadv.cli.smoothing import print_summary
+from smoothadv.common import metrics
+from smoothadv.sweep import trial_worker
 from test_analysis import write_trial
-
-from analysis import curves
-from analysis.gather import gather
-from cli.smoothing import print_summary
-from common import metrics
-from sweep import trial_worker
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from smoothadv.common.errors import UserError
+from smoothadv.trainers import ARCHS, build_model, dataset_info
+from smoothadv.trainers.models import BasicBlock, CifarResNet, NormalizeLayer, reset_head
 from torch import nn
-
-from common.errors import UserError
-from trainers import ARCHS, build_model, dataset_info
-from trainers.models import BasicBlock, CifarResNet, NormalizeLayer, reset_head
 
 # (arch, dataset, batch): every arch on a dataset it is meant for, kept small for the CPU.
 CASES = [
@@ -148,6 +147,6 @@ def test_reset_head(arch, dataset):
 
 
 def test_the_torch_free_registry_names_every_architecture_built():
-    from trainers.registry import ARCH_NAMES
+    from smoothadv.trainers.registry import ARCH_NAMES
 
     assert sorted(ARCH_NAMES) == sorted(ARCHS)

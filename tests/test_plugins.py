@@ -11,12 +11,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
-from cli.main import main
-from common.errors import UserError
-from trainers.checkpoint import model_from_checkpoint
-from trainers.config import parse_trial_config
-from trainers.models import NormalizeLayer
+from smoothadv.cli.main import main
+from smoothadv.common.errors import UserError
+from smoothadv.trainers.checkpoint import model_from_checkpoint
+from smoothadv.trainers.config import parse_trial_config
+from smoothadv.trainers.models import NormalizeLayer
 
 USER_MODULE = '''
 import torch
@@ -181,7 +180,7 @@ def test_module_failing_on_import_is_one_line(tmp_path, monkeypatch):
 
 
 def test_builder_must_return_a_module(user_module):
-    from trainers.models import build_model
+    from smoothadv.trainers.models import build_model
 
     with pytest.raises(UserError, match=r"arch: .*not_a_module.* returned a str"):
         build_model(f"{user_module}:not_a_module", "synthetic")

@@ -13,12 +13,11 @@ import json
 import pandas as pd
 import pytest
 import torch
+from smoothadv.certify.attack import AttackSettings, run_attack
+from smoothadv.certify.runner import Sampling, run_smoothing
+from smoothadv.cli.main import main
+from smoothadv.common.layout import meta_path
 from torch import nn
-
-from certify.attack import AttackSettings, run_attack
-from certify.runner import Sampling, run_smoothing
-from cli.main import main
-from common.layout import meta_path
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

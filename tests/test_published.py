@@ -21,14 +21,13 @@ import pandas as pd
 import pytest
 import torch
 from formats import write_cifar10, write_imagefolder, write_imagenet32
+from smoothadv.certify import clopper_pearson_lower
+from smoothadv.certify.runner import load_evaluation
+from smoothadv.cli.main import main
+from smoothadv.common.layout import meta_path
+from smoothadv.trainers import build_model, save_checkpoint
+from smoothadv.trainers.models import NormalizeLayer
 from torch import nn
-
-from certify import clopper_pearson_lower
-from certify.runner import load_evaluation
-from cli.main import main
-from common.layout import meta_path
-from trainers import build_model, save_checkpoint
-from trainers.models import NormalizeLayer
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -15,12 +15,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
-from common.errors import UserError
-from common.layout import CHECKPOINT
-from trainers.checkpoint import previous_path
-from trainers.config import parse_trial_config
-from trainers.train import train_trial
+from smoothadv.common.errors import UserError
+from smoothadv.common.layout import CHECKPOINT
+from smoothadv.trainers.checkpoint import previous_path
+from smoothadv.trainers.config import parse_trial_config
+from smoothadv.trainers.train import train_trial
 
 TINY = {"dataset": "synthetic", "arch": "lenet", "train_subset": 64, "epoch_test_subset": 32,
         "batch_size": 32, "lr": 0.05, "method": "gaussian", "device": "cpu"}
@@ -120,7 +119,8 @@ def test_a_checkpoint_of_another_arch_is_refused_not_skipped(tmp_path):
 
 
 def certify_command(ckpt, out, *extra):
-    return [sys.executable, "-m", "cli.main", "certify", str(ckpt), "--sigma", "0.25", "--n0",
+    return [sys.executable, "-m", "smoothadv.cli.main",
+            "certify", str(ckpt), "--sigma", "0.25", "--n0",
             "20", "--n", "2000", "--alpha", "0.01", "--batch", "500", "--skip", "8", "--out",
             str(out), "--device", "cpu", "--no-progress", *extra]
 
@@ -180,11 +180,12 @@ def disk(tmp_path):
 
 
 def check_output_limit_is_one_error_and_rows_stay(ckpt: Path, out: Path, message: str,
-                                                   free_space, **run) -> None:
-    """Certification into ``out`` hits a write limit: one error line naming the file (exit 1),
-    every row written before is kept; after ``free_space()`` the same command resumes."""
-    result = subprocess.run(certify_command(ckpt, out, "--n", "100"), capture_output=True,
-                            text=True, **run)
+                                                   free_space, skip: int = 8, **run) -> None:
+    """Certification of every ``skip``-th image into ``out`` hits a write limit: one error line
+    naming the file (exit 1), every row written before is kept; after ``free_space()`` the same
+    command resumes."""
+    command = certify_command(ckpt, out, "--n", "100", "--skip", str(skip))
+    result = subprocess.run(command, capture_output=True, text=True, **run)
     assert result.returncode == 1
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and message in err[0] and str(out) in err[0], err
@@ -192,20 +193,21 @@ def check_output_limit_is_one_error_and_rows_stay(ckpt: Path, out: Path, message
     written = written[: written.rfind(b"\n") + 1]
     assert written.count(b"\n") > 10  # the rows written before the limit are all there
     free_space()
-    subprocess.run(certify_command(ckpt, out, "--n", "100"), check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     assert out.read_bytes().startswith(written)
     final = pd.read_csv(out, sep="\t")
-    assert list(final["idx"]) == list(range(0, 512, 8))
+    assert list(final["idx"]) == list(range(0, 512, skip))
 
 
 def test_a_full_disk_is_one_clear_error_and_earlier_rows_stay(synthetic_checkpoint, tiny_disk):
-    """Variant 1: a real 64 KiB tmpfs fills up (needs root and mount; skipped elsewhere)."""
+    """Variant 1: a real 64 KiB tmpfs fills up (needs root and mount; skipped elsewhere). Two
+    pages are left: one for the .meta.json, one for the rows, which 128 images' rows (about
+    8 KB) overflow (64 images' rows are about 4,060 bytes, which may just fit)."""
     free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
     (tiny_disk / "filler").write_bytes(b"\0" * (free - 2 * 4096))  # two pages left
     check_output_limit_is_one_error_and_rows_stay(
         synthetic_checkpoint, tiny_disk / "certify.tsv", "No space left on device",
-        (tiny_disk / "filler").unlink)
+        (tiny_disk / "filler").unlink, skip=4)
 
 
 def test_a_file_size_limit_is_one_clear_error_and_earlier_rows_stay(synthetic_checkpoint,
@@ -240,7 +242,8 @@ def test_a_disk_turned_read_only_mid_training_is_one_clear_error_and_keeps_the_e
     config.write_text(yaml.safe_dump({**TINY, "train_subset": 2048, "method": "smoothadv",
                                       "m_train": 2, "steps": 2, "epochs": 3}))
     trial = disk / "trial"
-    command = [sys.executable, "-m", "cli.main", "train", str(config), "--out", str(trial),
+    command = [sys.executable, "-m", "smoothadv.cli.main",
+               "train", str(config), "--out", str(trial),
                "--no-progress"]
     run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

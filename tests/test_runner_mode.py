@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from smoothadv.certify.attack import AttackSettings, run_attack
+from smoothadv.certify.runner import Sampling, run_smoothing
+from smoothadv.common.errors import UserError
 from torch import nn
-
-from certify.attack import AttackSettings, run_attack
-from certify.runner import Sampling, run_smoothing
-from common.errors import UserError
 
 SHAPE = (1, 2, 4)
 

@@ -13,13 +13,12 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import yaml
-
-from common import layout
-from common.envelope import best_by_radius
-from common.errors import UserError
-from common.schedule_record import stopped_trials
-from sweep.scheduler import EnvelopeScheduler, Rungs, dominated
-from sweep.spec import Schedule, parse_spec
+from smoothadv.common import layout
+from smoothadv.common.envelope import best_by_radius
+from smoothadv.common.errors import UserError
+from smoothadv.common.schedule_record import stopped_trials
+from smoothadv.sweep.scheduler import EnvelopeScheduler, Rungs, dominated
+from smoothadv.sweep.spec import Schedule, parse_spec
 
 RADII = (0.0, 0.25, 0.5)
 
@@ -302,7 +301,7 @@ EPOCHS = 10
 
 
 def test_a_dominated_trial_is_stopped_after_its_rung(local_ray, tmp_path, capsys):
-    from cli.main import main
+    from smoothadv.cli.main import main
 
     defaults = {"dataset": "synthetic", "arch": "lenet", "train_subset": 2048,
                 "epoch_test_subset": 64, "epochs": EPOCHS, "batch_size": 64, "method": "gaussian",
@@ -358,8 +357,8 @@ def test_a_dominated_trial_is_stopped_after_its_rung(local_ray, tmp_path, capsys
 
 
 def test_a_staged_sweep_leaves_the_stopped_trials_at_stage_1_with_the_reason(tmp_path):
-    from sweep import staging
-    from sweep.storage import open_sweep
+    from smoothadv.sweep import staging
+    from smoothadv.sweep.storage import open_sweep
 
     spec = parse_spec({"name": "st", "grid": {"sigma": [0.25], "lr": [0.05, 1e-6]},
                        "defaults": {"dataset": "synthetic", "arch": "lenet",
@@ -398,8 +397,7 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
     import time
 
     from conftest import BUCKET
-
-    from sweep.storage import Bucket
+    from smoothadv.sweep.storage import Bucket
 
     # one rung, at half the epochs: the trained trial reaches it at epoch 2 of 4, the untrained
     # one at epoch 12 of 24, so the latter is judged at its own rung report, always in time
@@ -425,7 +423,7 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
         return full if faults is None else {**full, "SMOOTHADV_FAULTS": faults}
 
     def cli(cache: str, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cli.main", *args], env=env(cache),
+        return subprocess.run([sys.executable, "-m", "smoothadv.cli.main", *args], env=env(cache),
                               capture_output=True, text=True, timeout=600)
 
     def epochs_of(name: str) -> list[int]:
@@ -433,7 +431,8 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
         return [json.loads(line)["epoch"] for line in data.decode().splitlines()
                 if line.endswith("}")]
 
-    driver = subprocess.Popen([sys.executable, "-m", "cli.main", "sweep", "run", str(path),
+    driver = subprocess.Popen([sys.executable, "-m", "smoothadv.cli.main",
+                               "sweep", "run", str(path),
                                "--storage", f"s3://{BUCKET}/scheduled", "--verbose", "0",
                                "--max-concurrent", "2"],
                               env=env("head", ";".join(f"hold_after_epoch:0:{name}:{held}"
@@ -456,7 +455,7 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
     # after the schedule stopped the dominated trial; a third machine resumes it to the end
     import signal
 
-    driver = subprocess.Popen([sys.executable, "-m", "cli.main", "sweep", "resume", uri,
+    driver = subprocess.Popen([sys.executable, "-m", "smoothadv.cli.main", "sweep", "resume", uri,
                                "--verbose", "0"], env=env("elsewhere"), start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300

@@ -16,17 +16,16 @@ import torch
 import yaml
 from conftest import assert_resumed_equals_straight
 from formats import write_cifar10
-
-from cli.main import main
-from common.errors import UserError
-from common.layout import METRICS
-from trainers import build_model, load_dataset, model_from_checkpoint
-from trainers import train as train_module
-from trainers.config import parse_trial_config
-from trainers.data_formats import read_pickle_dict
-from trainers.datasets import synthetic_arrays
-from trainers.self_training import load_extra_data, pseudo_label, write_extra_data
-from trainers.train import train_trial
+from smoothadv.cli.main import main
+from smoothadv.common.errors import UserError
+from smoothadv.common.layout import METRICS
+from smoothadv.trainers import build_model, load_dataset, model_from_checkpoint
+from smoothadv.trainers import train as train_module
+from smoothadv.trainers.config import parse_trial_config
+from smoothadv.trainers.data_formats import read_pickle_dict
+from smoothadv.trainers.datasets import synthetic_arrays
+from smoothadv.trainers.self_training import load_extra_data, pseudo_label, write_extra_data
+from smoothadv.trainers.train import train_trial
 
 SYNTH = {"dataset": "synthetic", "arch": "lenet", "sigma": 0.25, "epsilon": 0.25, "steps": 2,
          "m_train": 2, "warmup_epochs": 1, "batch_size": 20, "lr": 0.05, "train_subset": 60,

@@ -13,19 +13,18 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import binom
-
-from certify.runner import CERTIFY_COLUMNS, image_seed, run_smoothing
-from certify.smooth import (
+from smoothadv.certify.runner import CERTIFY_COLUMNS, image_seed, run_smoothing
+from smoothadv.certify.smooth import (
     ABSTAIN,
     Smooth,
     clopper_pearson_lower,
     least_certified_count,
     sequential_looks,
 )
-from cli.main import main
-from common.errors import UserError
-from common.layout import meta_path
-from common.settings import Sampling
+from smoothadv.cli.main import main
+from smoothadv.common.errors import UserError
+from smoothadv.common.layout import meta_path
+from smoothadv.common.settings import Sampling
 
 SIGMA = 0.5
 N0, N = 32, 6400  # looks at 100, 400, 1,600 and 6,400 samples

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from certify.attack import AttackSettings, run_attack
-from certify.runner import Sampling, run_smoothing
-from common.errors import UserError
-from common.layout import meta_path
-from sweep.spec import AttackEval, parse_spec
-from trainers.config import CertifyConfig, parse_trial_config
+from smoothadv.certify.attack import AttackSettings, run_attack
+from smoothadv.certify.runner import Sampling, run_smoothing
+from smoothadv.common.errors import UserError
+from smoothadv.common.layout import meta_path
+from smoothadv.sweep.spec import AttackEval, parse_spec
+from smoothadv.trainers.config import CertifyConfig, parse_trial_config
 
 ROOT = Path(__file__).resolve().parent.parent
 IDENTITY = {"checkpoint_sha256": "ab" * 32, "dataset": "synthetic", "split": "test"}

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ports import free_port
-
-from common import layout
+from smoothadv.common import layout
 
 ROOT = Path(__file__).resolve().parent.parent
 SBATCH = ROOT / "cluster" / "slurm" / "smoothadv.sbatch"

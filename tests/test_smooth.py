@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import beta, binom, norm
-
-from certify import ABSTAIN, Smooth, clopper_pearson_lower
-from certify.smooth import batch_for
+from smoothadv.certify import ABSTAIN, Smooth, clopper_pearson_lower
+from smoothadv.certify.smooth import batch_for
 
 SIGMA = 0.5
 

@@ -11,8 +11,7 @@ import os
 
 import pandas as pd
 import yaml
-
-from common import layout, stage_record
+from smoothadv.common import layout, stage_record
 
 DEFAULTS = {"dataset": "synthetic", "arch": "lenet", "epoch_test_subset": 64, "epochs": 2,
             "batch_size": 64, "method": "gaussian", "device": "cpu",

@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import binom, binomtest, norm
-
-from common import stages
-from common.metrics import right_rows
+from smoothadv.common import stages
+from smoothadv.common.metrics import right_rows
 
 N1, ALPHA1 = 10_000, 0.001  # stage 1 of the synthetic sweep (reaches 0.80 at σ = 0.25)
 FULL_N, FULL_ALPHA = 100_000, 0.001  # full n: R_max = 0.95 at σ = 0.25, 1.91 at σ = 0.5
@@ -238,7 +237,7 @@ def test_winners_overall_and_per_sigma_with_ties():
 def test_winners_are_the_trials_the_analysis_envelopes_choose():
     """Stage 3 certifies in full exactly the trials the report's envelopes (overall and per σ,
     plain max) then choose at ``radii`` on these images: one tie rule."""
-    from analysis import curves
+    from smoothadv.analysis import curves
 
     rows, sigma_of = sweep()
     for subset in (list(rows), ["A25", "B25", "C50"], ["B25", "C50", "E50", "D50"]):

@@ -10,10 +10,15 @@ import socket
 from pathlib import Path
 
 import yaml
-
-from common import layout
-from sweep import processes
-from sweep.status import format_eta, format_rate, format_status, parse_durations, status_table
+from smoothadv.common import layout
+from smoothadv.sweep import processes
+from smoothadv.sweep.status import (
+    format_eta,
+    format_rate,
+    format_status,
+    parse_durations,
+    status_table,
+)
 
 SPEC = {"name": "tiny", "defaults": {"dataset": "synthetic", "arch": "lenet", "epochs": 1},
         "grid": {"sigma": [0.25, 0.5, 1.0]}}

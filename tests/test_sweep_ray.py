@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import FAULT_TRIAL, KILL_TRIAL, RESTART_TRIAL
-
-from cli.main import main
-from common import layout
-from common.errors import UserError
-from sweep import trust
-from sweep.storage import open_sweep
+from smoothadv.cli.main import main
+from smoothadv.common import layout
+from smoothadv.common.errors import UserError
+from smoothadv.sweep import trust
+from smoothadv.sweep.storage import open_sweep
 
 TINY_DEFAULTS = {
     "dataset": "synthetic", "arch": "lenet", "train_subset": 128, "epoch_test_subset": 64,

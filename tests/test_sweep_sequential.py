@@ -11,11 +11,10 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-
-from common import layout
-from common.errors import UserError
-from sweep.trial_worker import certify_trial
-from trainers.config import parse_trial_config
+from smoothadv.common import layout
+from smoothadv.common.errors import UserError
+from smoothadv.sweep.trial_worker import certify_trial
+from smoothadv.trainers.config import parse_trial_config
 
 CONFIG = {"dataset": "synthetic", "arch": "lenet", "sigma": 0.25, "device": "cpu",
           "certify": {"n0": 16, "n": 400, "batch_size": 200, "skip": 64}}  # 8 images

@@ -10,12 +10,11 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from cli.main import main
-from common import layout
-from common.errors import UserError
-from sweep.spec import Schedule, load_spec, parse_spec, trial_name
-from sweep.status import format_status
+from smoothadv.cli.main import main
+from smoothadv.common import layout
+from smoothadv.common.errors import UserError
+from smoothadv.sweep.spec import Schedule, load_spec, parse_spec, trial_name
+from smoothadv.sweep.status import format_status
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TINY = {"name": "tiny", "defaults": {"dataset": "synthetic", "arch": "lenet", "epochs": 1},
@@ -83,7 +82,7 @@ def test_finetune_preset_starts_each_trial_from_the_pretrained_model_of_its_eps_
         tmp_path, capsys):
     """Table 2's pre-training row: one pre-trained model per (ε, σ), each fine-tuned with its
     own (ε, σ), full ε from the first epoch; a missing pair is one line naming it."""
-    from trainers.train import attack_epsilon
+    from smoothadv.trainers.train import attack_epsilon
 
     spec = str(CONFIGS / "cifar10_finetune.yaml")
     assert main(["sweep", "plan", spec]) == 2
@@ -353,7 +352,7 @@ def test_status_refuses_a_folder_that_is_not_a_sweep(tmp_path, capsys):
 
 def test_relative_input_paths_become_absolute_against_the_working_directory(tmp_path,
                                                                             monkeypatch):
-    from sweep.inputs import with_absolute_paths
+    from smoothadv.sweep.inputs import with_absolute_paths
 
     monkeypatch.chdir(tmp_path)
     spec = with_absolute_paths(parse_spec({
@@ -405,8 +404,7 @@ def test_tunes_param_space_is_plain_data_one_record_per_trial():
     Ray 2.60 replaces anything else by ("__fn_ph", hash) in the trials a restore creates)."""
     from ray.tune.impl.placeholder import create_resolvers_map, inject_placeholders
     from ray.tune.search.variant_generator import generate_variants
-
-    from sweep.param_space import param_space
+    from smoothadv.sweep.param_space import param_space
 
     trials = parse_spec({"name": "cols", "defaults": {"dataset": "synthetic", "arch": "lenet"},
                          "grid": [{"method": ["gaussian"], "sigma": [0.25, 0.5]},
@@ -475,12 +473,12 @@ def test_a_grid_beyond_max_trials_is_refused_before_it_is_expanded(tmp_path, cap
 
 
 def test_storage_that_is_a_file_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
-    import sweep.run
+    from smoothadv.sweep import run as sweep_run
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray started")
 
-    monkeypatch.setattr(sweep.run, "init_ray", no_ray)
+    monkeypatch.setattr(sweep_run, "init_ray", no_ray)
     (tmp_path / "afile").write_text("")
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"name": "s", "defaults": {"dataset": "synthetic",

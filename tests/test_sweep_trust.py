@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from cli.main import main
-from common import layout
-from sweep import processes, trust
-from sweep.storage import open_sweep
+from smoothadv.cli.main import main
+from smoothadv.common import layout
+from smoothadv.sweep import processes, trust
+from smoothadv.sweep.storage import open_sweep
 
 SPEC = {"name": "trusted",
         "defaults": {"dataset": "synthetic", "arch": "lenet", "epochs": 1, "device": "cpu"},
@@ -56,7 +55,8 @@ def test_a_forged_tuner_pickle_is_refused_before_ray_unpickles_it(tmp_path):
     folder = sweep_folder(tmp_path)
     marker = tmp_path / "payload-ran"
     (folder / layout.TUNE / "tuner.pkl").write_bytes(pickle.dumps(Payload(marker)))
-    resume = subprocess.run([sys.executable, "-m", "cli.main", "sweep", "resume", str(folder)],
+    resume = subprocess.run([sys.executable, "-m", "smoothadv.cli.main",
+                             "sweep", "resume", str(folder)],
                             capture_output=True, text=True, timeout=300)
     assert resume.returncode == 2, resume.stderr
     lines = resume.stderr.strip().splitlines()

@@ -9,10 +9,9 @@ import sys
 
 import pytest
 from conftest import TRACKED_TRIAL
+from smoothadv.cli.main import main
+from smoothadv.common import layout
 from test_sweep_ray import TINY_DEFAULTS, run_spec
-
-from cli.main import main
-from common import layout
 
 # One gaussian and one pgd trial: the union's parts grid different keys. The pgd trial raises
 # after its epoch is trained and saved but before it is reported (once, conftest.TRACKED_TRIAL):
@@ -163,7 +162,7 @@ def test_resume_rebuilds_the_first_runs_trackers_for_this_folder_and_environment
                                                                                 monkeypatch):
     """What Tuner.restore brings back (the first run's callbacks, pickled in tune/tuner.pkl)
     and what `sweep resume` makes of them."""
-    from sweep import trackers
+    from smoothadv.sweep import trackers
 
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_API_KEY", "WANDB_MODE",
                 "WANDB_PROJECT"):
@@ -200,10 +199,9 @@ def test_resuming_a_sweep_that_logs_to_an_uninstalled_tracker_is_one_error_line(
     """Tune's restore point holds the tracker's callback, which needs its package to load."""
     import yaml
     from ray import tune
-
-    from sweep import trackers, trust
-    from sweep.spec import parse_spec
-    from sweep.storage import open_sweep
+    from smoothadv.sweep import trackers, trust
+    from smoothadv.sweep.spec import parse_spec
+    from smoothadv.sweep.storage import open_sweep
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     sweep_dir = tmp_path / "tracked"

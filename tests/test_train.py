@@ -8,13 +8,12 @@ import pandas as pd
 import pytest
 import torch
 from conftest import assert_resumed_equals_straight
-
-from certify.runner import Sampling, run_smoothing, select_indices
-from common.layout import CHECKPOINT, METRICS
-from trainers import build_model, load_dataset, model_from_checkpoint
-from trainers import train as train_module
-from trainers.config import parse_trial_config
-from trainers.train import train_trial
+from smoothadv.certify.runner import Sampling, run_smoothing, select_indices
+from smoothadv.common.layout import CHECKPOINT, METRICS
+from smoothadv.trainers import build_model, load_dataset, model_from_checkpoint
+from smoothadv.trainers import train as train_module
+from smoothadv.trainers.config import parse_trial_config
+from smoothadv.trainers.train import train_trial
 
 BASE = {"dataset": "synthetic", "arch": "lenet", "sigma": 0.25, "epsilon": 0.25, "steps": 2,
         "m_train": 2, "warmup_epochs": 2, "batch_size": 50, "lr": 0.05, "lr_step": 2,
@@ -77,8 +76,7 @@ def test_checkpoints_hold_no_generator_state_and_resume_needs_none(tmp_path):
     import random
 
     import numpy as np
-
-    from trainers.checkpoint import DIGEST_KEY, payload_digest
+    from smoothadv.trainers.checkpoint import DIGEST_KEY, payload_digest
 
     c = config(epochs=2)
     train_trial(c, tmp_path / "straight", progress=False)
@@ -156,8 +154,8 @@ def test_short_smoothadv_training_raises_certified_accuracy(tmp_path):
 def test_fine_tuning_keeps_the_body_and_replaces_the_head(tmp_path):
     """ImageNet-32 → CIFAR-10 (Table 2): body weights from the checkpoint, a fresh 10-way head,
     CIFAR-10's normalization."""
-    from common.errors import UserError
-    from trainers import save_checkpoint
+    from smoothadv.common.errors import UserError
+    from smoothadv.trainers import save_checkpoint
 
     pretrained = build_model("cifar_resnet20", "imagenet32")
     path = tmp_path / "pre.pt"
@@ -187,8 +185,7 @@ def test_a_rerun_with_other_model_settings_is_refused_and_writes_nothing(tmp_pat
     now σ = 0.5 is one error line naming the key (exit 2), checkpoint and config untouched;
     more epochs (a key that does not change the model) resume."""
     import yaml
-
-    from cli.main import main
+    from smoothadv.cli.main import main
 
     spec = tmp_path / "trial.yaml"
     spec.write_text(yaml.safe_dump({**BASE, "epochs": 1, "train_subset": 100}))

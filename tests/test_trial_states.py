@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from common import layout
-from sweep.storage import open_sweep
-from sweep.trial_states import (
+from smoothadv.common import layout
+from smoothadv.sweep.storage import open_sweep
+from smoothadv.sweep.trial_states import (
     reconciled,
     settle_after_fit,
     settle_before_resume,

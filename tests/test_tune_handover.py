@@ -22,7 +22,7 @@ class SlowResults(tune.Callback):  # a tracker's logging: Tune's loop is busy me
 
 def reports_then_returns(config):  # as trial_driver: Train's results, then fit() returns
     from ray.tune.integration.ray_train import TuneReportCallback
-    from sweep.run import await_train_results_in_tune
+    from smoothadv.sweep.run import await_train_results_in_tune
     handover = TuneReportCallback()
     for epoch in range(2):
         handover.after_report(None, [{"epoch": epoch}], None)

@@ -6,15 +6,15 @@ Names are imported on first use, so ``smoothadv --help`` and error paths need no
 from importlib import import_module
 
 _EXPORTS = {
-    "ARCHS": "trainers.models",
-    "build_model": "trainers.models",
-    "DATASETS": "trainers.registry",
-    "DatasetInfo": "trainers.registry",
-    "dataset_info": "trainers.registry",
-    "load_dataset": "trainers.datasets",
-    "load_checkpoint": "trainers.checkpoint",
-    "model_from_checkpoint": "trainers.checkpoint",
-    "save_checkpoint": "trainers.checkpoint",
+    "ARCHS": "smoothadv.trainers.models",
+    "build_model": "smoothadv.trainers.models",
+    "DATASETS": "smoothadv.trainers.registry",
+    "DatasetInfo": "smoothadv.trainers.registry",
+    "dataset_info": "smoothadv.trainers.registry",
+    "load_dataset": "smoothadv.trainers.datasets",
+    "load_checkpoint": "smoothadv.trainers.checkpoint",
+    "model_from_checkpoint": "smoothadv.trainers.checkpoint",
+    "save_checkpoint": "smoothadv.trainers.checkpoint",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from smoothadv.common.atomic import atomic_write_bytes
+from smoothadv.common.errors import UserError
+from smoothadv.common.layout import PREVIOUS
+from smoothadv.trainers.datasets import dataset_info
+from smoothadv.trainers.models import build_model, place
+from smoothadv.trainers.registry import is_import_path
 from torch import nn
-
-from common.atomic import atomic_write_bytes
-from common.errors import UserError
-from common.layout import PREVIOUS
-from trainers.datasets import dataset_info
-from trainers.models import build_model, place
-from trainers.registry import is_import_path
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "arch", "dataset", "num_classes", "mean", "std", "state_dict")

@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Self
 
-from common.errors import UserError, unknown_key
-from common.settings import Sampling, SamplingKeys, check_seed, check_sigma
-from common.yaml_input import load_yaml, read_yaml_file
-from trainers.registry import DATASETS, check_arch, dataset_info, is_import_path
+from smoothadv.common.errors import UserError, unknown_key
+from smoothadv.common.settings import Sampling, SamplingKeys, check_seed, check_sigma
+from smoothadv.common.yaml_input import load_yaml, read_yaml_file
+from smoothadv.trainers.registry import DATASETS, check_arch, dataset_info, is_import_path
 
 METHODS = ("gaussian", "smoothadv", "vanilla_adv")
 ATTACKS = ("pgd", "ddn")

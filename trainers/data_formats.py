@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-
-from common.errors import UserError
+from smoothadv.common.errors import UserError
 
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILES = ("test_batch",)

@@ -13,18 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-from torchvision.transforms import v2
-
-from common.errors import UserError
-from trainers import data_formats as fmt
-from trainers.registry import (  # noqa: F401 (DATASETS, DatasetInfo re-exported)
+from smoothadv.common.errors import UserError
+from smoothadv.trainers import data_formats as fmt
+from smoothadv.trainers.registry import (  # noqa: F401 (DATASETS, DatasetInfo re-exported)
     DATASETS,
     DatasetInfo,
     dataset_info,
     is_import_path,
     resolve_import_path,
 )
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "test")

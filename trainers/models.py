@@ -12,10 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from smoothadv.common.errors import UserError
+from smoothadv.trainers.registry import (
+    DatasetInfo,
+    dataset_info,
+    is_import_path,
+    resolve_import_path,
+)
 from torch import nn
-
-from common.errors import UserError
-from trainers.registry import DatasetInfo, dataset_info, is_import_path, resolve_import_path
 
 
 class NormalizeLayer(nn.Module):

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from smoothadv.common.errors import UserError
+from smoothadv.trainers.models import NormalizeLayer, build_model
+from smoothadv.trainers.registry import dataset_info
 from torch import nn
-
-from common.errors import UserError
-from trainers.models import NormalizeLayer, build_model
-from trainers.registry import dataset_info
 
 INPUT_LAYERS = ("normalize", "center")
 INPUT_LAYER_HELP = ("normalize ((x − mean)/std: Cohen et al.'s models; SmoothAdv's imagenet32/, "

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common.errors import UserError
+from smoothadv.common.errors import UserError
 
 ARCH_NAMES = ("cifar_resnet20", "cifar_resnet110", "resnet50", "lenet")
 

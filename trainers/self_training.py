@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from smoothadv.common.atomic import atomic_write_bytes
+from smoothadv.common.errors import UserError
+from smoothadv.trainers.checkpoint import model_from_checkpoint
+from smoothadv.trainers.data_formats import read_pickle_dict
+from smoothadv.trainers.datasets import DATASETS, SPLITS, ArrayDataset, dataset_info, load_dataset
+from smoothadv.trainers.device import resolve_device
 from torch.utils.data import DataLoader, Dataset, Subset
-
-from common.atomic import atomic_write_bytes
-from common.errors import UserError
-from trainers.checkpoint import model_from_checkpoint
-from trainers.data_formats import read_pickle_dict
-from trainers.datasets import DATASETS, SPLITS, ArrayDataset, dataset_info, load_dataset
-from trainers.device import resolve_device
 
 DATA_KEY = "data"
 TARGETS_KEY = "extrapolated_targets"

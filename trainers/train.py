@@ -49,28 +49,27 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import DataLoader, DistributedSampler, Subset
-
-from common.atomic import atomic_write_bytes
-from common.errors import UserError
-from common.layout import CHECKPOINT, CONFIG, METRICS
-from common.records import read_metrics
-from common.yaml_input import read_yaml_file
-from trainers import attacks
-from trainers.checkpoint import (
+from smoothadv.common.atomic import atomic_write_bytes
+from smoothadv.common.errors import UserError
+from smoothadv.common.layout import CHECKPOINT, CONFIG, METRICS
+from smoothadv.common.records import read_metrics
+from smoothadv.common.yaml_input import read_yaml_file
+from smoothadv.trainers import attacks
+from smoothadv.trainers.checkpoint import (
     CheckpointMismatch,
     model_from_checkpoint,
     previous_path,
     save_checkpoint,
 )
-from trainers.compiled import CompiledOrEager
-from trainers.config import TrialConfig, parse_trial_config
-from trainers.datasets import dataset_info, load_dataset
-from trainers.device import resolve_device
-from trainers.models import build_model, place, reset_head
-from trainers.self_training import load_extra_data, mixed_batches
+from smoothadv.trainers.compiled import CompiledOrEager
+from smoothadv.trainers.config import TrialConfig, parse_trial_config
+from smoothadv.trainers.datasets import dataset_info, load_dataset
+from smoothadv.trainers.device import resolve_device
+from smoothadv.trainers.models import build_model, place, reset_head
+from smoothadv.trainers.self_training import load_extra_data, mixed_batches
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:

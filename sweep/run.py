@@ -67,7 +67,7 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
 
     # TorchTrainer's parts without torch in this process (sweep.train_loop): training,
     # certification, their imports and torch itself load in Train's workers and controller.
-    from smoothadv.sweep.train_loop import TorchBackendConfig, train_and_certify, trainer_class
+    from smoothadv.sweep.train_loop import TorchBackendConfig, train_loop_per_worker, trainer_class
 
     sweep = open_sweep(sweep_dir)
     spec = parse_sweep_yaml(sweep.read_text(layout.SPEC), f"{sweep.where}/{layout.SPEC}")
@@ -89,7 +89,7 @@ def trial_driver(param: dict[str, Any], *, sweep_dir: str) -> None:
     # may wait for resources (e.g. an autoscaler's new node) before the trial fails.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(res.start_timeout_s)
     trainer = trainer_class()(  # = TorchTrainer: DDP over gloo on CPU, NCCL on GPU
-        train_and_certify,
+        train_loop_per_worker,
         backend_config=TorchBackendConfig(backend="nccl" if gpus > 0 else "gloo"),
         train_loop_config={"config": trial.config.to_dict(), "trial_dir": str(folder),
                            "threads": max(1, round(res.cpus_per_worker)),

@@ -48,11 +48,11 @@ def trainer_class():
     return LocalTrainer
 
 
-def train_and_certify(loop_config: dict[str, Any]) -> None:
-    """Ray Train ``train_loop_per_worker``: runs ``sweep.trial_worker.train_and_certify``."""
-    from smoothadv.sweep.trial_worker import train_and_certify as run
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train's ``train_loop_per_worker``: runs ``sweep.trial_worker.run_on_worker``."""
+    from smoothadv.sweep.trial_worker import run_on_worker
 
-    run(loop_config)
+    run_on_worker(loop_config)
 
 
 @dataclass

@@ -231,13 +231,14 @@ def _record_node(trial_dir: Path) -> None:
         f.write(json.dumps(line) + "\n")
 
 
-def train_and_certify(loop_config: dict[str, Any]) -> None:
-    """Ray Train ``train_loop_per_worker``: ``loop_config`` holds ``config`` (a trial-config
-    dict), ``trial_dir`` and ``attack_eval`` (the spec's block, or None); in a staged sweep
-    ``stage`` and ``stages`` (the spec's block: :func:`certify_stage`); with early stopping
-    ``schedule`` (the spec's block: :func:`certify_proxy`); for a sweep in a
-    bucket also ``trial_uri``, ``trial_id`` and ``upload_every_s`` (the worker then works in
-    this node's copy of the trial, see sweep.trial_sync)."""
+def run_on_worker(loop_config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs (sweep.train_loop.train_loop_per_worker): this node's
+    copy of the trial set up, then :func:`train_and_certify`. ``loop_config`` holds ``config``
+    (a trial-config dict), ``trial_dir`` and ``attack_eval`` (the spec's block, or None); in a
+    staged sweep ``stage`` and ``stages`` (the spec's block: :func:`certify_stage`); with early
+    stopping ``schedule`` (the spec's block: :func:`certify_proxy`); for a sweep in a bucket
+    also ``trial_uri``, ``trial_id`` and ``upload_every_s`` (the worker then works in this
+    node's copy of the trial, see sweep.trial_sync)."""
     import ray.train
     import ray.train.torch
 
@@ -264,7 +265,7 @@ def train_and_certify(loop_config: dict[str, Any]) -> None:
     if sync is not None:
         sync.start()
     try:
-        _train_and_certify(loop_config, config, trial_dir, rank, world, sync)
+        train_and_certify(loop_config, config, trial_dir, rank, world, sync)
     finally:
         if sync is not None:
             sync.stop()
@@ -300,8 +301,11 @@ def stopped_by_schedule(loop_config: dict[str, Any], trial: str, rank: int,
     return stopped
 
 
-def _train_and_certify(loop_config: dict[str, Any], config: TrialConfig, trial_dir: Path,
-                       rank: int, world: int, sync: TrialSync | None) -> None:
+def train_and_certify(loop_config: dict[str, Any], config: TrialConfig, trial_dir: Path,
+                      rank: int, world: int, sync: TrialSync | None) -> None:
+    """The trial on this rank: train (reporting each epoch, certifying a proxy at each rung of
+    the schedule and leaving when the schedule stopped the trial), then certify the final model
+    for its stage and, in stages 0 and 2, run the spec's attack; report the results."""
     import ray.train
 
     schedule = loop_config.get("schedule")

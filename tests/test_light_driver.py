@@ -19,9 +19,9 @@ import sys
 import ray.train
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 import smoothadv.sweep.run
-from smoothadv.sweep.train_loop import TorchBackendConfig, train_and_certify
+from smoothadv.sweep.train_loop import TorchBackendConfig, train_loop_per_worker
 trainer = DataParallelTrainer(
-    train_and_certify, backend_config=TorchBackendConfig(backend="gloo"),
+    train_loop_per_worker, backend_config=TorchBackendConfig(backend="gloo"),
     train_loop_config={{}}, scaling_config=ray.train.ScalingConfig(num_workers=2),
     run_config=ray.train.RunConfig(name="t", storage_path={str(tmp_path)!r}))
 import ray.cloudpickle as pickle
@@ -67,11 +67,11 @@ def test_without_a_state_api_the_trainer_drops_only_the_placement_group_cleaner(
     code = f"""
 import os, sys
 import ray.train
-from smoothadv.sweep.train_loop import (NO_STATE_API, TorchBackendConfig, train_and_certify,
+from smoothadv.sweep.train_loop import (NO_STATE_API, TorchBackendConfig, train_loop_per_worker,
                                         trainer_class)
 def callbacks():
     trainer = trainer_class()(
-        train_and_certify, backend_config=TorchBackendConfig(backend="gloo"),
+        train_loop_per_worker, backend_config=TorchBackendConfig(backend="gloo"),
         train_loop_config={{}}, scaling_config=ray.train.ScalingConfig(num_workers=1),
         run_config=ray.train.RunConfig(name="t", storage_path={str(tmp_path)!r}))
     return [type(c).__name__ for c in trainer._create_default_callbacks()]

@@ -151,8 +151,9 @@ def read_idx_gz(path: Path) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="))
 
 
-def read_fashion_mnist(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """The ``split`` of the gzipped idx files in ``directory`` (Fashion-MNIST or MNIST)."""
+def read_mnist_format(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``split`` of the gzipped idx files in ``directory``, in the MNIST layout that MNIST
+    and Fashion-MNIST share (the same file names)."""
     image_file, label_file = FASHION_MNIST_FILES[split]
     images = read_idx_gz(directory / image_file)
     labels = read_idx_gz(directory / label_file).astype(np.int64)

@@ -213,7 +213,7 @@ def _fashion_mnist_dir(split: str, data_root, download: bool) -> Path:
 
 
 def _fashion_mnist(split: str, data_root, download: bool, augment: bool) -> Dataset:
-    images, labels = fmt.read_fashion_mnist(_fashion_mnist_dir(split, data_root, download), split)
+    images, labels = fmt.read_mnist_format(_fashion_mnist_dir(split, data_root, download), split)
     return ArrayDataset(images, labels)
 
 
@@ -234,7 +234,7 @@ def _mnist_dir(split: str, data_root, download: bool) -> Path:
 
 
 def _mnist(split: str, data_root, download: bool, augment: bool) -> Dataset:
-    images, labels = fmt.read_fashion_mnist(_mnist_dir(split, data_root, download), split)
+    images, labels = fmt.read_mnist_format(_mnist_dir(split, data_root, download), split)
     return ArrayDataset(images, labels)
 
 

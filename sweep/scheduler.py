@@ -112,12 +112,8 @@ class Rungs:
         """Trial ``name`` (noise level ``sigma``) reported ``curve`` at rung ``rung``, after
         ``epoch`` epochs."""
         entry = self.trials.setdefault(name, {"sigma": float(sigma), "rungs": {}})
-        if not _same_sigma(entry["sigma"], sigma):  # (a trial's σ never changes: be safe)
-            for k in entry["rungs"]:
-                self._leave(name, (self._sigma_key(entry["sigma"]), k))
-        entry["sigma"] = float(sigma)
         entry["rungs"][int(rung)] = {"epoch": int(epoch), "curve": dict(curve)}
-        key = (self._sigma_key(sigma), int(rung))
+        key = (self._sigma_key(entry["sigma"]), int(rung))
         if name in self._groups.get(key, {}):
             self._leave(name, key)
         self._groups.setdefault(key, {})[name] = dict(curve)
@@ -213,7 +209,8 @@ def training(trial, result: Mapping[str, Any] | None = None) -> bool:
     """Whether ``trial`` still trains after its latest result (``result``, else Tune's last):
     none yet, or an epoch's before its last. Stopping a trial that trained in full, or that
     certifies, saves nothing and would throw its final model away, so it is never judged."""
-    result = getattr(trial, "last_result", None) or {} if result is None else result
+    if result is None:
+        result = getattr(trial, "last_result", None) or {}
     if "epoch" not in result:
         return not result
     try:

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 from smoothadv.common import envelope as best_curve
 from smoothadv.common import metrics
-from smoothadv.common.metrics import certified_accuracy as accuracy_at  # noqa: F401 (its name here)
 
 CURVE_STEP = 0.01  # radius step of the envelope files and figures
 TABLE_STEP = 0.25  # radius step of the default columns of certified_accuracy.csv
@@ -135,15 +134,15 @@ def choose_and_report(rows: pd.DataFrame, radii: Sequence[float], common: np.nda
     all trials (those also in ``within``, the selection half, when given) and its accuracy is
     reported on all of its own rows (those in ``report``, the evaluation half, when given).
 
-    Salman et al. 2019 (Appendix) chose their models on 500 test images and reported them on
-    all 10,000; a staged sweep (common.stages) does the same: every trial is certified on the
-    planned images, its winners on the full test set. A max over a mix of some trials'
-    full-test rows and others' subset rows is never taken. Ties go to the higher clean
-    accuracy on the same images, then to the name. ``chosen_on``: the images the choice was
-    made on (0: no image is common, so each trial is judged on its own rows). ``common_only``:
-    the winner has no rows beyond the common images while another trial has (its full-test
-    rows are missing: stage 3 not run or not finished), so its accuracy is on the common
-    images only. ``images``: the m behind the reported accuracy."""
+    Salman et al. 2019 (Appendix) chose their models on 500 test images and reported them on all
+    10,000; a staged sweep (common.stage_selection) does the same: every trial is certified on the
+    planned images, its winners on the full test set. A max over a mix of some trials' full-test
+    rows and others' subset rows is never taken. Ties go to the higher clean accuracy on the same
+    images, then to the name. ``chosen_on``: the images the choice was made on (0: no image is
+    common, so each trial is judged on its own rows). ``common_only``: the winner has no rows
+    beyond the common images while another trial has (its full-test rows are missing: stage 3 not
+    run or not finished), so its accuracy is on the common images only. ``images``: the m behind
+    the reported accuracy."""
     radii = np.asarray(radii, dtype=float)
     choose = common if within is None else np.intersect1d(common, within)
     basis = choose if len(choose) else within

@@ -14,7 +14,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 from smoothadv.analysis.output import write_atomic
-from smoothadv.analysis.published import Row
+from smoothadv.analysis.paper_results import Row
 
 SIZE = (6.4, 4.4)
 X_LABEL = r"$\ell_2$ radius"

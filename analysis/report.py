@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from smoothadv.analysis import curves, figures
 from smoothadv.analysis.gather import Gathered, gather
 from smoothadv.analysis.output import write_atomic, write_text
-from smoothadv.analysis.published import (
+from smoothadv.analysis.paper_results import (
     INPUT_DIM,
     LINF_RADII_255,
     PAPER_RADII,
@@ -37,7 +37,7 @@ from smoothadv.common.errors import UserError
 @dataclass(frozen=True)
 class Options:
     """``radii``: extra columns of certified_accuracy.csv; ``selection``: "max" (the paper's
-    envelope) or "holdout"; ``references``: published rows to overlay (published.py);
+    envelope) or "holdout"; ``references``: published rows to overlay (paper_results.py);
     ``representative``: trials for the right panel instead of the largest ACR per σ;
     ``rho``: failure probability of Cohen et al.'s high-probability bound;
     ``include_incomplete``: draw trials certified on fewer images than planned, marked."""

@@ -9,25 +9,25 @@ from its logged radius (CERTIFY, n = 100,000, α = 0.001): pA_lower = Φ(radius/
 the least count nA whose Clopper–Pearson bound reaches it; an abstention has pA = ½ and a wrong
 prediction pA = 1 − Φ(radius/σ) (either certifies nothing at the proxy's n).
 
-Each draw replays the sweep (``schedule:`` block of the spec, sweep.spec.Schedule, at its
-defaults unless flags say otherwise) through the real bookkeeping and rule of
-sweep.scheduler.Rungs:
+Each draw replays the sweep (``schedule:`` block of the spec, sweep.spec_blocks.EarlyStopping,
+at its defaults unless flags say otherwise) through the real bookkeeping and rule of
+sweep.early_stopping.Rungs:
 
 - **the model at a rung**: the trial's pA shrunk toward ½ by a per-trial factor u,
   pA' = ½ + (pA − ½)·u, with u = 1 (``same``: the rung's model is the final one),
   u ~ U(0.8, 1) (``mild``) or u ~ U(0.6, 1) (``strong``), drawn once per trial and draw;
-- **the proxy**: every k-th of the trial's images (Schedule.proxy_skip), certified as the
+- **the proxy**: every k-th of the trial's images (EarlyStopping.proxy_skip), certified as the
   trial worker does (CERTIFY with the schedule's n0, n, α; two classes, the label and one
   rival with 1 − pA, which is the worst case for the selection step), its certified accuracy
-  at Schedule.radii_for(σ) (common.metrics.certified_accuracy);
+  at EarlyStopping.radii_for(σ) (common.metrics.certified_accuracy);
 - **time**: every trial starts at once (``--concurrency``: that many at a time, in the logs'
   order, a freed slot taken by the next) and trains an epoch in m_train·(T+1) time units
   (T + 1 passes of m noisy copies per batch); its rung results arrive after the rung epochs
-  (Schedule.rung_epochs) and are judged as sweep.scheduler.EnvelopeScheduler does: the rung is
-  recorded, the running same-σ peers still training are judged, then the trial itself. A trial
-  stopped in the middle of an epoch ends after it (its workers read the decision after each
-  epoch), one stopped during its last epoch is lost without a saving (as the trial worker
-  does), and a stopped trial has no final certification.
+  (EarlyStopping.rung_epochs) and are judged as sweep.early_stopping.EnvelopeScheduler does:
+  the rung is recorded, the running same-σ peers still training are judged, then the trial itself.
+  A trial stopped in the middle of an epoch ends after it (its workers read the decision after each
+  epoch), one stopped during its last epoch is lost without a saving (as the trial worker does),
+  and a stopped trial has no final certification.
 
 Printed per degradation model: the training cost saved (full/kept, weighted by m_train·(T+1)
 per epoch, and in trial-epochs), the proxies' own cost (images × (n0 + n) forward passes
@@ -63,8 +63,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from smoothadv.analysis.gather import gather  # noqa: E402
 from smoothadv.common.binomial import cp_lower  # noqa: E402
 from smoothadv.common.metrics import certified_accuracy  # noqa: E402
-from smoothadv.sweep.scheduler import Rungs  # noqa: E402 (the rule and bookkeeping replayed)
-from smoothadv.sweep.spec import Schedule  # noqa: E402
+from smoothadv.sweep.early_stopping import Rungs  # noqa: E402 (the rule and bookkeeping replayed)
+from smoothadv.sweep.spec_blocks import EarlyStopping  # noqa: E402
 
 RADII = tuple(round(0.25 * i, 2) for i in range(10))  # 0, 0.25, …, 2.25 (the paper's)
 MODELS = {"same": (1.0, 1.0), "mild": (0.8, 1.0), "strong": (0.6, 1.0)}
@@ -109,7 +109,7 @@ def load_grid(logs: Path) -> list[Trial]:
     return out
 
 
-def proxy_curve(trial: Trial, shrink: float, schedule: Schedule, table: np.ndarray,
+def proxy_curve(trial: Trial, shrink: float, schedule: EarlyStopping, table: np.ndarray,
                 rng: np.random.Generator) -> dict[float, float]:
     """The proxy certification a rung reports (module doc), radius → certified accuracy."""
     p = 0.5 + (trial.p[::schedule.proxy_skip(len(trial.p))] - 0.5) * shrink
@@ -122,8 +122,9 @@ def proxy_curve(trial: Trial, shrink: float, schedule: Schedule, table: np.ndarr
     return dict(zip(radii, certified_accuracy(radius, ok, radii), strict=True))
 
 
-def replay(trials: Sequence[Trial], schedule: Schedule, epochs: int, model: tuple[float, float],
-           concurrency: int, rng: np.random.Generator, table: np.ndarray) -> np.ndarray:
+def replay(trials: Sequence[Trial], schedule: EarlyStopping, epochs: int,
+           model: tuple[float, float], concurrency: int, rng: np.random.Generator,
+           table: np.ndarray) -> np.ndarray:
     """One draw: the epochs each trial trains, with ``-epochs`` for one stopped in its last
     epoch (trained in full, no final model)."""
     rungs = schedule.rung_epochs(epochs)
@@ -177,7 +178,7 @@ def replay(trials: Sequence[Trial], schedule: Schedule, epochs: int, model: tupl
 
 
 def summarize(trials: Sequence[Trial], runs: list[np.ndarray], epochs: int,
-              schedule: Schedule) -> dict[str, object]:
+              schedule: EarlyStopping) -> dict[str, object]:
     """Saving and envelope loss over the draws ``runs`` (module doc)."""
     cost = np.array([t.cost for t in trials])
     finals = np.stack([t.final for t in trials])
@@ -224,16 +225,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=150, help="each trial's (the paper's)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--margin", type=float, default=Schedule.margin)
-    parser.add_argument("--images", type=int, default=Schedule.images)
-    parser.add_argument("--n", type=int, default=Schedule.n, help="the proxy's samples")
-    parser.add_argument("--rungs", type=float, nargs="+", default=list(Schedule.rungs))
-    parser.add_argument("--min-trials", type=int, default=Schedule.min_trials)
+    parser.add_argument("--margin", type=float, default=EarlyStopping.margin)
+    parser.add_argument("--images", type=int, default=EarlyStopping.images)
+    parser.add_argument("--n", type=int, default=EarlyStopping.n, help="the proxy's samples")
+    parser.add_argument("--rungs", type=float, nargs="+", default=list(EarlyStopping.rungs))
+    parser.add_argument("--min-trials", type=int, default=EarlyStopping.min_trials)
     parser.add_argument("--concurrency", type=int, default=0, help="0: every trial at once")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    schedule = dataclasses.replace(Schedule(), margin=args.margin, images=args.images, n=args.n,
-                                   rungs=tuple(args.rungs), min_trials=args.min_trials).validate()
+    schedule = dataclasses.replace(EarlyStopping(), margin=args.margin, images=args.images,
+                                   n=args.n, rungs=tuple(args.rungs),
+                                   min_trials=args.min_trials).validate()
     trials = load_grid(args.logs)
     table = cp_lower(np.arange(schedule.n + 1), schedule.n, schedule.alpha)
     print(f"{len(trials)} trials, {args.epochs} epochs, rungs at "

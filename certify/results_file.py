@@ -2,11 +2,13 @@
 
 The columns start with those of Cohen et al.'s scripts (``idx label predict radius correct
 time``), so their analysis tools read our files. The settings that produced the rows live beside
-the file in ``FILE.meta.json``; re-opening with other settings is refused, re-opening with the
-same settings resumes after the last complete row. A torn last line (a crash mid-write) is cut
-off, never duplicated. Rows are keyed by ``idx`` unless the writer names other key columns (the
-empirical attack keys them by ``(idx, epsilon)``). The record also lists, under
-``provenance``, the versions of every run that wrote rows (common.provenance).
+the file in ``FILE.meta.json``, with its ``format_version`` (common.layout.META_FORMAT_VERSION;
+a record of another version, or of none, is refused in one line naming it and both versions);
+re-opening with other settings is refused, re-opening with the same settings resumes after the
+last complete row. A torn last line (a crash mid-write) is cut off, never duplicated. Rows
+are keyed by ``idx`` unless the writer names other key columns (the empirical attack keys them
+by ``(idx, epsilon)``). The record also lists, under ``provenance``, the versions of every run
+that wrote rows (common.provenance).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import pandas as pd
 from smoothadv.common.atomic import atomic_write_bytes
 from smoothadv.common.errors import UserError
-from smoothadv.common.layout import meta_path
+from smoothadv.common.layout import META_FORMAT_VERSION, meta_path
 from smoothadv.common.records import (
     check_result_rows,
     corrupt,
@@ -32,9 +34,8 @@ from smoothadv.common.records import (
 # Columns whose values are numbers, checked when a file is resumed (common.records).
 NUMERIC = ("idx", "label", "predict", "radius", "correct", "epsilon", "samples")
 META_FIX = "the settings record of its results file, damaged: choose another --out"
-# Settings recorded only when on (so records written without them stay byte-identical): absent
-# means False, and a run is refused when its value differs from the record's either way.
-OFF_BY_DEFAULT = ("sequential", "compiled")
+# What a settings record holds besides the settings: never compared on resume.
+NOT_SETTINGS = ("format_version", "provenance")
 
 
 def _format(value: Any) -> str:
@@ -74,15 +75,15 @@ class ResultsFile:
         self._file = open(self.path, "a", encoding="utf-8", newline="")
 
     def _settings_bytes(self, f) -> None:
-        record = {**self.settings, **({"provenance": [self.provenance]} if self.provenance
-                                      else {})}
+        record = {"format_version": META_FORMAT_VERSION, **self.settings,
+                  **({"provenance": [self.provenance]} if self.provenance else {})}
         f.write(json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
 
     def _recorded(self) -> dict[str, Any] | None:
         """The settings record beside the file (None: there is none); anything but a JSON
-        object is one UserError line naming it."""
+        object of :data:`META_FORMAT_VERSION` is one UserError line naming it."""
         meta = meta_path(self.path)
-        recorded = read_object(meta, META_FIX)
+        recorded = read_object(meta, META_FIX, version=META_FORMAT_VERSION)
         if recorded is not None and not isinstance(recorded.get("provenance", []), list):
             raise corrupt(meta, f"provenance: expected a list, got "
                           f"{shown(recorded['provenance'])}", META_FIX)
@@ -117,20 +118,17 @@ class ResultsFile:
                 f"{self.path}: exists without its settings record {meta.name}; "
                 "refusing to append to it (choose another --out)"
             )
-        for key in OFF_BY_DEFAULT:
-            was, now = recorded.get(key, False), self.settings.get(key, False)
-            if was != now:
+        for key in recorded:
+            if key not in self.settings and key not in NOT_SETTINGS:
                 raise UserError(
-                    f"{self.path}: was written with {key}={was!r}, this run asks for "
-                    f"{key}={now!r}; resume with the same settings or choose another --out"
+                    f"{self.path}: was written with {key}={recorded[key]!r}, which this run "
+                    "does not set; resume with the same settings or choose another --out"
                 )
         for key, value in self.settings.items():
-            if key in OFF_BY_DEFAULT:
-                continue  # compared above
             if key not in recorded:
                 raise UserError(
-                    f"{self.path}: its settings record {meta.name} has no {key} (written by an "
-                    f"older smoothadv), this run asks for {key}={value!r}; choose another --out"
+                    f"{self.path}: its settings record {meta.name} has no {key}, this run asks "
+                    f"for {key}={value!r}; resume with the same settings or choose another --out"
                 )
             if recorded[key] != value:
                 raise UserError(

@@ -91,29 +91,57 @@ def run_smoothing(
 
     ``compile``: the forward passes go through ``torch.compile`` when a probe pass compiles,
     else stay eager with one line saying why (:mod:`trainers.compiled`); the record then holds
-    ``"compiled"`` (true or false). Off, the key is absent, so older records still match, and
-    a file recorded with ``"compiled": true`` is refused.
+    ``"compiled"`` (true or false; false without ``compile``), so a file recorded with
+    ``"compiled": true`` is refused by an eager run and the reverse.
     """
     sampling.validate()
-    certifying = sampling.n0 is not None
     requested_precision(precision, allow_tf32)
     device, generator, smooth, batch_size = smoother(model, num_classes, sampling.sigma,
                                                      dataset, indices, batch_size, device)
-    settings = {**(identity or {}), **sampling.record()}
-    if compile:
-        example = None  # the first forward pass's batch, the probe (none: no image selected)
-        if len(indices):
-            x = dataset[indices[0]][0].to(device)
-            first = min(batch_size, sampling.n0 if certifying else sampling.n)
-            example = x.expand(first, *x.shape).contiguous()
-        smooth.base_classifier, settings["compiled"] = compile_classifier(
-            model, example, context=lambda: evaluation_precision(device, allow_tf32, precision))
+    settings = {**(identity or {}), **sampling.record(), "compiled": compile and compile_smoothed(
+        smooth, dataset, indices, sampling, batch_size, device, allow_tf32, precision)}
+    evaluate = image_evaluator(smooth, generator, dataset, sampling, batch_size)
+    return run_resumable(model, out, smoothing_columns(sampling), settings, list(indices),
+                         evaluate, desc="predict" if sampling.n0 is None else "certify",
+                         unit="img", progress=progress, device=device, allow_tf32=allow_tf32,
+                         precision=precision)
+
+
+def smoothing_columns(sampling: Sampling) -> tuple[str, ...]:
+    """The columns of ``sampling``'s rows: Cohen et al.'s PREDICT or CERTIFY ones, the latter
+    with ``samples`` when sequential."""
+    if sampling.n0 is None:
+        return PREDICT_COLUMNS
+    return CERTIFY_COLUMNS + ("samples",) if sampling.sequential else CERTIFY_COLUMNS
+
+
+def compile_smoothed(smooth: Smooth, dataset: Dataset, indices: Sequence[int],
+                     sampling: Sampling, batch_size: int, device: torch.device,
+                     allow_tf32: bool, precision: str | None) -> bool:
+    """Route ``smooth``'s forward passes through ``torch.compile`` (trainers.compiled), its
+    probe the first forward pass's batch (none: no image selected), in the run's precision;
+    whether it compiled."""
+    example = None
+    if len(indices):
+        x = dataset[indices[0]][0].to(device)
+        first = min(batch_size, sampling.n if sampling.n0 is None else sampling.n0)
+        example = x.expand(first, *x.shape).contiguous()
+    smooth.base_classifier, compiled = compile_classifier(
+        smooth.base_classifier, example,
+        context=lambda: evaluation_precision(device, allow_tf32, precision))
+    return compiled
+
+
+def image_evaluator(smooth: Smooth, generator: torch.Generator, dataset: Dataset,
+                    sampling: Sampling, batch_size: int) -> Callable[[int], dict]:
+    """The row of image ``idx``: PREDICT, sequential CERTIFY (the label given) or CERTIFY
+    with ``sampling``, on noise seeded by (``sampling.seed``, idx)."""
 
     def evaluate(idx: int) -> dict:
         x, label = dataset[idx]
         generator.manual_seed(image_seed(sampling.seed, idx))
         t0 = time.perf_counter()
-        if not certifying:
+        if sampling.n0 is None:
             prediction = smooth.predict(x, sampling.n, sampling.alpha, batch_size)
             return {"idx": idx, **outcome(int(label), prediction, t0)}
         if sampling.sequential:
@@ -127,12 +155,7 @@ def run_smoothing(
         return {"idx": idx, **outcome(int(label), prediction, t0), "radius": radius,
                 "pA_lower": p_a_lower}
 
-    columns = ((CERTIFY_COLUMNS + ("samples",) if sampling.sequential else CERTIFY_COLUMNS)
-               if certifying else PREDICT_COLUMNS)
-    return run_resumable(model, out, columns, settings, list(indices), evaluate,
-                         desc="certify" if certifying else "predict", unit="img",
-                         progress=progress, device=device, allow_tf32=allow_tf32,
-                         precision=precision)
+    return evaluate
 
 
 def smoother(model: torch.nn.Module, num_classes: int, sigma: float, dataset: Dataset,
@@ -235,8 +258,8 @@ def load_evaluation(
     (or ``dataset``), with the image indices selected by skip/max/start/stop.
 
     ``checkpoint`` is a smoothadv checkpoint or a released Cohen et al./SmoothAdv one
-    (:mod:`trainers.published`), which needs ``input_layer``. ``arch``, when given, must be a
-    smoothadv checkpoint's architecture. An import path ``module:name`` the checkpoint
+    (:mod:`trainers.released_checkpoints`), which needs ``input_layer``. ``arch``, when given,
+    must be a smoothadv checkpoint's architecture. An import path ``module:name`` the checkpoint
     records as its arch or dataset is used only when ``arch`` or ``dataset`` names it (the
     user's own word: importing it runs its code); otherwise the file is refused.
     """
@@ -247,7 +270,7 @@ def load_evaluation(
     )
     from smoothadv.trainers.datasets import load_dataset
     from smoothadv.trainers.models import place
-    from smoothadv.trainers.published import released_model
+    from smoothadv.trainers.released_checkpoints import released_model
 
     device = resolve_device(device)
     payload = read_weights_file(checkpoint)

@@ -35,7 +35,7 @@ def add_parsers(sub) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from smoothadv.analysis.published import parse_references
+    from smoothadv.analysis.paper_results import parse_references
     from smoothadv.analysis.report import Options, build_report
 
     options = Options(radii=tuple(args.radii), selection=args.selection,

@@ -1,5 +1,5 @@
 """``smoothadv sweep``: plan, presets, run, resume, status, stop and trust a Ray Tune sweep
-(sweep.spec, sweep.run, sweep.status, sweep.trust)."""
+(sweep.spec, sweep.lifecycle, sweep.status, sweep.trust)."""
 
 from __future__ import annotations
 
@@ -133,27 +133,30 @@ def _run_presets(args: argparse.Namespace) -> int:
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from smoothadv.sweep.run import run_sweep
+    from smoothadv.sweep.lifecycle import run_sweep
 
-    errors = run_sweep(args.spec, args.set, max_trials=args.max_trials,
-                       address=args.address, storage=args.storage,
-                       max_concurrent=args.max_concurrent, verbose=args.verbose,
-                       dashboard=args.dashboard, log_to=args.log_to)
+    errors = run_sweep(args.spec, args.set, storage=args.storage, launch=_launch(args),
+                       log_to=args.log_to, max_trials=args.max_trials)
     return 1 if errors else 0
 
 
 def _run_resume(args: argparse.Namespace) -> int:
-    from smoothadv.sweep.run import resume_sweep
+    from smoothadv.sweep.lifecycle import resume_sweep
 
     errors = resume_sweep(args.sweep_dir, restart_errored=args.restart_errored,
-                          address=args.address, max_concurrent=args.max_concurrent,
-                          verbose=args.verbose, dashboard=args.dashboard,
-                          log_to=args.log_to)
+                          launch=_launch(args), log_to=args.log_to)
     return 1 if errors else 0
 
 
+def _launch(args: argparse.Namespace):
+    from smoothadv.sweep.lifecycle import Launch
+
+    return Launch(address=args.address, dashboard=args.dashboard,
+                  max_concurrent=args.max_concurrent, verbose=args.verbose)
+
+
 def _run_stop(args: argparse.Namespace) -> int:
-    from smoothadv.sweep.run import stop_sweep
+    from smoothadv.sweep.lifecycle import stop_sweep
 
     stop_sweep(args.sweep_dir)
     return 0
@@ -168,14 +171,14 @@ def _run_status(args: argparse.Namespace) -> int:
 
 
 def _run_trust(args: argparse.Namespace) -> int:
-    from smoothadv.common import layout, stage_record
-    from smoothadv.sweep import staging, trust
+    from smoothadv.common import layout, stages_file
+    from smoothadv.sweep import staged_sweep, trust
     from smoothadv.sweep.storage import read_sweep
 
     sweep = read_sweep(args.sweep_dir)
     if not sweep.exists(layout.SPEC):
         raise UserError(f"{sweep.where}: not a sweep folder (no {layout.SPEC})")
-    names = [n for n in dict.fromkeys(staging.tune_name(s) for s in range(stage_record.DONE))
+    names = [n for n in dict.fromkeys(staged_sweep.tune_name(s) for s in range(stages_file.DONE))
              if sweep.exists(n)]
     signed = trust.trust(sweep, names)
     print(f"{sweep.where}: signed {signed} files of Tune's restore point "

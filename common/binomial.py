@@ -1,6 +1,6 @@
 """Clopper–Pearson (exact) confidence bounds on a binomial proportion: the one implementation,
 vectorized, used by CERTIFY (certify.smooth.clopper_pearson_lower, its pA_lower) and by staged
-certification (common.stages).
+certification (common.stage_selection).
 
 The one-sided (1 − α) bounds from k successes of n trials are the α quantile of Beta(k, n − k + 1)
 (lower; 0 at k = 0) and the 1 − α quantile of Beta(k + 1, n − k) (upper; 1 at k = n): the ends of

@@ -10,10 +10,10 @@ winner (:func:`winners`) is the trial that attains it, and the tie rule is:
 
 Every user of an envelope takes it from here: the analysis's envelope files and figures
 (analysis.curves, Salman et al. 2019, Fig. 1 left: value and winner per radius), staged
-certification (common.stages: the envelope of the stage-1 lower bounds, and the winners
+certification (common.stage_selection: the envelope of the stage-1 lower bounds, and the winners
 certified in full at stage 3, the trials the analysis then picks) and early stopping
-(sweep.scheduler: values only, kept incrementally by its per-(σ, rung) index and tested equal to
-:func:`best_by_radius`).
+(sweep.early_stopping: values only, kept incrementally by its per-(σ, rung) index and tested
+equal to :func:`best_by_radius`).
 """
 
 from __future__ import annotations

@@ -16,3 +16,10 @@ def unknown_key(name: str, key: str, known) -> UserError:
     close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}?" if close else f"expected one of {sorted(known)}"
     return UserError(f"{name}: unknown key; {hint}")
+
+
+def first_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters), for a one-line record of
+    an exception from Ray, a worker or a bucket."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]

@@ -9,13 +9,13 @@ and ``sweep status`` and ``analysis`` (which read them)::
     SWEEP_DIR/trials/<trial>/config.yaml, checkpoint.pt (+ checkpoint.prev.pt), metrics.jsonl
                                          what ``smoothadv train`` writes (trainers.train)
     SWEEP_DIR/trials/<trial>/state.json  {"state", "error", "trial_id", "started_at", "ended_at"}
-                                         (+ "why" when STOPPED by the schedule, sweep.scheduler)
+                                         (+ "why" when STOPPED early: sweep.early_stopping)
     SWEEP_DIR/trials/<trial>/certify.tsv, attack.tsv (+ .meta.json), certify_plan.json
     SWEEP_DIR/trials/<trial>/certify_stage1.tsv (+ .meta.json), certify_stage1_plan.json
                                          a staged sweep's cheap first certification
     SWEEP_DIR/stages.json                a staged sweep: {"stage": the stage running or done,
                                          "trials": {<trial>: {"stage": reached, "why": ...}}}
-    SWEEP_DIR/schedule.json              early stopping (sweep.scheduler): {"settings", "trials":
+    SWEEP_DIR/schedule.json              sweep.early_stopping's record: {"settings", "trials":
                                          each trial's σ and proxy curve per rung, "stopped":
                                          {<trial>: {"why", "rung", "epoch", "at"}}}
     SWEEP_DIR/trials/<trial>/proxy_e<E>.tsv (+ .meta.json)  the proxy certified after epoch E
@@ -31,7 +31,7 @@ and ``sweep status`` and ``analysis`` (which read them)::
 
 The folder lives on shared file systems and in buckets, so its files are input: the records
 are read through common.records (state.json, metrics.jsonl, driver.json, the plans),
-common.stage_record (stages.json) and common.schedule_record (schedule.json), which tell a
+common.stages_file (stages.json) and common.schedule_file (schedule.json), which tell a
 file not written yet (absent) from one damaged (refused in one line naming it). Imports
 neither torch nor Ray.
 """
@@ -62,6 +62,7 @@ STAGES = "stages.json"
 SCHEDULE = "schedule.json"
 ATTACK = "attack.tsv"
 META = ".meta.json"  # beside a results file: the settings it was made with (certify.results_file)
+META_FORMAT_VERSION = 1  # its "format_version"; a record of another is refused
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = ".prev"  # checkpoint.prev.pt: the one the newest replaced (trainers.checkpoint)
@@ -75,7 +76,7 @@ def trial_dir(sweep_dir: str | Path, name: str) -> Path:
 
 
 def proxy_name(epoch: int) -> str:
-    """The file of the proxy certification after ``epoch`` epochs (sweep.scheduler)."""
+    """The file of the proxy certification after ``epoch`` epochs (sweep.early_stopping)."""
     return f"proxy_e{epoch}.tsv"
 
 
@@ -103,7 +104,15 @@ def meta_path(path: str | Path) -> Path:
     return path.with_name(path.name + META)
 
 
+# The format of the JSON records a sweep writes (state.json, trial.json, driver.json, plans,
+# stages.json, schedule.json): write_json stamps it, common.records.read_object checks it.
+RECORD_VERSION = 1
+
+
 def write_json(path: str | Path, value: Any) -> None:
+    """The record ``value`` written whole to ``path``, with its ``format_version`` (the
+    record's own, else :data:`RECORD_VERSION`)."""
+    value = {"format_version": RECORD_VERSION, **value}
     data = (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()
     atomic_write_bytes(Path(path), lambda f: f.write(data))
 
@@ -111,7 +120,7 @@ def write_json(path: str | Path, value: Any) -> None:
 def read_json(path: str | Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, or None when it is missing or unreadable. Lenient: a
     damaged record reads as none, so read a sweep's records through common.records (and
-    common.stage_record, common.schedule_record) instead, which refuse it naming the file."""
+    common.stages_file, common.schedule_file) instead, which refuse it naming the file."""
     try:
         value = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):

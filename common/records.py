@@ -15,7 +15,7 @@ when the file is absent, and refuses anything else with one UserError line that 
   resume; a complete line that is invalid is refused.
 
 Results rows (the certify, predict and attack TSVs: certify.results_file writes them,
-analysis.gather reads them) are checked by :func:`check_result_rows`. Imports neither torch
+analysis.result_rows reads them) are checked by :func:`check_result_rows`. Imports neither torch
 nor Ray.
 """
 
@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from smoothadv.common.errors import UserError
 from smoothadv.common.files import file_bytes
+from smoothadv.common.layout import RECORD_VERSION
 
 STATES = ("RUNNING", "TERMINATED", "STOPPED", "ERROR", "INTERRUPTED")  # what state.json holds
 MAX_EPOCH = 1 << 31
@@ -88,9 +89,11 @@ def json_kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "text"}.get(type(value), "a number")
 
 
-def read_object(path: str | Path, fix: str = "") -> dict[str, Any] | None:
-    """The JSON object in ``path``; None when the file is absent. Anything else is refused,
-    naming the file, with ``fix`` (what the file is and what to do) said after it."""
+def read_object(path: str | Path, fix: str = "",
+                version: int = RECORD_VERSION) -> dict[str, Any] | None:
+    """The JSON object in ``path``, of format ``version`` (its ``format_version``); None when
+    the file is absent. Anything else is refused, naming the file, with ``fix`` (what the
+    file is and what to do) said after it; a record of another format names both versions."""
     data = file_bytes(path)
     if data is None:
         return None
@@ -99,7 +102,15 @@ def read_object(path: str | Path, fix: str = "") -> dict[str, Any] | None:
         problem = f"expected a JSON object, found {json_kind(value)}"
     if problem is not None:
         raise corrupt(path, problem, fix)
+    check_version(path, value.get("format_version"), version)
     return value
+
+
+def check_version(path: str | Path, found: Any, version: int) -> None:
+    """Refuse a record of ``path`` whose format version (``found``) is not ``version``."""
+    if type(found) is not int or found != version:
+        raise UserError(one_line(f"{path}: format_version {shown(found)}, this smoothadv "
+                                 f"reads {version}"))
 
 
 def corrupt(path: str | Path, problem: str, fix: str = "") -> UserError:

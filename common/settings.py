@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Self
 
 from smoothadv.common.errors import UserError
+from smoothadv.common.validation import check_at_least
 
 SEED_LIMIT = 2**63  # seeds are integers in [0, 2**63): numpy's SeedSequence takes no negatives
 
@@ -49,10 +50,9 @@ class SamplingKeys:
     alpha: float = 0.001
 
     def validate(self, prefix: str = "") -> Self:
-        if self.n0 is not None and self.n0 < 1:
-            raise UserError(f"{prefix}n0: must be ≥ 1, got {self.n0}")
-        if self.n < 1:
-            raise UserError(f"{prefix}n: must be ≥ 1, got {self.n}")
+        if self.n0 is not None:  # None: PREDICT, which chooses no class
+            check_at_least(self, prefix, 1, "n0")
+        check_at_least(self, prefix, 1, "n")
         if not 0 < self.alpha < 0.5:
             raise UserError(f"{prefix}alpha: must lie in (0, 0.5), got {self.alpha}")
         return self
@@ -82,8 +82,8 @@ class Sampling(_Noise, SamplingKeys):
 
     ``sequential`` (CERTIFY only; :meth:`certify.smooth.Smooth.certify_sequential`) draws the
     ``n`` samples in stages and stops an image early; ``target_radius`` (only with it) adds the
-    early stop once the certified radius reaches it. Off, neither enters the record (see
-    :meth:`record`), so records written before the option existed still match."""
+    early stop once the certified radius reaches it. Both are in the record (:meth:`record`),
+    so a file is never resumed in the other mode."""
 
     sequential: bool = False
     target_radius: float | None = None
@@ -101,13 +101,9 @@ class Sampling(_Noise, SamplingKeys):
         return self
 
     def record(self) -> dict[str, Any]:
-        """The settings record's keys: unset ones (n0 of PREDICT) left out, and the sequential
-        keys only when sequential (then ``target_radius`` always, None when unset)."""
-        record = {k: v for k, v in asdict(self).items()
-                  if v is not None and k not in ("sequential", "target_radius")}
-        if self.sequential:
-            record.update(sequential=True, target_radius=self.target_radius)
-        return record
+        """The settings record's keys: every key, but n0 only where it is used (CERTIFY, not
+        PREDICT); ``target_radius`` None when unset."""
+        return {k: v for k, v in asdict(self).items() if k != "n0" or v is not None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,9 +132,7 @@ class AttackKeys:
                 raise UserError(f"{radii}: must be finite and ≥ 0, got {e}")
         if len(set(self.epsilons)) != len(self.epsilons):
             raise UserError(f"{radii}: each radius once, got {list(self.epsilons)}")
-        for key in ("steps", "m_test"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{prefix}{key}: must be ≥ 1, got {getattr(self, key)}")
+        check_at_least(self, prefix, 1, "steps", "m_test")
         return self
 
     def record(self) -> dict[str, Any]:

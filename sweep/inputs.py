@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from smoothadv.common.errors import UserError
-from smoothadv.sweep.spec import SweepSpec, Trial
+from smoothadv.sweep.grid import Trial
+from smoothadv.sweep.spec import SweepSpec
 
 PATH_KEYS = ("data_root", "init_from", "extra_data")
 

@@ -10,21 +10,19 @@ only plain values: the trial's name, its gridded values and its full config. Tun
 record's values as columns (``ResultGrid.get_dataframe()``: ``config/trial/sigma``, …) and as
 TensorBoard HParams (``trial/sigma``, …).
 
-The trial driver identifies its trial by Tune's trial name (set from the record's name, and
-kept by Tune through every restore and restart) and trains the config the sweep's spec
-(sweep.yaml) gives that name; the record's config must equal it. A record that is not this
-module's shape (a damaged experiment state) does not keep a trial from running: the spec is
-the authority.
+The trial driver takes its trial from Tune's record of it (:func:`trial_from_record`): Tune
+hands the record to the driver through every restore and restart, Tune's restore point is
+signed (sweep.trust), and the record's config is validated once there, in the driver, which
+hands the validated config to its workers. Nothing re-expands the grid per trial.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from smoothadv.common.errors import UserError
-from smoothadv.sweep.spec import SweepSpec, Trial
+from smoothadv.sweep.grid import Trial
 
 KEY = "trial"  # the param space's grid key; its records: {"name", gridded values…, "config"}
 
@@ -38,7 +36,7 @@ def record(trial: Trial) -> dict[str, Any]:
 
 def param_space(trials: list[Trial], stage: int = 0) -> dict[str, Any]:
     """One ``grid_search`` over the trials' records; in a staged sweep, the stage
-    (sweep.staging) as a constant."""
+    (sweep.staged_sweep) as a constant."""
     from ray import tune
 
     space: dict[str, Any] = {KEY: tune.grid_search([record(t) for t in trials])}
@@ -59,20 +57,19 @@ def name_of(config: Mapping[str, Any]) -> str | None:
     return entry.get("name") if isinstance(entry, Mapping) else None
 
 
-def trial_of(name: str, config: Mapping[str, Any], spec: SweepSpec) -> Trial:
-    """The trial ``name`` of ``spec``; Tune's record of it (``config``), when it has this
-    module's shape, must hold the same config."""
-    trial = next((t for t in spec.trials() if t.name == name), None)
-    if trial is None:
-        raise UserError(f"trial {name}: not in the sweep's spec")
+def trial_from_record(config: Mapping[str, Any]) -> Trial:
+    """The trial Tune's ``config`` (a variant of :func:`param_space`) runs: its name, gridded
+    values and validated config; a record not of this module's shape is one line."""
+    from smoothadv.trainers.config import parse_trial_config
+
     entry = config.get(KEY)
-    if isinstance(entry, Mapping) and isinstance(entry.get("config"), Mapping) \
-            and _plain(entry["config"]) != _plain(trial.config.to_dict()):
-        raise UserError(f"trial {name}: Tune's record of its config differs from the "
-                        "sweep's spec")
-    return trial
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON would give it back (tuples as lists), for comparing records."""
-    return json.loads(json.dumps(value))
+    if not (isinstance(entry, Mapping) and isinstance(entry.get("name"), str)
+            and isinstance(entry.get("config"), Mapping)):
+        raise UserError(f"Tune's record of this trial is not a smoothadv trial record "
+                        f"(keys {sorted(entry) if isinstance(entry, Mapping) else entry!r})")
+    name = entry["name"]
+    params = {k: v for k, v in entry.items() if k not in ("name", "config")}
+    try:
+        return Trial(name, params, parse_trial_config(entry["config"]))
+    except UserError as e:
+        raise UserError(f"trial {name}: {e}") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 from smoothadv.common import layout
 from smoothadv.common.errors import UserError
 from smoothadv.common.records import read_state
-from smoothadv.common.yaml_input import read_yaml_file
+from smoothadv.sweep.spec_record import read_spec_values
 
 KEY = "init_from_sweep"
 
@@ -28,7 +28,7 @@ def pretraining_spec(sweep_dir: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{KEY}: {folder} is not a readable sweep folder (no {layout.SPEC})")
     try:
-        return read_yaml_file(path)
+        return read_spec_values(path)
     except UserError as e:
         raise UserError(f"{KEY}: {e}") from None
 

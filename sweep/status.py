@@ -13,11 +13,11 @@ import pandas as pd
 from smoothadv.common import layout
 from smoothadv.common.errors import UserError
 from smoothadv.common.records import read_driver, read_metrics, read_plan, read_state
-from smoothadv.common.stage_record import LAST, outcome, stopped_counts, trials
-from smoothadv.common.stage_record import read as read_stage_record
-from smoothadv.common.yaml_input import load_yaml, read_yaml_file
+from smoothadv.common.stages_file import LAST, outcome, stopped_counts, trials
+from smoothadv.common.stages_file import read as read_stage_record
 from smoothadv.sweep import processes
 from smoothadv.sweep.spec import SweepSpec, parse_spec
+from smoothadv.sweep.spec_record import read_spec_values
 from smoothadv.sweep.storage import SweepFolder
 from smoothadv.sweep.trial_states import reconciled, tune_statuses, will_run
 
@@ -161,7 +161,7 @@ def format_eta(seconds: float) -> str:
 
 def _stage_line(current, reached: dict[str, int | None], why: dict[str, str]) -> str:
     """"stage 2 of 3: 5 trials reached stage 2, 2 trials stopped at stage 1" from stages.json
-    (common.stage_record's wording once every stage is done)."""
+    (common.stages_file's wording once every stage is done)."""
     entries = {name: {"stage": s, "why": why.get(name, "")} for name, s in reached.items()}
     if not isinstance(current, int):
         return f"stage ? of {LAST}"
@@ -182,21 +182,15 @@ def _last_epoch(path: Path) -> int | None:
     return epochs[-1]["epoch"] + 1 if epochs else None
 
 
-def parse_sweep_yaml(text: str | bytes, where: str | Path) -> SweepSpec:
-    """The spec of a sweep folder's ``sweep.yaml`` (``text``, read from ``where``, e.g. a
-    bucket's copy): YAML within common.yaml_input's limits, a spec sweep.spec accepts;
-    anything else is one UserError line naming the file."""
-    return _spec_of(lambda: load_yaml(text, str(where)), where)
-
-
 def read_sweep_spec(folder: str | Path) -> SweepSpec:
-    """The spec of the sweep folder ``folder`` (its ``sweep.yaml``, checked as
-    :func:`parse_sweep_yaml` says); a folder without one is not a sweep folder."""
+    """The spec of the sweep folder ``folder`` (its ``sweep.yaml``: sweep.spec_record, a spec
+    sweep.spec accepts; anything else is one UserError line naming the file); a folder without
+    one is not a sweep folder."""
     path = Path(folder) / layout.SPEC
     if not path.is_file():
         raise UserError(f"{folder}: not a sweep folder (no {layout.SPEC}); "
                         "give the folder `smoothadv sweep run` printed")
-    return _spec_of(lambda: read_yaml_file(path), path)
+    return _spec_of(lambda: read_spec_values(path), path)
 
 
 def _spec_of(load, where: str | Path) -> SweepSpec:
@@ -283,7 +277,7 @@ def status_table(sweep_dir: str | Path | SweepFolder) -> tuple[pd.DataFrame, Swe
 
 def _tune_name(stages) -> str:
     """The Tune experiment of the stage a sweep is in."""
-    from smoothadv.sweep.staging import tune_name
+    from smoothadv.sweep.staged_sweep import tune_name
 
     stage = stages.get("stage") if stages else 0
     return tune_name(stage if isinstance(stage, int) else 0)

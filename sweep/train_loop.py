@@ -1,8 +1,9 @@
 """What a trial's driver hands Ray Train, importable without torch: the driver stays light.
 
-Each trial's driver (Tune's function trainable, ``sweep.run.trial_driver``) only builds a Ray
-Train run and waits on it. The worker function here imports ``sweep.trial_worker`` (torch,
-models, data, certification, pandas, …) when it runs, in the Train workers alone.
+Each trial's driver (Tune's function trainable, ``sweep.trial_driver.trial_driver``) only
+builds a Ray Train run and waits on it. The worker function here imports
+``sweep.trial_worker`` (torch, models, data, certification, pandas, …) when it runs, in the
+Train workers alone.
 ``TorchTrainer`` itself would import torch in the driver (≈300 MiB PSS): its ``TorchConfig``
 lives in ``ray.train.torch``, which imports torch first. ``TorchBackendConfig`` is the same
 configuration for a ``DataParallelTrainer``, and its backend and worker context import Ray's
@@ -17,7 +18,7 @@ from typing import Any
 
 from ray.train.backend import Backend, BackendConfig
 
-# Set by sweep.run.init_ray when it starts a local Ray without a dashboard (inherited by Ray's
+# Set by sweep.local_ray.init_ray when it starts a local Ray without a dashboard (inherited by Ray's
 # processes): there Train's placement-group cleaner has no state API to ask.
 NO_STATE_API = "SMOOTHADV_NO_STATE_API"
 
@@ -32,27 +33,27 @@ def trainer_class():
     ``--dashboard``, the cleaner stays."""
     import os
 
-    from ray.train.v2._internal.callbacks.placement_group_callback import (
-        PlacementGroupCleanerCallback,
-    )
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+    from smoothadv.sweep.ray_private import placement_group_cleaner
 
     if os.environ.get(NO_STATE_API) != "1":
         return DataParallelTrainer
+    cleaner = placement_group_cleaner()
 
     class LocalTrainer(DataParallelTrainer):
         def _create_default_callbacks(self):
             return [c for c in super()._create_default_callbacks()
-                    if not isinstance(c, PlacementGroupCleanerCallback)]
+                    if not isinstance(c, cleaner)]
 
     return LocalTrainer
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train's ``train_loop_per_worker``: runs ``sweep.trial_worker.run_on_worker``."""
+    """Ray Train's ``train_loop_per_worker``: runs ``sweep.trial_worker.run_on_worker`` on
+    the ``sweep.trial_task.TrialTask`` in ``loop_config["task"]``."""
     from smoothadv.sweep.trial_worker import run_on_worker
 
-    run_on_worker(loop_config)
+    run_on_worker(loop_config["task"])
 
 
 @dataclass
@@ -80,9 +81,9 @@ class TorchBackendConfig(BackendConfig):
 
     @property
     def framework(self):
-        from ray.train.v2._internal.util import TrainingFramework
+        from smoothadv.sweep.ray_private import torch_framework
 
-        return TrainingFramework.TORCH
+        return torch_framework()
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "init_method": self.init_method,

@@ -83,14 +83,14 @@ def settle_before_resume(sweep, tune: Mapping[str, str]) -> None:
 
 
 def settle_after_fit(sweep, errored: Mapping[str, str], names: Iterable[str]) -> int:
-    """After Tune returns: a trial the schedule stopped (schedule.json, sweep.scheduler) is
+    """After Tune returns: a trial the schedule stopped (schedule.json, sweep.early_stopping) is
     STOPPED with the reason, whatever its driver wrote as Tune ended it; a trial Tune saw fail
     (``errored``: name → first line of its error) is ERROR; any other trial recorded ERROR or
     RUNNING was cut short by the sweep being stopped (its Train run dies with the Ray actors)
     and is INTERRUPTED, never ERROR (``--restart-errored`` would discard its progress).
     Returns how many of ``names`` (the trials this Tune experiment ran) finished."""
-    from smoothadv.common.schedule_record import stopped_trials
-    from smoothadv.sweep.scheduler import write_stopped
+    from smoothadv.common.schedule_file import stopped_trials
+    from smoothadv.sweep.early_stopping import write_stopped
 
     sweep.pull(under=layout.TRIALS, only=(layout.STATE,))  # as trial drivers anywhere wrote
     halted = stopped_trials(sweep.local)

@@ -28,6 +28,7 @@ APPEND_ONLY = (".tsv", ".jsonl")
 DRIVER_FILES = (layout.STATE, layout.TRIAL_INFO)  # written and uploaded by the trial driver
 PREVIOUS = layout.PREVIOUS + ".pt"  # checkpoint.prev.pt (trainers.checkpoint.previous_path)
 SNAPSHOT = ".checkpoint.uploading"  # the checkpoint as one push uploads it (TrialSync.push)
+PLANS = (layout.CERTIFY_PLAN, layout.CERTIFY_STAGE1_PLAN)  # uploaded before any results file
 
 
 def _owner(name: str) -> int | None:
@@ -87,11 +88,13 @@ class TrialSync:
         line first), so it is taken first, as a hard-linked snapshot, and uploaded last: every
         metrics line written before it is then in the bucket before it, and the bucket never
         holds a checkpoint whose epoch has no metrics line, however the push interleaves with
-        training."""
+        training. Certification plans go first, so no results file is there without its plan."""
         with self._lock:
             snapshot = self._snapshot_checkpoint()
             sent = []
-            for path in sorted(self.local.iterdir()):
+            # a plan before its results file: analysis refuses results without their plan
+            plans_first = lambda p: (p.name not in PLANS, p.name)  # noqa: E731
+            for path in sorted(self.local.iterdir(), key=plans_first):
                 name = path.name
                 if (name.startswith(".") or name == layout.CHECKPOINT or not path.is_file()
                         or _owner(name) != self.rank):

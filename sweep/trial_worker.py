@@ -6,7 +6,7 @@ the test images selected by the ``certify`` block are split across ranks; each r
 its share into its own resumable file, rank 0 merges them into ``certify.tsv`` and reports
 certified accuracy at a few radii and the ACR as the trial's final metrics.
 
-With a ``schedule`` block (sweep.scheduler), rank 0 certifies the checkpoint of each rung
+With a ``schedule`` block (sweep.early_stopping), rank 0 certifies the checkpoint of each rung
 epoch on a proxy subset of the test set before reporting that epoch, and adds the proxy's
 certified accuracy to the epoch's metrics, from which the sweep driver's scheduler may stop
 the trial.
@@ -34,12 +34,13 @@ from smoothadv.common.metrics import (
     empirical_accuracy,
     right_rows,
 )
-from smoothadv.common.schedule_record import stopped_entries
+from smoothadv.common.schedule_file import stopped_entries
 from smoothadv.sweep import faults
-from smoothadv.sweep.spec import AttackEval, Schedule, Stages
+from smoothadv.sweep.spec_blocks import AttackEval, EarlyStopping, StagedCertification
 from smoothadv.sweep.storage import Bucket
 from smoothadv.sweep.trial_sync import TrialSync, worker_copy
-from smoothadv.trainers.config import CertifyConfig, TrialConfig, parse_trial_config
+from smoothadv.sweep.trial_task import TrialTask
+from smoothadv.trainers.config import CertifyConfig, TrialConfig
 from smoothadv.trainers.train import train_trial
 
 
@@ -105,10 +106,6 @@ def certify_trial(config: TrialConfig, trial_dir: Path, rank: int, world: int,
     ev = _final_model(config, trial_dir, c.skip, c.max, device)
     out = _shard_path(trial_dir, name, rank, world)
     sampling = c.sampling(config.sigma, config.seed)
-    if sampling.sequential and _begun_without_sequential(out):
-        print(f"{out}: begun without sequential sampling (an earlier smoothadv); "
-              "finishing it so", flush=True)
-        sampling = dataclasses.replace(sampling, sequential=False, target_radius=None)
     if rank == 0:
         layout.write_json(trial_dir / plan, {"planned": len(ev.indices)})
     share = ev.indices[rank::world]
@@ -124,7 +121,7 @@ def certify_trial(config: TrialConfig, trial_dir: Path, rank: int, world: int,
     return certified_summary(pd.read_csv(trial_dir / name, sep="\t"))
 
 
-def screening(config: TrialConfig, stages: Stages) -> CertifyConfig:
+def screening(config: TrialConfig, stages: StagedCertification) -> CertifyConfig:
     """Stage 1's settings (sweep.stages): every ``stages.skip``-th image with ``stages.n``
     samples, not sequential (the selection reads each image's vote count back from its
     pA_lower, which a sequential row's early look does not give)."""
@@ -132,8 +129,8 @@ def screening(config: TrialConfig, stages: Stages) -> CertifyConfig:
                                target_radius=None)
 
 
-def certify_stage(stage: int, stages: Stages | None, config: TrialConfig, trial_dir: Path,
-                  rank: int, world: int, device: torch.device,
+def certify_stage(stage: int, stages: StagedCertification | None, config: TrialConfig,
+                  trial_dir: Path, rank: int, world: int, device: torch.device,
                   sync: TrialSync | None) -> dict[str, float]:
     """The certification of ``stage`` (0: an unstaged sweep's, the trial's ``certify``
     block): 1 screens, 2 certifies in full, 3 extends the full certification to every
@@ -146,13 +143,6 @@ def certify_stage(stage: int, stages: Stages | None, config: TrialConfig, trial_
     certify = None if stage < 3 else dataclasses.replace(config.certify,
                                                          skip=stages.final_skip)
     return certify_trial(config, trial_dir, rank, world, device, sync, certify=certify)
-
-
-def _begun_without_sequential(out: Path) -> bool:
-    """Whether ``out`` holds rows certified before trials certified sequentially (its settings
-    record has no ``sequential`` key): such a file is finished in its own mode, never mixed."""
-    record = layout.read_json(layout.meta_path(out))
-    return record is not None and not record.get("sequential", False)
 
 
 def attack_trial(config: TrialConfig, attack_eval: AttackEval, trial_dir: Path, rank: int,
@@ -174,7 +164,7 @@ def attack_trial(config: TrialConfig, attack_eval: AttackEval, trial_dir: Path, 
     return {f"attack_acc_{eps:g}": float(row["accuracy"]) for eps, row in accuracy.iterrows()}
 
 
-def certify_proxy(config: TrialConfig, schedule: Schedule, checkpoint: Path, epoch: int,
+def certify_proxy(config: TrialConfig, schedule: EarlyStopping, checkpoint: Path, epoch: int,
                   rung: int, device: torch.device) -> dict[str, float]:
     """Rank 0 after ``epoch`` epochs, a rung of ``schedule``: certify ``checkpoint`` on the
     proxy (every k-th test image, about ``schedule.images``; not sequential; the trial's σ and
@@ -231,30 +221,25 @@ def _record_node(trial_dir: Path) -> None:
         f.write(json.dumps(line) + "\n")
 
 
-def run_on_worker(loop_config: dict[str, Any]) -> None:
+def run_on_worker(task: TrialTask) -> None:
     """What each Ray Train worker runs (sweep.train_loop.train_loop_per_worker): this node's
-    copy of the trial set up, then :func:`train_and_certify`. ``loop_config`` holds ``config``
-    (a trial-config dict), ``trial_dir`` and ``attack_eval`` (the spec's block, or None); in a
-    staged sweep ``stage`` and ``stages`` (the spec's block: :func:`certify_stage`); with early
-    stopping ``schedule`` (the spec's block: :func:`certify_proxy`); for a sweep in a bucket
-    also ``trial_uri``, ``trial_id`` and ``upload_every_s`` (the worker then works in this
-    node's copy of the trial, see sweep.trial_sync)."""
+    copy of the trial set up, then :func:`train_and_certify`. For a sweep in a bucket the
+    worker works in this node's copy of the trial (sweep.trial_sync)."""
     import ray.train
     import ray.train.torch
 
-    torch.set_num_threads(loop_config["threads"])  # Ray rounds a fractional CPU share down
+    torch.set_num_threads(task.threads)  # Ray rounds a fractional CPU share down
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    config = parse_trial_config(loop_config["config"])
+    config = task.config
     if config.device == "auto":
         config = dataclasses.replace(config, device=str(ray.train.torch.get_device()))
-    trial_dir = Path(loop_config["trial_dir"])
+    trial_dir = Path(task.trial_dir)
     sync = None
-    if loop_config.get("trial_uri"):
-        trial_dir = worker_copy(loop_config["trial_uri"])
-        sync = TrialSync(trial_dir, Bucket(loop_config["trial_uri"]),
-                         lineage=loop_config["trial_id"], rank=rank,
-                         every_s=loop_config["upload_every_s"])
+    if task.trial_uri:
+        trial_dir = worker_copy(task.trial_uri)
+        sync = TrialSync(trial_dir, Bucket(task.trial_uri), lineage=task.trial_id, rank=rank,
+                         every_s=task.upload_every_s)
         if context.get_local_rank() == 0:
             sync.pull()
         if world > 1:
@@ -265,29 +250,28 @@ def run_on_worker(loop_config: dict[str, Any]) -> None:
     if sync is not None:
         sync.start()
     try:
-        train_and_certify(loop_config, config, trial_dir, rank, world, sync)
+        train_and_certify(task, config, trial_dir, rank, world, sync)
     finally:
         if sync is not None:
             sync.stop()
 
 
 class StoppedEarly(Exception):
-    """The sweep's early-stopping schedule stopped this trial (sweep.scheduler)."""
+    """The sweep's early-stopping schedule stopped this trial (sweep.early_stopping)."""
 
 
-def stopped_by_schedule(loop_config: dict[str, Any], trial: str, rank: int,
-                        world: int) -> bool:
+def stopped_by_schedule(task: TrialTask, trial: str, rank: int, world: int) -> bool:
     """Whether the schedule's record (``schedule.json`` in the sweep folder, or its bucket)
     names ``trial`` as stopped, as rank 0 read it: every rank gets rank 0's answer, so all
     leave the epoch loop at the same epoch. The trial then ends as a finished Train run, which
     frees its workers' resources (Tune stopping the trial's actor would strand them)."""
     stopped = False
     if rank == 0:
-        if loop_config.get("trial_uri"):
-            sweep = Bucket(loop_config["trial_uri"].rsplit(f"/{layout.TRIALS}/", 1)[0])
+        if task.trial_uri:
+            sweep = Bucket(task.trial_uri.rsplit(f"/{layout.TRIALS}/", 1)[0])
             data = sweep.read_bytes(layout.SCHEDULE)
         else:
-            path = Path(loop_config["trial_dir"]).parent.parent / layout.SCHEDULE
+            path = Path(task.trial_dir).parent.parent / layout.SCHEDULE
             data = path.read_bytes() if path.exists() else None
         try:  # a damaged record stops nothing here (the driver's scheduler refuses it)
             record = json.loads(data) if data else None
@@ -301,15 +285,14 @@ def stopped_by_schedule(loop_config: dict[str, Any], trial: str, rank: int,
     return stopped
 
 
-def train_and_certify(loop_config: dict[str, Any], config: TrialConfig, trial_dir: Path,
-                      rank: int, world: int, sync: TrialSync | None) -> None:
+def train_and_certify(task: TrialTask, config: TrialConfig, trial_dir: Path, rank: int,
+                      world: int, sync: TrialSync | None) -> None:
     """The trial on this rank: train (reporting each epoch, certifying a proxy at each rung of
     the schedule and leaving when the schedule stopped the trial), then certify the final model
     for its stage and, in stages 0 and 2, run the spec's attack; report the results."""
     import ray.train
 
-    schedule = loop_config.get("schedule")
-    schedule = None if schedule is None else Schedule(**schedule)
+    schedule = task.schedule
     rungs = {} if schedule is None else schedule.rung_epochs(config.epochs)
     first_rung = min(rungs, default=None)
 
@@ -337,7 +320,7 @@ def train_and_certify(loop_config: dict[str, Any], config: TrialConfig, trial_di
         report(metrics, ckpt_path)
         faults.maybe_fail("hold_after_epoch", metrics["epoch"], trial_dir.name)
         if (first_rung is not None and metrics["epoch"] + 1 >= first_rung
-                and stopped_by_schedule(loop_config, trial_dir.name, rank, world)):
+                and stopped_by_schedule(task, trial_dir.name, rank, world)):
             raise StoppedEarly
 
     try:
@@ -349,11 +332,9 @@ def train_and_certify(loop_config: dict[str, Any], config: TrialConfig, trial_di
         if rank != 0:  # the final model, as rank 0 uploaded it
             sync.fetch(CHECKPOINT)
     device = torch.device(config.device)
-    stage = loop_config.get("stage", 0)
-    stages = loop_config.get("stages")
-    final = certify_stage(stage, None if stages is None else Stages(**stages), config,
-                          trial_dir, rank, world, device, sync)
-    if loop_config.get("attack_eval") and stage in (0, 2):
-        final.update(attack_trial(config, AttackEval(**loop_config["attack_eval"]), trial_dir,
-                                  rank, world, device, sync))
+    final = certify_stage(task.stage, task.stages, config, trial_dir, rank, world, device,
+                          sync)
+    if task.attack_eval is not None and task.stage in (0, 2):
+        final.update(attack_trial(config, task.attack_eval, trial_dir, rank, world, device,
+                                  sync))
     ray.train.report(final)  # (never a "done" key: Tune would stop the trial on it)

@@ -101,7 +101,9 @@ def _record_bytes(record: dict[str, Any]) -> bytes:
 
 
 def signed(record: dict[str, Any]) -> dict[str, Any]:
-    """The driver record with its ``mac``: this user's signature of every other key."""
+    """The driver record with its format version and its ``mac``: this user's signature of
+    every other key."""
+    record = {"format_version": layout.RECORD_VERSION, **record}
     return {**record, "mac": _mac(_key(), layout.DRIVER, _record_bytes(record))}
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from ports import free_port
-from smoothadv.sweep.run import LOCAL_RAY_ENV, set_local_ray_env
+from smoothadv.sweep.local_ray import LOCAL_RAY_ENV, set_local_ray_env
 from smoothadv.sweep.train_loop import NO_STATE_API
 from smoothadv.trainers import build_model, load_dataset, save_checkpoint
 from torch import nn
@@ -115,7 +116,7 @@ def local_ray(tmp_path_factory):
                                           f"kill_after_epoch:0:{KILL_TRIAL}:{markers};"
                                           f"after_epoch:0:{RESTART_TRIAL}:{markers};"
                                           f"after_epoch:0:{TRACKED_TRIAL}:{markers}")
-        set_local_ray_env()  # as sweep.run.init_ray starts a local Ray
+        set_local_ray_env()  # as sweep.local_ray.init_ray starts a local Ray
         ray.init(address="local", num_cpus=2, include_dashboard=False,
                  object_store_memory=128 * 1024**2,
                  log_to_driver=False, configure_logging=False)
@@ -175,3 +176,16 @@ def s3_server(tmp_path_factory):
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def sweep_yaml(values: dict) -> str:
+    """A sweep folder's ``sweep.yaml`` for the spec ``values``, with its format version and
+    every resources key, as sweep.spec_record writes it (for folders written by hand)."""
+    from dataclasses import asdict
+
+    from smoothadv.sweep import spec_record
+    from smoothadv.sweep.spec_blocks import Resources
+
+    resources = {**asdict(Resources()), **(values.get("resources") or {})}
+    return yaml.safe_dump({"format_version": spec_record.VERSION, **values,
+                           "resources": resources}, sort_keys=False)

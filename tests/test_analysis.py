@@ -12,9 +12,14 @@ import pandas as pd
 import pytest
 from smoothadv.analysis import curves, figures
 from smoothadv.analysis.gather import gather
-from smoothadv.analysis.published import l2_radius_for_linf, parse_references, published_rows
+from smoothadv.analysis.paper_results import (
+    l2_radius_for_linf,
+    parse_references,
+    published_rows,
+)
 from smoothadv.analysis.report import Options, build_report
 from smoothadv.cli.main import main
+from smoothadv.common import layout, metrics
 from smoothadv.common.errors import UserError
 
 HEADER = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower")
@@ -43,23 +48,26 @@ def write_trial(sweep: Path, name: str, params: dict, radii: list | None, *,
                 tail: str = "", alpha: float = 0.001, dataset: str = "cifar10",
                 planned: int | None = None) -> Path:
     """One trial folder of the sweep layout; ``radii`` None: not certified yet; ``planned``:
-    the images of its certify_plan.json (None: no plan file, as in older sweeps)."""
+    the images of its certify_plan.json (None: as many as ``radii``, no plan file without
+    them), which the trial worker writes before the first row."""
     folder = sweep / "trials" / name
     folder.mkdir(parents=True)
-    (folder / "trial.json").write_text(json.dumps({"name": name, "params": params}))
+    layout.write_json(folder / "trial.json", {"name": name, "params": params})
     cfg = {"dataset": dataset, "arch": "cifar_resnet110", "method": "smoothadv",
            "certify": {"n0": 100, "n": 100000, "alpha": alpha, "batch_size": 400, "skip": 1,
                        "max": -1}, **params, **(config or {})}
     (folder / "config.yaml").write_text(json.dumps(cfg))  # JSON is YAML
     if radii is not None:
         (folder / "certify.tsv").write_text(certify_lines(radii) + tail)
-        meta = {"sigma": cfg.get("sigma"), "n0": 100, "n": 100000, "alpha": alpha, "seed": 0,
-                "dataset": dataset, "split": "test"}
+        meta = {"format_version": 1, "sigma": cfg.get("sigma"), "n0": 100, "n": 100000,
+                "alpha": alpha, "seed": 0, "dataset": dataset, "split": "test"}
         (folder / "certify.tsv.meta.json").write_text(json.dumps(meta))
     if attack is not None:
         (folder / "attack.tsv").write_text(attack)
+    if planned is None and radii is not None:
+        planned = len(radii)
     if planned is not None:
-        (folder / "certify_plan.json").write_text(json.dumps({"planned": planned}))
+        layout.write_json(folder / "certify_plan.json", {"planned": planned})
     return folder
 
 
@@ -96,9 +104,9 @@ def sweep(tmp_path) -> Path:
 def test_certified_accuracy_counts_correct_images_at_or_beyond_the_radius():
     radius = np.array([0.3, 0.6, 0.1, 0.0, 0.25])
     ok = np.array([True, True, True, False, True])
-    acc = curves.accuracy_at(radius, ok, [0.0, 0.1, 0.25, 0.3, 0.31, 0.6, 0.61])
+    acc = metrics.certified_accuracy(radius, ok, [0.0, 0.1, 0.25, 0.3, 0.31, 0.6, 0.61])
     np.testing.assert_array_equal(acc, np.array([4, 4, 3, 2, 1, 1, 0]) / 5)
-    assert np.isnan(curves.accuracy_at(np.array([]), np.array([], bool), [0.0])).all()
+    assert np.isnan(metrics.certified_accuracy(np.array([]), np.array([], bool), [0.0])).all()
     # grid points are exact decimals, so a radius of exactly 0.25 counts at r = 0.25
     assert 0.25 in curves.radius_grid(0.3, 0.01) and 0.07 in curves.radius_grid(0.3, 0.01)
     assert curves.radius_grid(0.5, 0.25).tolist() == [0.0, 0.25, 0.5]
@@ -356,10 +364,12 @@ def test_several_sweeps_get_qualified_names(sweep, tmp_path):
     (lambda t: (t / "m.csv").write_text("path,sigma\nnowhere.tsv,0.5\n"),
      ["--logs", "m.csv"], "m.csv: line 2: path nowhere.tsv does not exist"),
     (lambda t: write_trial(t / "s", "x", {"sigma": 0.5}, [0.5]).joinpath("certify_plan.json")
-     .write_text('{"planned": "ten"}'), ["s"],
+     .write_text('{"format_version": 1, "planned": "ten"}'), ["s"],
      "x/certify_plan.json: planned: expected a whole number ≥ 0, got 'ten'"),
     (lambda t: write_trial(t / "s", "x", {"sigma": 0.5}, [0.5]).joinpath("certify_plan.json")
      .write_text('{"planned": 1'), ["s"], "x/certify_plan.json: malformed JSON"),
+    (lambda t: write_trial(t / "s", "x", {"sigma": 0.5}, [0.5]).joinpath("certify_plan.json")
+     .unlink(), ["s"], "x/certify.tsv: no certify_plan.json beside it"),
 ])
 def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys, monkeypatch,
                                                         setup, args, message):
@@ -452,20 +462,26 @@ def test_include_incomplete_draws_them_marked(half_done, tmp_path, capsys):
     assert "incomplete, 3/10 images" not in md  # drawn, so not in the left-out list
 
 
-def test_plan_unknown_or_logs_count_as_complete(half_done, tmp_path):
-    """Older sweeps have no certify_plan.json (the planned count would need the dataset's
-    size), so their trials count as complete; so do logs of a --logs mapping."""
-    write_trial(half_done, "older", {"sigma": 1.0}, [1.0, 1.0])
+def test_logs_count_as_complete_and_a_trial_without_its_plan_is_refused(half_done, tmp_path):
+    """Logs of a --logs mapping have no plan (the planned count would need the dataset's
+    size), so they count as complete; a sweep trial's certify.tsv without its
+    certify_plan.json (the trial worker writes it before the first row) is refused."""
     (tmp_path / "log.tsv").write_text(certify_lines([0.5], reference_format=True))
     (tmp_path / "map.csv").write_text("path,sigma,label\nlog.tsv,0.5,cohen\n")
     data = gather([half_done], tmp_path / "map.csv")
     trials = data.trials.set_index("trial")
-    assert trials.loc[["done", "older", "cohen"], "status"].tolist() == ["ok"] * 3
-    assert trials.loc[["done", "older", "cohen"], "complete"].tolist() == [True] * 3
-    assert trials["planned"].isna().tolist() == [False, True, False, True]
+    assert trials.loc[["done", "cohen"], "status"].tolist() == ["ok"] * 2
+    assert trials.loc[["done", "cohen"], "complete"].tolist() == [True] * 2
+    assert trials["planned"].isna().tolist() == [False, False, True]
     assert trials.loc["partial", ["complete", "status"]].tolist() == [
         False, "incomplete, 3/10 images"]
-    assert set(data.results["trial"]) == {"done", "older", "cohen"}
+    assert set(data.results["trial"]) == {"done", "cohen"}
+    older = write_trial(half_done, "older", {"sigma": 1.0}, [1.0, 1.0])
+    (older / "certify_plan.json").unlink()
+    with pytest.raises(UserError, match="no certify_plan.json") as refused:
+        gather([half_done], tmp_path / "map.csv")
+    assert str(refused.value).startswith(str(older / "certify.tsv"))
+    assert "\n" not in str(refused.value)
 
 
 def test_only_incomplete_trials_is_an_error_naming_the_flag(tmp_path, capsys):
@@ -489,9 +505,9 @@ def test_a_staged_sweeps_stopped_trials_and_sequential_target_radius_are_reporte
     meta.update(sequential=True, target_radius=0.5)
     (kept / "certify.tsv.meta.json").write_text(json.dumps(meta))
     write_trial(sweep, "pruned", {"sigma": 0.25}, None)
-    (sweep / "stages.json").write_text(json.dumps({"stage": 4, "trials": {
+    layout.write_json(sweep / "stages.json", {"stage": 4, "trials": {
         "kept": {"stage": 2, "why": ""},
-        "pruned": {"stage": 1, "why": "dominated at every radius: best upper 0.2"}}}))
+        "pruned": {"stage": 1, "why": "dominated at every radius: best upper 0.2"}}})
     data = gather([sweep])
     assert data.target_radius == 0.5
     status = data.trials.set_index("trial")["status"]
@@ -613,9 +629,9 @@ def test_a_staged_sweeps_report_shows_where_each_point_was_chosen_and_reported(t
                        planned=20)
     write_staged_trial(sweep, "s", dict.fromkeys([0, 4, 8], 1.0), COMMON, planned=5)
     write_staged_trial(sweep, "v", {16: 2.0, 1: 2.0, 2: 2.0}, [*COMMON, 1, 2, 3], planned=20)
-    (sweep / "stages.json").write_text(json.dumps({"stage": 3, "trials": {
+    layout.write_json(sweep / "stages.json", {"stage": 3, "trials": {
         "w": {"stage": 3, "why": ""}, "s": {"stage": 2, "why": "not on the envelope at full n"},
-        "v": {"stage": 3, "why": ""}}}))
+        "v": {"stage": 3, "why": ""}}})
     data = gather([sweep])
     assert data.unfinished == ("v",)
     trials = data.trials.set_index("trial")
@@ -636,8 +652,8 @@ def test_a_stage3_trials_damaged_certify_block_is_one_error_line(tmp_path, capsy
     sweep = tmp_path / "staged"
     write_trial(sweep, "w", {"sigma": 0.25}, [0.5], planned=4,
                 config={"certify": {"alpha": 0.001, "skip": "x"}})
-    (sweep / "stages.json").write_text(json.dumps({"stage": 3, "trials": {
-        "w": {"stage": 3, "why": ""}}}))
+    layout.write_json(sweep / "stages.json", {"stage": 3, "trials": {
+        "w": {"stage": 3, "why": ""}}})
     assert main(["analyze", str(sweep), "-o", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "w/config.yaml: certify.skip: expected a whole number" in err

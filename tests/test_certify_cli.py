@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -125,6 +126,28 @@ def test_file_without_settings_record_is_not_appended_to(synthetic_checkpoint, t
     before = out.read_bytes()
     assert main(certify_args(synthetic_checkpoint, out)) == 2
     assert meta_path(out).name in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("version", [2, None, True, "1"])
+def test_a_settings_record_of_another_format_version_is_refused_in_one_line(
+        synthetic_checkpoint, tmp_path, capsys, version):
+    """The record is written with format_version 1; a record of another version, or of none
+    (None: the key removed), is refused naming it and both versions, the rows untouched."""
+    out = tmp_path / "c.tsv"
+    assert main(certify_args(synthetic_checkpoint, out, "--max", "40")) == 0
+    record = json.loads(meta_path(out).read_text())
+    assert record["format_version"] == 1
+    if version is None:
+        del record["format_version"]
+    else:
+        record["format_version"] = version
+    meta_path(out).write_text(json.dumps(record))
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert main(certify_args(synthetic_checkpoint, out)) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"smoothadv: error: {meta_path(out)}: format_version {version!r}, this smoothadv reads 1"]
     assert out.read_bytes() == before
 
 

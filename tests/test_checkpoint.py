@@ -13,6 +13,7 @@ from smoothadv.trainers import build_model, load_checkpoint, model_from_checkpoi
 from smoothadv.trainers.checkpoint import (
     FORMAT_VERSION,
     REQUIRED_KEYS,
+    CheckpointMismatch,
     atomic_write_bytes,
     payload_digest,
 )
@@ -128,8 +129,8 @@ def test_wrapped_model_is_saved_unwrapped(tmp_path):
 
 
 def test_a_checkpoint_holds_no_generator_state(tmp_path):
-    """Epoch randomness is seeded from (seed, epoch), so no generator state is stored (an older
-    version stored Python/NumPy/torch states that no resume ever restored)."""
+    """Epoch randomness is seeded from (seed, epoch), so no generator state is stored (no
+    Python/NumPy/torch state, which no resume would restore)."""
     path = tmp_path / "ck.pt"
     save_checkpoint(path, build_model("lenet", "synthetic"), arch="lenet", dataset="synthetic")
     ckpt = load_checkpoint(path)
@@ -138,24 +139,42 @@ def test_a_checkpoint_holds_no_generator_state(tmp_path):
                 and v.dtype == torch.uint8 and v.numel() > 1000]  # torch's 5056-byte state
 
 
-def test_an_older_checkpoint_with_generator_states_still_loads(tmp_path):
-    """The ``rng`` entry older checkpoints carry (generator states, under the digest) is read and
-    ignored."""
+def test_a_checkpoint_in_the_pre_digest_format_is_refused_in_one_line(tmp_path):
+    """A checkpoint as smoothadv wrote it before digests (generator states under ``rng``, no
+    ``sha256``) never shipped: it is refused, one line naming the file, never loaded."""
     np_state = np.random.get_state()
     old_rng = {"python": random.getstate(),
                "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)),
                          "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
                          "gauss": float(np_state[4])},
                "torch": torch.get_rng_state()}
-    model = build_model("lenet", "synthetic")
     path = tmp_path / "old.pt"
-    save_checkpoint(path, model, arch="lenet", dataset="synthetic", epoch=2,
-                    extra={"rng": old_rng})
-    restored, ckpt = model_from_checkpoint(path, arch="lenet", dataset="synthetic")
-    assert ckpt["epoch"] == 2 and set(ckpt["rng"]) == {"python", "numpy", "torch"}
-    x = torch.rand(2, 1, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(place(model, "cpu").eval()(x), restored.eval()(x))
+    save_checkpoint(path, build_model("lenet", "synthetic"), arch="lenet", dataset="synthetic",
+                    epoch=2, extra={"rng": old_rng})
+    payload = torch.load(path, weights_only=True)
+    del payload["sha256"]
+    torch.save(payload, path)
+    refusal = f"{path}: not a smoothadv checkpoint (no sha256, the SHA-256 digest of its content)"
+    for load in (load_checkpoint, model_from_checkpoint):
+        with pytest.raises(UserError) as err:
+            load(path)
+        assert str(err.value) == refusal
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", True, None])
+def test_a_checkpoint_of_another_format_version_is_refused_in_one_line(tmp_path, version):
+    """Named with both versions, before its digest is checked (another version may digest
+    otherwise), and as a wrong file (CheckpointMismatch), not a damaged one."""
+    path = tmp_path / "other.pt"
+    save_checkpoint(path, build_model("lenet", "synthetic"), arch="lenet", dataset="synthetic")
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = version
+    torch.save(payload, path)  # its digest left as it was: the version is refused first
+    refusal = f"{path}: format_version {version!r}, this smoothadv reads {FORMAT_VERSION}"
+    for load in (load_checkpoint, model_from_checkpoint):
+        with pytest.raises(CheckpointMismatch) as err:
+            load(path)
+        assert str(err.value) == refusal
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):
@@ -275,9 +294,6 @@ def test_a_payload_changed_without_its_digest_is_corrupt(tmp_path):
     torch.save(payload, path)
     with pytest.raises(UserError, match="does not match the SHA-256 digest"):
         load_checkpoint(path)
-    del payload["sha256"]  # a checkpoint from before digests loads unverified
-    torch.save(payload, path)
-    assert load_checkpoint(path)["epoch"] == 4
 
 
 def test_plain_state_dict_is_not_a_checkpoint(tmp_path):

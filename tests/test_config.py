@@ -90,3 +90,50 @@ def test_any_mapping_parses_or_gets_a_user_error(values):
         assert isinstance(parse_trial_config(values), TrialConfig)
     except UserError as e:
         assert "\n" not in str(e)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"steps": "3"}, "steps: expected an integer, got '3'"),
+    ({"steps": True}, "steps: expected an integer, got True"),
+    ({"steps": 3.0}, "steps: expected an integer, got 3.0"),
+    ({"lr": True}, "lr: expected a number, got True"),
+    ({"lr": float("nan")}, "lr: expected a finite number, got nan"),
+    ({"amp": 1}, "amp: expected true or false, got 1"),
+    ({"amp": 1.0}, "amp: expected true or false, got 1.0"),
+    ({"amp": "true"}, "amp: expected true or false, got 'true'"),
+    ({"data_root": 3}, "data_root: expected a string, got 3"),
+    ({"arch": None}, "arch: must be set (got null)"),
+    ({"certify": {"n": "3"}}, "certify.n: expected an integer, got '3'"),
+    ({"certify": {"batch_size": 1.5}}, "certify.batch_size: expected an integer, got 1.5"),
+    ({"certify": {"sequential": 0}}, "certify.sequential: expected true or false, got 0"),
+    ({"certify": 5}, "certify: expected a mapping, got 5"),
+    ({"certify": {"nn": 3}}, "certify.nn: unknown key; did you mean 'n'?"),
+    ({"certify": {"skp": 3}}, "certify.skp: unknown key; did you mean 'skip'?"),
+    ({"momentun": 0.9}, "momentun: unknown key; did you mean 'momentum'?"),
+])
+def test_types_are_strict_and_named_in_one_line(values, message):
+    """No coercion: a string, a bool or a whole float is no integer, an integer no bool."""
+    with pytest.raises(UserError) as info:
+        parse_trial_config(values)
+    assert str(info.value) == message
+
+
+def test_an_integer_is_a_number_read_as_a_float_and_optional_keys_take_null():
+    c = parse_trial_config({"lr": 1, "sigma": 1, "certify": {"target_radius": 2,
+                                                            "batch_size": None}})
+    assert (c.lr, c.sigma, c.certify.target_radius) == (1.0, 1.0, 2.0)
+    assert all(isinstance(v, float) for v in (c.lr, c.sigma, c.certify.target_radius))
+    assert c.certify.batch_size is None
+    assert parse_trial_config({"init_from": None}).init_from is None
+
+
+@pytest.mark.parametrize("values,key", [
+    ({"steps": "y", "sigma": "x"}, "steps"),
+    ({"sigma": "x", "steps": "y"}, "sigma"),
+    ({"certify": {"skip": "s", "n": "n"}, "steps": "y"}, "certify.skip"),
+    ({"bogus": 1, "steps": "y"}, "bogus"),
+])
+def test_of_several_bad_keys_the_first_as_written_is_named(values, key):
+    with pytest.raises(UserError) as info:
+        parse_trial_config(values)
+    assert str(info.value).startswith(f"{key}: ")

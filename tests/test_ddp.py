@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from ports import free_port
-from smoothadv.trainers import model_from_checkpoint, train
+from smoothadv.trainers import model_from_checkpoint, step, train
 from smoothadv.trainers.config import parse_trial_config
 
 CONFIG = {"dataset": "synthetic", "arch": "lenet", "train_subset": 96, "epoch_test_subset": 32,
@@ -35,7 +35,7 @@ def _rank_main(rank: int, world: int, port: int, out: str, params_file: str) -> 
     model = seen["model"]
     torch.save({"reports": len(reports), "world": reports[-1]["world_size"],
                 "ddp": isinstance(model, torch.nn.parallel.DistributedDataParallel),
-                "params": [p.detach() for p in train.unwrap(model).parameters()]},
+                "params": [p.detach() for p in step.unwrap(model).parameters()]},
                f"{params_file}.{rank}")
     dist.destroy_process_group()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from conftest import sweep_yaml
 from smoothadv.common import layout
 from smoothadv.common.layout import CHECKPOINT
 from smoothadv.sweep import processes, trust
@@ -90,7 +91,7 @@ def test_sigterm_then_sweep_stop_interrupt_the_driver_and_leave_no_ray_process(t
 
 
 def test_stop_without_a_running_driver(tmp_path):
-    (tmp_path / layout.SPEC).write_text(yaml.safe_dump(SPEC))
+    (tmp_path / layout.SPEC).write_text(sweep_yaml(SPEC))
     out = subprocess.run([sys.executable, "-m", "smoothadv.cli.main",
                           "sweep", "stop", str(tmp_path)],
                          capture_output=True, text=True)
@@ -104,7 +105,7 @@ def test_a_driver_on_a_replaced_machine_is_judged_by_its_heartbeat(tmp_path):
     ending no local process on the strength of another host's process ids."""
     from smoothadv.sweep.status import STALE_S, driver_alive
 
-    (tmp_path / layout.SPEC).write_text(yaml.safe_dump(SPEC))
+    (tmp_path / layout.SPEC).write_text(sweep_yaml(SPEC))
     me = os.getpid(), processes.start_time(os.getpid())  # must survive: same pid, other host
     record = {"pid": me[0], "start": me[1], "host": "old-head-pod",
               "ray_processes": [list(me)]}

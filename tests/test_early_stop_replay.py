@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 from smoothadv.common.binomial import cp_lower
-from smoothadv.sweep.spec import Schedule
+from smoothadv.sweep.spec_blocks import EarlyStopping
 
 spec = importlib.util.spec_from_file_location(
     "early_stop_replay", Path(__file__).resolve().parents[1] / "benchmarks/early_stop_replay.py")
@@ -51,7 +51,7 @@ def test_the_replay_stops_the_dominated_trials_and_keeps_the_envelope(tmp_path):
     write_logs(tmp_path, {"bad": 0.0, "good": 1.0, "fair": 0.9, "poor": 0.0})
     trials = replay_mod.load_grid(tmp_path)
     assert [t.cost for t in trials] == [2, 3, 4, 5]  # m_train·(T + 1)
-    schedule = Schedule(images=40, min_trials=2)
+    schedule = EarlyStopping(images=40, min_trials=2)
     table = cp_lower(np.arange(schedule.n + 1), schedule.n, schedule.alpha)
     rng = np.random.default_rng(0)
     runs = [replay_mod.replay(trials, schedule, 9, (1.0, 1.0), 0, rng, table)
@@ -80,7 +80,7 @@ def test_a_trial_stopped_in_its_last_epoch_is_lost_without_a_saving(tmp_path):
     write_logs(tmp_path, {"good": 1.0, "bad": 0.0})
     good, bad = replay_mod.load_grid(tmp_path)
     slow_good = replay_mod.Trial("good", SIGMA, 10.0, good.p, good.final)
-    schedule = Schedule(images=40, min_trials=2, rungs=(0.5,))
+    schedule = EarlyStopping(images=40, min_trials=2, rungs=(0.5,))
     table = cp_lower(np.arange(schedule.n + 1), schedule.n, schedule.alpha)
     # the bad trial reports its rung (epoch 2 of 4) at t = 6, ends at t = 12; the good one
     # reports at t = 20: the bad one has finished training, so it is not stopped

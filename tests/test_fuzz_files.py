@@ -1,10 +1,10 @@
 """Fuzzing the files of a sweep folder: `sweep status` and `analyze` on hostile files.
 
 A sweep folder is written by the tool's own writers, without Ray: the spec as `sweep run`
-writes it, each trial's trial.json and state.json as its trial driver (sweep.run,
-sweep.scheduler) writes them, a trial trained (trainers.train: config.yaml,
+writes it, each trial's trial.json and state.json as its trial driver (sweep.trial_driver,
+sweep.early_stopping) writes them, a trial trained (trainers.train: config.yaml,
 metrics.jsonl), certified and attacked (sweep.trial_worker: certify.tsv + its .meta.json and
-certify_plan.json, attack.tsv), a staged sweep's stages.json (sweep.staging) and the driver's
+certify_plan.json, attack.tsv), a staged sweep's stages.json (sweep.staged_sweep) and the driver's
 driver.json (sweep.driver_record). Then, with a fixed seed, one file at a time is mutated
 (bytes flipped, cut short, lines deleted or repeated, values swapped for text, negatives, huge
 numbers, inf, nan or null, keys deleted, JSON types changed, binary garbage, an empty file)
@@ -27,13 +27,14 @@ import torch
 import yaml
 from smoothadv.analysis import figures
 from smoothadv.cli.main import main
-from smoothadv.common import layout, stage_record
+from smoothadv.common import layout, stages_file
 from smoothadv.common.atomic import atomic_write_bytes
 from smoothadv.common.provenance import software
-from smoothadv.sweep import staging
+from smoothadv.sweep import staged_sweep
 from smoothadv.sweep.driver_record import this_driver
-from smoothadv.sweep.scheduler import write_stopped
+from smoothadv.sweep.early_stopping import write_stopped
 from smoothadv.sweep.spec import parse_spec
+from smoothadv.sweep.spec_record import spec_yaml
 from smoothadv.sweep.storage import SweepFolder
 from smoothadv.sweep.trial_worker import attack_trial, certify_trial
 from smoothadv.trainers.train import train_trial
@@ -77,8 +78,8 @@ def build_sweep(root: Path) -> Path:
     folder = root / spec.name
     sweep = SweepFolder(folder)
     folder.mkdir(parents=True)
-    spec_yaml = yaml.safe_dump(spec.to_dict(), sort_keys=False).encode()  # as sweep.run
-    atomic_write_bytes(folder / layout.SPEC, lambda f: f.write(spec_yaml))
+    text = spec_yaml(spec)  # as sweep.lifecycle
+    atomic_write_bytes(folder / layout.SPEC, lambda f: f.write(text))
     done, stopped = spec.trials()
     assert (done.name, stopped.name) == (DONE, STOPPED)
     for trial in (done, stopped):
@@ -95,7 +96,7 @@ def build_sweep(root: Path) -> Path:
     train_trial(one_epoch.config, layout.trial_dir(folder, STOPPED), progress=False)
     write_stopped(sweep, layout.trial_dir(folder, STOPPED) / layout.STATE,
                   "dominated at rung 1 (epoch 1)")
-    staging.begin(sweep, stage_record.DONE, {
+    staged_sweep.begin(sweep, stages_file.DONE, {
         DONE: {"stage": 2, "why": ""}, STOPPED: {"stage": 1, "why": "dominated at rung 1"}})
     sweep.write_json(folder / layout.DRIVER, {**this_driver([]), "heartbeat": time.time()})
     return folder.resolve()

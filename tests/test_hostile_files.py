@@ -14,11 +14,12 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import sweep_yaml
 from smoothadv.certify.results_file import ResultsFile
 from smoothadv.cli.main import main
 from smoothadv.common import layout
 from smoothadv.common.errors import UserError
-from smoothadv.common.schedule_record import stopped_entries, stopped_trials
+from smoothadv.common.schedule_file import stopped_entries, stopped_trials
 from smoothadv.sweep import processes
 
 SPEC = {"name": "tiny", "defaults": {"dataset": "synthetic", "arch": "lenet", "epochs": 2},
@@ -39,6 +40,18 @@ def refused(capsys, argv: list[str], path: Path, *words: str) -> str:
     return lines[0]
 
 
+def versioned(record):
+    """A JSON record as the tool writes it: with its format version (common.layout)."""
+    return {"format_version": layout.RECORD_VERSION, **record} if isinstance(record, dict) \
+        else record
+
+
+def versioned_text(text: str) -> str:
+    """``text`` with the format version inserted when it opens a JSON object."""
+    return text.replace("{", f'{{"format_version": {layout.RECORD_VERSION}, ', 1) \
+        if text.startswith("{") else text
+
+
 # --- sweep status -------------------------------------------------------------------------
 
 
@@ -48,7 +61,7 @@ def sweep_folder(tmp_path: Path, driver: bool = True) -> Path:
     folder = tmp_path / "tiny"
     tdir = layout.trial_dir(folder, TRIAL)
     tdir.mkdir(parents=True)
-    (folder / layout.SPEC).write_text(yaml.safe_dump(SPEC))
+    (folder / layout.SPEC).write_text(sweep_yaml(SPEC))
     if driver:
         layout.write_json(folder / layout.DRIVER,
                           {"pid": os.getpid(), "start": processes.start_time(os.getpid()),
@@ -76,7 +89,7 @@ def test_a_damaged_state_record_is_refused_naming_it(tmp_path, capsys, text):
     trial that has not started (PENDING) or was cut short (INTERRUPTED)."""
     folder = sweep_folder(tmp_path)
     path = layout.trial_dir(folder, TRIAL) / layout.STATE
-    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    path.write_bytes(text if isinstance(text, bytes) else versioned_text(text).encode())
     refused(capsys, ["sweep", "status", str(folder)], path, "remove it")
 
 
@@ -121,9 +134,11 @@ def test_a_torn_last_metrics_line_is_still_ignored(tmp_path, capsys, tail, epoch
     (b"\x00\x01\xff\xfe garbage", []),
     (b"name: tiny\x10\ngrid: {sigma: [0.25]}\n", []),  # a control character
     (b"- 1\n- 2\n", ["expected a mapping"]),
-    (b"name: tiny\n", ["grid"]),
-    (b"name: tiny\ngrid: {sigma: [0.25]}\ndefaults: {epochs: -3}\n", ["epochs"]),
-], ids=["unparsable", "binary", "control", "list", "no-grid", "bad-default"])
+    (sweep_yaml({"name": "tiny"}).encode(), ["grid"]),
+    (sweep_yaml({"name": "tiny", "grid": {"sigma": [0.25]}, "defaults": {"epochs": -3}})
+     .encode(), ["epochs"]),
+    (sweep_yaml(SPEC).replace("  workers: 1\n", "").encode(), ["resources", "workers"]),
+], ids=["unparsable", "binary", "control", "list", "no-grid", "bad-default", "resources"])
 def test_a_damaged_sweep_yaml_is_refused_naming_it(tmp_path, capsys, data, words):
     folder = sweep_folder(tmp_path)
     (folder / layout.SPEC).write_bytes(data)
@@ -137,7 +152,7 @@ def test_a_damaged_plan_is_refused_naming_it(tmp_path, capsys, planned):
     tdir = layout.trial_dir(folder, TRIAL)
     layout.write_json(tdir / layout.STATE, {"state": "RUNNING"})
     (tdir / layout.CERTIFY).write_text(CERTIFY_HEADER + "0\t1\t1\t0.5\t1\t0:00:06\t0.9\n")
-    (tdir / layout.CERTIFY_PLAN).write_text(f'{{"planned": {planned}}}')
+    (tdir / layout.CERTIFY_PLAN).write_text(versioned_text(f'{{"planned": {planned}}}'))
     refused(capsys, ["sweep", "status", str(folder)], tdir / layout.CERTIFY_PLAN, "planned")
 
 
@@ -148,7 +163,7 @@ def test_a_damaged_plan_is_refused_naming_it(tmp_path, capsys, planned):
 def test_a_damaged_driver_record_is_refused_naming_it(tmp_path, capsys, record):
     """Once read as "no driver runs" (or, from another host, as a live one)."""
     folder = sweep_folder(tmp_path)
-    (folder / layout.DRIVER).write_text(json.dumps(record))
+    (folder / layout.DRIVER).write_text(json.dumps(versioned(record)))
     refused(capsys, ["sweep", "status", str(folder)], folder / layout.DRIVER, "no driver runs")
 
 
@@ -158,8 +173,33 @@ def test_a_damaged_driver_record_is_refused_naming_it(tmp_path, capsys, record):
     {"stage": 2, "trials": {TRIAL: "stopped"}}, {"trials": {}}])
 def test_a_damaged_stage_record_is_refused_naming_it(tmp_path, capsys, record):
     folder = sweep_folder(tmp_path)
-    (folder / layout.STAGES).write_text(json.dumps(record))
+    (folder / layout.STAGES).write_text(json.dumps(versioned(record)))
     refused(capsys, ["sweep", "status", str(folder)], folder / layout.STAGES)
+
+
+@pytest.mark.parametrize("found", [2, None, "1", True])
+@pytest.mark.parametrize("name", [layout.STATE, layout.CERTIFY_PLAN, layout.DRIVER,
+                                  layout.STAGES, layout.SPEC])
+def test_a_record_of_another_format_is_refused_naming_both_versions(tmp_path, capsys, name,
+                                                                    found):
+    """Every record a sweep writes carries its format version; another (or none) is one line
+    naming the file, the version found and the one this smoothadv reads, before its content
+    is trusted."""
+    folder = sweep_folder(tmp_path)
+    tdir = layout.trial_dir(folder, TRIAL)
+    path = {layout.STATE: tdir, layout.CERTIFY_PLAN: tdir}.get(name, folder) / name
+    good = {layout.STATE: {"state": "RUNNING"}, layout.CERTIFY_PLAN: {"planned": 4},
+            layout.DRIVER: json.loads(path.read_text()) if name == layout.DRIVER else None,
+            layout.STAGES: {"stage": 1, "trials": {}},
+            layout.SPEC: yaml.safe_load(sweep_yaml(SPEC))}[name]
+    layout.write_json(path, {k: v for k, v in good.items() if k != "format_version"})
+    assert main(["sweep", "status", str(folder)]) == 0  # as written: read
+    capsys.readouterr()
+    record = {**good, "format_version": found} if found is not None else \
+        {k: v for k, v in good.items() if k != "format_version"}
+    path.write_text(yaml.safe_dump(record) if name == layout.SPEC else json.dumps(record))
+    err = refused(capsys, ["sweep", "status", str(folder)], path)
+    assert f"{path}: format_version {found!r}, this smoothadv reads 1" in err
 
 
 # --- sweep resume: what it reads before Ray starts ----------------------------------------
@@ -168,7 +208,7 @@ def test_a_damaged_stage_record_is_refused_naming_it(tmp_path, capsys, record):
 @pytest.fixture
 def no_ray(monkeypatch):
     """A resume that gets as far as starting Ray read the damaged file as valid."""
-    from smoothadv.sweep import run as sweep_run
+    from smoothadv.sweep import lifecycle as sweep_run
 
     def started(*args, **kwargs):
         raise AssertionError("Ray started: the damaged file was read as valid")
@@ -194,7 +234,7 @@ def test_the_readers_resume_calls_refuse_before_anything_starts(tmp_path):
                                                             "sigma0.5": None}
     assert [t.name for t in read_sweep_spec(folder).trials()] == [TRIAL, "sigma0.5"]
     state = layout.trial_dir(folder, TRIAL) / layout.STATE
-    state.write_text('{"state": 5}')
+    state.write_text(versioned_text('{"state": 5}'))
     with pytest.raises(UserError, match=re.escape(str(state))):
         recorded_states(folder, [TRIAL])
     (folder / layout.SPEC).write_bytes(b"\xff")
@@ -212,12 +252,15 @@ def analyzed_sweep(tmp_path: Path, rows: list[str], *, sigma: float = 0.5,
     tdir = layout.trial_dir(root, "x")
     tdir.mkdir(parents=True)
     (root / layout.SPEC).write_text("name: s\ngrid: {sigma: [0.5]}\n")
-    (tdir / layout.TRIAL_INFO).write_text(json.dumps({"name": "x", "params": {"sigma": sigma}}))
+    (tdir / layout.TRIAL_INFO).write_text(json.dumps(versioned({"name": "x",
+                                                                 "params": {"sigma": sigma}})))
     (tdir / layout.CONFIG).write_text(json.dumps({"dataset": "cifar10", "sigma": sigma,
                                                   "certify": {"alpha": 0.001}}))
     (tdir / layout.CERTIFY).write_text(CERTIFY_HEADER + "".join(r + "\n" for r in rows))
+    layout.write_json(tdir / layout.CERTIFY_PLAN, {"planned": len(rows)})
     (tdir / (layout.CERTIFY + layout.META)).write_text(json.dumps(
-        {"sigma": sigma, "alpha": 0.001, "n0": 100, "n": 1000, "dataset": "cifar10"}))
+        {"format_version": layout.META_FORMAT_VERSION, "sigma": sigma, "alpha": 0.001,
+         "n0": 100, "n": 1000, "dataset": "cifar10"}))
     if attack is not None:
         (tdir / layout.ATTACK).write_text(attack)
     return root
@@ -229,6 +272,16 @@ GOOD = ["0\t0\t0\t0.8\t1\t0:00:01\t0.9", "1\t1\t-1\t0.0\t0\t0:00:01\t0.4",
 
 def analyze(root: Path, tmp_path: Path) -> list[str]:
     return ["analyze", str(root), "-o", str(tmp_path / "report")]
+
+
+@pytest.mark.parametrize("name", [layout.TRIAL_INFO, layout.CERTIFY + layout.META,
+                                  layout.CERTIFY_PLAN])
+def test_analyze_refuses_a_record_of_another_format(tmp_path, capsys, name):
+    root = analyzed_sweep(tmp_path, GOOD)
+    path = layout.trial_dir(root, "x") / name
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": 2}))
+    err = refused(capsys, analyze(root, tmp_path), path)
+    assert f"{path}: format_version 2, this smoothadv reads 1" in err
 
 
 def test_valid_rows_are_analyzed(tmp_path, capsys):
@@ -311,7 +364,7 @@ def test_a_record_of_the_wrong_types_is_refused_naming_it(tmp_path, capsys, name
                                     {"stage": 2, "trials": {"x": {"stage": "one"}}}])
 def test_analyze_refuses_a_damaged_stage_record(tmp_path, capsys, record):
     root = analyzed_sweep(tmp_path, GOOD)
-    (root / layout.STAGES).write_text(json.dumps(record))
+    (root / layout.STAGES).write_text(json.dumps(versioned(record)))
     refused(capsys, analyze(root, tmp_path), root / layout.STAGES)
 
 
@@ -335,8 +388,25 @@ def results(tmp_path: Path, rows: str | bytes, meta: object = SETTINGS) -> Path:
     path = tmp_path / "out.tsv"
     data = rows if isinstance(rows, bytes) else rows.encode()
     path.write_bytes("\t".join(COLUMNS).encode() + b"\n" + data)
+    if isinstance(meta, dict):
+        meta = {"format_version": layout.META_FORMAT_VERSION, **meta}
     layout.meta_path(path).write_text(json.dumps(meta))
     return path
+
+
+@pytest.mark.parametrize("recorded, asked, words", [
+    ({**SETTINGS, "compiled": True}, SETTINGS, "compiled=True, which this run does not set"),
+    (SETTINGS, {**SETTINGS, "compiled": False}, "has no compiled"),
+    ({**SETTINGS, "sequential": False}, {**SETTINGS, "sequential": True}, "sequential=False"),
+])
+def test_a_setting_on_one_side_only_is_refused(tmp_path, recorded, asked, words):
+    """A resume compares every setting both ways: one the record holds and the run does not
+    set (or the reverse) is refused, never read as a default."""
+    path = results(tmp_path, "0\t0\t0\t0.5\t1\t0:00:01\t0.9\n", recorded)
+    before = path.read_bytes()
+    with pytest.raises(UserError, match=re.escape(words)) as refusal:
+        ResultsFile(path, COLUMNS, asked)
+    assert "\n" not in str(refusal.value) and path.read_bytes() == before
 
 
 @pytest.mark.parametrize("meta", [[1, 2], "settings", {**SETTINGS, "provenance": 5}])
@@ -366,7 +436,7 @@ def test_resuming_valid_rows_and_a_torn_line_still_works(tmp_path):
         assert out.done == {0} and out.repaired_torn_line
 
 
-# --- the schedule's record (sweep.scheduler) ----------------------------------------------
+# --- the schedule's record (sweep.early_stopping) ----------------------------------------------
 
 
 @pytest.mark.parametrize("text", ["not json", '{"trials": []}',
@@ -374,13 +444,13 @@ def test_resuming_valid_rows_and_a_torn_line_still_works(tmp_path):
                                   '{"trials": {"a": {"sigma": 0.5, "rungs": {"1": {"epoch": '
                                   '1, "curve": {"r": 0.5}}}}}}', '{"stopped": 5}'])
 def test_a_damaged_schedule_record_is_refused_naming_it(tmp_path, text):
-    from smoothadv.sweep.scheduler import EnvelopeScheduler
-    from smoothadv.sweep.spec import Schedule
+    from smoothadv.sweep.early_stopping import EnvelopeScheduler
+    from smoothadv.sweep.spec_blocks import EarlyStopping
 
-    (tmp_path / layout.SCHEDULE).write_text(text)
+    (tmp_path / layout.SCHEDULE).write_text(versioned_text(text))
     with pytest.raises(UserError, match=re.escape(str(tmp_path / layout.SCHEDULE))):
         stopped_trials(tmp_path)
-    scheduler = EnvelopeScheduler(str(tmp_path), Schedule(min_trials=2).record())
+    scheduler = EnvelopeScheduler(str(tmp_path), EarlyStopping(min_trials=2).record())
     trial = SimpleNamespace(trial_id="t", config={"trial": {"name": "t",
                                                             "config": {"sigma": 0.5}}})
     with pytest.raises(UserError, match=re.escape(str(tmp_path / layout.SCHEDULE))):

@@ -23,7 +23,7 @@ def _modules() -> dict[str, Path]:
 
 
 def _inside(name: str) -> str:
-    """``smoothadv.sweep.run`` → ``sweep.run`` (the module's path in the repository)."""
+    """``smoothadv.sweep.lifecycle`` → ``sweep.lifecycle`` (the module's path in the repository)."""
     return name.removeprefix("smoothadv.")
 
 

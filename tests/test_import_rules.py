@@ -36,7 +36,7 @@ def _modules(package: str) -> list[str]:
 
 
 def _top(module: str) -> str:
-    """The package a module belongs to: ``smoothadv.sweep.run`` → ``sweep``, ``torch.nn`` →
+    """The package a module belongs to: ``smoothadv.sweep.lifecycle`` → ``sweep``, ``torch.nn`` →
     ``torch``."""
     parts = module.split(".")
     return parts[1] if parts[0] == "smoothadv" and len(parts) > 1 else parts[0]

@@ -54,7 +54,7 @@ def _all_imports():
 
 
 def _inside(module: str) -> str:
-    """``smoothadv.sweep.run`` → ``sweep.run``; a module outside the namespace unchanged."""
+    """``smoothadv.sweep.lifecycle`` → ``sweep.lifecycle``; one outside the namespace unchanged."""
     return module.removeprefix("smoothadv.")
 
 
@@ -111,3 +111,25 @@ def test_only_smoothadv_is_installed_at_the_top():
     out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
                          text=True, timeout=60, check=True).stdout
     assert out.split() == ["[]", "True"]
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_module_over_400_lines_and_no_function_over_60():
+    """Small modules with one job each (issue 23): a module of the product past 400 lines, or a
+    function past 60 (its ``def`` to its last line), is a sign it does two jobs."""
+    too_long = []
+    for package in ALLOWED:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            text = path.read_text()
+            name = path.relative_to(ROOT).as_posix()
+            if text.count("\n") > MAX_MODULE_LINES:
+                too_long.append(f"{name}: {text.count(chr(10))} lines")
+            for node in ast.walk(ast.parse(text, name)):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > MAX_FUNCTION_LINES:
+                        too_long.append(f"{name}:{node.lineno}: {node.name}, {length} lines")
+    assert not too_long, "\n".join(too_long)

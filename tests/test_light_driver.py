@@ -18,7 +18,7 @@ def test_building_the_trial_drivers_trainer_imports_no_torch(tmp_path):
 import sys
 import ray.train
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-import smoothadv.sweep.run
+import smoothadv.sweep.trial_driver
 from smoothadv.sweep.train_loop import TorchBackendConfig, train_loop_per_worker
 trainer = DataParallelTrainer(
     train_loop_per_worker, backend_config=TorchBackendConfig(backend="gloo"),

@@ -1,9 +1,10 @@
-"""A local Ray started as the tool starts it (``sweep.run.init_ray`` with no address) listens on
-loopback only: every listening TCP socket of every process it starts (GCS, raylet, the driver's
-and the workers' core-worker servers, the dashboard and runtime-env agents, the autoscaler
-monitor's and dashboard's metrics servers) is bound to 127.0.0.1 or ::1 (or ::ffff:127.0.0.1,
-loopback on an IPv6 socket). Ray 2.60 binds them to all interfaces unless the node's IP is
-loopback; nothing is left that Ray cannot be told to bind locally, so there are no exceptions.
+"""A local Ray started as the tool starts it (``sweep.local_ray.init_ray`` with no address) listens
+on loopback only: every listening TCP socket of every process it starts (GCS, raylet, the
+driver's and the workers' core-worker servers, the dashboard and runtime-env agents, the
+autoscaler monitor's and dashboard's metrics servers) is bound to 127.0.0.1 or ::1 (or
+::ffff:127.0.0.1, loopback on an IPv6 socket). Ray 2.60 binds them to all interfaces unless the
+node's IP is loopback; nothing is left that Ray cannot be told to bind locally, so there are no
+exceptions.
 
 The local Ray runs in a process of its own (the test session shares one local Ray that this
 must not be), which also checks that nothing of the change outlives the start: a `ray start
@@ -98,7 +99,7 @@ def child() -> None:
     """Start local Ray as `smoothadv sweep run` without --address does; print what listens."""
     import ray
     from ray._private import ray_constants
-    from smoothadv.sweep.run import init_ray
+    from smoothadv.sweep.local_ray import init_ray
 
     init_ray(None)
     try:

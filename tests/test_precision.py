@@ -1,5 +1,5 @@
 """Certification precision is explicit: full float32 unless ``--allow-tf32``, recorded in
-FILE.meta.json, and a results file written before the record existed is refused on resume.
+FILE.meta.json, and a results file whose record lacks it is refused on resume.
 
 The CUDA tests (skipped without CUDA; benchmarks/gpu_checks.sh runs them) check the TF32 flags
 of matmul and cuDNN inside the base classifier's forward passes, and that the previous flags
@@ -44,8 +44,8 @@ def test_cpu_runs_record_float32(synthetic_checkpoint, tmp_path, command, extra)
 @pytest.mark.parametrize("command", ["certify", "attack"])
 def test_resuming_a_file_recorded_without_precision_is_refused(synthetic_checkpoint, tmp_path,
                                                                capsys, command):
-    """Files written before the precision was recorded cannot tell whether their rows came from
-    a TF32 GPU run, so they are refused like any other settings change."""
+    """A record without the precision cannot tell whether its rows came from a TF32 GPU run,
+    so it is refused like any other settings change."""
     out = tmp_path / f"{command}.tsv"
     args = cli_args(command, synthetic_checkpoint, out, "--device", "cpu")
     assert main([*args, "--max", "70"]) == 0

@@ -173,7 +173,8 @@ def test_rows_have_samples_and_resume_refuses_mixing_modes(linear_classifier, tm
     record = json.loads(meta_path(seq_out).read_text())
     assert record["sequential"] is True and record["target_radius"] == 0.5
     run_smoothing(linear_classifier, 2, data, range(4), plain, plain_out, progress=False)
-    assert "sequential" not in json.loads(meta_path(plain_out).read_text())
+    record = json.loads(meta_path(plain_out).read_text())
+    assert record["sequential"] is False and record["target_radius"] is None
     other_r = Sampling(sigma=SIGMA, n0=N0, n=N, alpha=0.001, seed=4, sequential=True)
     for settings, out in ((sequential, plain_out), (plain, seq_out), (other_r, seq_out)):
         with pytest.raises(UserError) as refused:

@@ -15,7 +15,8 @@ from smoothadv.certify.attack import AttackSettings, run_attack
 from smoothadv.certify.runner import Sampling, run_smoothing
 from smoothadv.common.errors import UserError
 from smoothadv.common.layout import meta_path
-from smoothadv.sweep.spec import AttackEval, parse_spec
+from smoothadv.sweep.spec import parse_spec
+from smoothadv.sweep.spec_blocks import AttackEval
 from smoothadv.trainers.config import CertifyConfig, parse_trial_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,16 @@ CERTIFY_BLOCK = ("n0: 100\nn: 1000\nalpha: 0.001\nbatch_size: null\nskip: 20\nma
 def test_sweep_plan_and_status_modules_load_without_torch():
     code = ("import sys, sweep.spec, sweep.status, common.settings; "
             "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+
+
+def test_pydantic_loads_with_the_first_block_read_not_with_the_modules():
+    """The sweep driver imports sweep.spec: the typed reading (common.validation) adds no
+    pydantic import to that, only to the first spec or config it reads."""
+    code = ("import sys, smoothadv.sweep.spec as s, smoothadv.common.validation; "
+            "before = 'pydantic' in sys.modules; "
+            "s.parse_spec({'name': 'n', 'grid': {'sigma': [0.25]}}); "
+            "sys.exit(10 * before + ('pydantic' not in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
 
 

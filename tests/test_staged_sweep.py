@@ -11,7 +11,8 @@ import os
 
 import pandas as pd
 import yaml
-from smoothadv.common import layout, stage_record
+from smoothadv.common import layout, stages_file
+from smoothadv.common.records import read_plan
 
 DEFAULTS = {"dataset": "synthetic", "arch": "lenet", "epoch_test_subset": 64, "epochs": 2,
             "batch_size": 64, "method": "gaussian", "device": "cpu",
@@ -61,7 +62,7 @@ def test_a_staged_sweep_certifies_in_full_only_what_can_reach_the_envelope(tmp_p
     assert trials[BAD]["stage"] == 1 and trials[BAD]["why"].startswith("dominated at every")
     # each trained trial holds its σ's envelope: certified in full, then on the finer grid
     assert trials[GOOD] == trials[WIDE] == {"stage": 3, "why": ""}, trials
-    assert record["stage"] == stage_record.DONE == 4  # every stage done
+    assert record["stage"] == stages_file.DONE == 4  # every stage done
     for name in (GOOD, BAD, WIDE):
         screened = pd.read_csv(layout.trial_dir(sweep_dir, name) / layout.CERTIFY_STAGE1,
                                sep="\t")
@@ -73,7 +74,7 @@ def test_a_staged_sweep_certifies_in_full_only_what_can_reach_the_envelope(tmp_p
         assert sorted(rows["idx"]) == list(range(0, 512, 32))  # stage 2's 8, then stage 3's
         meta = json.loads(layout.meta_path(trial / layout.CERTIFY).read_text())
         assert meta["n"] == 400 and meta["sequential"] is True  # full n: what reports read
-        assert layout.read_json(trial / layout.CERTIFY_PLAN) == {"planned": 16}
+        assert read_plan(trial / layout.CERTIFY_PLAN) == 16
         assert [json.loads(m)["epoch"] for m in (trial / layout.METRICS).read_text()
                 .splitlines()] == [0, 1]  # trained once, in stage 1
         assert json.loads((trial / layout.STATE).read_text())["state"] == "TERMINATED"

@@ -9,7 +9,7 @@ import os
 import socket
 from pathlib import Path
 
-import yaml
+from conftest import sweep_yaml
 from smoothadv.common import layout
 from smoothadv.sweep import processes
 from smoothadv.sweep.status import (
@@ -29,7 +29,7 @@ HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tpA_lower\n"
 def sweep_folder(tmp_path: Path, alive: bool = True) -> Path:
     folder = tmp_path / "tiny"
     folder.mkdir()
-    (folder / layout.SPEC).write_text(yaml.safe_dump(SPEC))
+    (folder / layout.SPEC).write_text(sweep_yaml(SPEC))
     if alive:  # this process plays the driver, so RUNNING trials stay RUNNING
         layout.write_json(folder / layout.DRIVER,
                           {"pid": os.getpid(), "start": processes.start_time(os.getpid()),

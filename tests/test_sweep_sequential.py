@@ -1,7 +1,6 @@
 """A sweep trial certifies sequentially by default (issue 15 part 2): its certify.tsv has the
-``samples`` column and its settings record the sequential settings; a file begun without them
-(by an earlier smoothadv) is finished in its own mode, never mixed; a bad ``target_radius`` is
-one line naming the key."""
+``samples`` column and its settings record the sequential settings; a file begun in the other
+mode is refused, never mixed; a bad ``target_radius`` is one line naming the key."""
 
 from __future__ import annotations
 
@@ -38,20 +37,17 @@ def test_a_trial_certifies_sequentially_by_default(tmp_path, synthetic_checkpoin
     assert record["sequential"] is True and record["target_radius"] == 0.3
 
 
-def test_a_file_begun_without_sequential_is_finished_without_it(tmp_path,
-                                                                synthetic_checkpoint, capsys):
+def test_a_file_begun_without_sequential_is_refused_not_mixed(tmp_path, synthetic_checkpoint):
+    """A trial's results file certified with sequential off is never finished with it on (or
+    the reverse): the resume is refused in one line naming the file and the setting."""
     folder = trial_folder(tmp_path, synthetic_checkpoint)
     plain = {**CONFIG, "certify": {**CONFIG["certify"], "sequential": False, "max": 200}}
     certify_trial(parse_trial_config(plain), folder, 0, 1, torch.device("cpu"))
+    before = (folder / layout.CERTIFY).read_bytes()
     assert len(pd.read_csv(folder / layout.CERTIFY, sep="\t")) == 4  # 0, 64, 128, 192
-    capsys.readouterr()
-    # the upgraded trial's config: sequential on by default
-    certify_trial(parse_trial_config(CONFIG), folder, 0, 1, torch.device("cpu"))
-    assert "begun without sequential sampling" in capsys.readouterr().out
-    rows = pd.read_csv(folder / layout.CERTIFY, sep="\t")
-    assert "samples" not in rows.columns and list(rows["idx"]) == list(range(0, 512, 64))
-    record = json.loads(layout.meta_path(folder / layout.CERTIFY).read_text())
-    assert "sequential" not in record
+    with pytest.raises(UserError, match="sequential=False, this run asks for sequential=True"):
+        certify_trial(parse_trial_config(CONFIG), folder, 0, 1, torch.device("cpu"))
+    assert (folder / layout.CERTIFY).read_bytes() == before
 
 
 @pytest.mark.parametrize("certify,message", [

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import sweep_yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from smoothadv.cli.main import main
 from smoothadv.common import layout
 from smoothadv.common.errors import UserError
-from smoothadv.sweep.spec import Schedule, load_spec, parse_spec, trial_name
+from smoothadv.sweep.grid import trial_name
+from smoothadv.sweep.spec import load_spec, parse_spec
+from smoothadv.sweep.spec_blocks import EarlyStopping
 from smoothadv.sweep.status import format_status
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -68,7 +71,7 @@ def finished_pretraining_sweep(tmp_path: Path, drop: str | None = None) -> Path:
     folder = tmp_path / "imagenet32_pretrain"
     spec = load_spec(CONFIGS / "imagenet32_pretrain.yaml")
     folder.mkdir(parents=True)
-    (folder / layout.SPEC).write_text(yaml.safe_dump(spec.to_dict()))
+    (folder / layout.SPEC).write_text(sweep_yaml(spec.to_dict()))
     for trial in spec.trials():
         tdir = layout.trial_dir(folder, trial.name)
         tdir.mkdir(parents=True)
@@ -160,10 +163,10 @@ def test_overrides_apply_to_defaults_and_resources():
 def test_set_turns_the_optional_blocks_on_off_and_sets_their_keys():
     assert parse_spec(TINY).schedule is None
     on = parse_spec(TINY, ["schedule.margin=0.1", "stages.n=200"])
-    assert on.schedule == Schedule(margin=0.1) and on.stages.n == 200
-    assert parse_spec(TINY, ["schedule=true"]).schedule == Schedule()
+    assert on.schedule == EarlyStopping(margin=0.1) and on.stages.n == 200
+    assert parse_spec(TINY, ["schedule=true"]).schedule == EarlyStopping()
     fast = load_spec(CONFIGS / "cifar10_fast.yaml")
-    assert fast.schedule == Schedule()  # the fast grids stop dominated trials early
+    assert fast.schedule == EarlyStopping()  # the fast grids stop dominated trials early
     assert load_spec(CONFIGS / "cifar10_fast.yaml", ["schedule=null"]).schedule is None
     assert load_spec(CONFIGS / "cifar10_fast.yaml", ["schedule=false"]).schedule is None
     assert load_spec(CONFIGS / "cifar10_paper.yaml",
@@ -232,6 +235,49 @@ def test_plan_refuses_a_bad_settings_block_in_one_line_naming_the_key(tmp_path, 
     assert out == "" and err.count("\n") == 1
     assert err.startswith(f"smoothadv: error: {spec}: {needle}")
     assert list(tmp_path.iterdir()) == [spec]  # nothing written
+
+
+@pytest.mark.parametrize("block,message", [
+    ({"resources": {"workers": "2"}}, "resources.workers: expected an integer, got '2'"),
+    ({"resources": {"workers": True}}, "resources.workers: expected an integer, got True"),
+    ({"resources": {"workers": 2.0}}, "resources.workers: expected an integer, got 2.0"),
+    ({"resources": {"gpus_per_worker": True}},
+     "resources.gpus_per_worker: expected a number, got True"),
+    ({"resources": {"start_timeout_s": float("inf")}},
+     "resources.start_timeout_s: expected a finite number, got inf"),
+    ({"resources": {"cpu_per_worker": 2}},
+     "resources.cpu_per_worker: unknown key; did you mean 'cpus_per_worker'?"),
+    ({"resources": 5}, "resources: expected a mapping"),
+    ({"attack_eval": {"epsilons": 0.5}},
+     "attack_eval.epsilons: expected a list of numbers, got 0.5"),
+    ({"attack_eval": {"epsilons": [0.25, True]}},
+     "attack_eval.epsilons: expected a number, got True"),
+    ({"attack_eval": {"epsilon": [0.5]}},
+     "attack_eval.epsilon: unknown key; did you mean 'epsilons'?"),
+    ({"attack_eval": {"steps": None}}, "attack_eval.steps: must be set (got null)"),
+    ({"stages": {"radii": ["x"]}}, "stages.radii: expected a number, got 'x'"),
+    ({"stages": {"final_skp": 2}}, "stages.final_skp: unknown key; did you mean 'final_skip'?"),
+    ({"schedule": {"images": 1.5}}, "schedule.images: expected an integer, got 1.5"),
+    ({"schedule": 3}, "schedule: expected a mapping"),
+])
+def test_spec_blocks_are_typed_strictly_in_one_line_naming_the_key(block, message):
+    """No coercion (a string, a bool or a whole float is no integer), one line, the dotted key."""
+    with pytest.raises(UserError) as info:
+        parse_spec({**TINY, **block})
+    assert str(info.value) == message
+
+
+def test_spec_blocks_read_integers_as_numbers_and_lists_as_tuples():
+    spec = parse_spec({**TINY, "resources": {"cpus_per_worker": 2, "start_timeout_s": 60},
+                       "attack_eval": {"epsilons": [1, 0.5]}, "stages": {"radii": [1]},
+                       "schedule": {"rungs": [0.5], "radii": [0, 1]}})
+    assert (spec.resources.cpus_per_worker, spec.resources.start_timeout_s) == (2.0, 60.0)
+    assert spec.attack_eval.epsilons == (1.0, 0.5) and spec.stages.radii == (1.0,)
+    assert spec.schedule == EarlyStopping(rungs=(0.5,), radii=(0.0, 1.0))
+    numbers = (spec.resources.cpus_per_worker, spec.resources.start_timeout_s,
+               *spec.attack_eval.epsilons, *spec.stages.radii, *spec.schedule.radii)
+    assert all(type(x) is float for x in numbers)
+    assert len({spec.stages, spec.schedule, spec.attack_eval}) == 3  # frozen, hashable
 
 
 def test_malformed_yaml_and_missing_file(tmp_path, capsys):
@@ -329,7 +375,7 @@ def test_the_mutation_fuzzer_reaches_both_outcomes():
 def test_status_of_a_partial_sweep(tmp_path, capsys):
     sweep_dir = tmp_path / "tiny"
     sweep_dir.mkdir()
-    (sweep_dir / layout.SPEC).write_text(yaml.safe_dump(TINY))
+    (sweep_dir / layout.SPEC).write_text(sweep_yaml(TINY))
     done = layout.trial_dir(sweep_dir, "sigma0.25")
     done.mkdir(parents=True)
     layout.write_json(done / layout.STATE, {"state": "ERROR", "error": "ValueError: boom"})
@@ -473,7 +519,7 @@ def test_a_grid_beyond_max_trials_is_refused_before_it_is_expanded(tmp_path, cap
 
 
 def test_storage_that_is_a_file_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
-    from smoothadv.sweep import run as sweep_run
+    from smoothadv.sweep import lifecycle as sweep_run
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray started")

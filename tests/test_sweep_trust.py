@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import sweep_yaml
 from smoothadv.cli.main import main
 from smoothadv.common import layout
 from smoothadv.sweep import processes, trust
@@ -39,7 +39,7 @@ def sweep_folder(tmp_path: Path) -> Path:
     """A sweep folder with a spec and a Tune restore point nobody signed."""
     folder = tmp_path / "trusted"
     (folder / layout.TUNE).mkdir(parents=True)
-    (folder / layout.SPEC).write_text(yaml.safe_dump(SPEC))
+    (folder / layout.SPEC).write_text(sweep_yaml(SPEC))
     (folder / layout.TUNE / "experiment_state-2026-01-01_00-00-00.json").write_text(
         json.dumps({"trial_data": [], "runner_data": {}, "stats": {}}))
     return folder

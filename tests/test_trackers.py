@@ -8,7 +8,7 @@ import json
 import sys
 
 import pytest
-from conftest import TRACKED_TRIAL
+from conftest import TRACKED_TRIAL, sweep_yaml
 from smoothadv.cli.main import main
 from smoothadv.common import layout
 from test_sweep_ray import TINY_DEFAULTS, run_spec
@@ -197,7 +197,6 @@ def test_resume_rebuilds_the_first_runs_trackers_for_this_folder_and_environment
 def test_resuming_a_sweep_that_logs_to_an_uninstalled_tracker_is_one_error_line(
         local_ray, tmp_path, capsys, monkeypatch):
     """Tune's restore point holds the tracker's callback, which needs its package to load."""
-    import yaml
     from ray import tune
     from smoothadv.sweep import trackers, trust
     from smoothadv.sweep.spec import parse_spec
@@ -206,7 +205,7 @@ def test_resuming_a_sweep_that_logs_to_an_uninstalled_tracker_is_one_error_line(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     sweep_dir = tmp_path / "tracked"
     sweep_dir.mkdir()
-    (sweep_dir / layout.SPEC).write_text(yaml.safe_dump(parse_spec(SPEC).to_dict()))
+    (sweep_dir / layout.SPEC).write_text(sweep_yaml(parse_spec(SPEC).to_dict()))
     tune.Tuner(lambda config: None,  # writes the restore point, tune/tuner.pkl
                run_config=tune.RunConfig(name=layout.TUNE, storage_path=str(sweep_dir),
                                          callbacks=trackers.callbacks(["mlflow"], sweep_dir,

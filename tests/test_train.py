@@ -10,7 +10,7 @@ import torch
 from conftest import assert_resumed_equals_straight
 from smoothadv.certify.runner import Sampling, run_smoothing, select_indices
 from smoothadv.common.layout import CHECKPOINT, METRICS
-from smoothadv.trainers import build_model, load_dataset, model_from_checkpoint
+from smoothadv.trainers import build_model, load_dataset, model_from_checkpoint, resume, step
 from smoothadv.trainers import train as train_module
 from smoothadv.trainers.config import parse_trial_config
 from smoothadv.trainers.train import train_trial
@@ -71,23 +71,18 @@ def test_dying_beside_an_epochs_checkpoint_loses_no_metrics_line(tmp_path, monke
 
 def test_checkpoints_hold_no_generator_state_and_resume_needs_none(tmp_path):
     """Every epoch reseeds from (seed, epoch), so a checkpoint stores no generator state: a
-    resume in a process whose generators are anywhere, from an older checkpoint that still
-    carries (unused) states, ends bit for bit where the uninterrupted run does."""
+    resume in a process whose generators are anywhere ends bit for bit where the
+    uninterrupted run does."""
     import random
 
     import numpy as np
-    from smoothadv.trainers.checkpoint import DIGEST_KEY, payload_digest
 
     c = config(epochs=2)
     train_trial(c, tmp_path / "straight", progress=False)
     train_trial(parse_trial_config({**c.to_dict(), "epochs": 1}), tmp_path / "resumed",
                 progress=False)
     path = tmp_path / "resumed" / CHECKPOINT
-    old = torch.load(path, weights_only=True)
-    assert "rng" not in old
-    old["rng"] = {"python": random.getstate(), "torch": torch.get_rng_state()}  # older format
-    old[DIGEST_KEY] = payload_digest(old)
-    torch.save(old, path)
+    assert "rng" not in torch.load(path, weights_only=True)
     torch.manual_seed(999)
     np.random.seed(999)
     random.seed(999)
@@ -101,7 +96,7 @@ def test_checkpoints_hold_no_generator_state_and_resume_needs_none(tmp_path):
 
 def test_epsilon_warmup_is_linear():
     c = config(epsilon=1.0, warmup_epochs=4)
-    assert [train_module.attack_epsilon(c, e) for e in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
+    assert [step.attack_epsilon(c, e) for e in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
 
 
 def test_the_update_uses_the_attacks_noise(monkeypatch):
@@ -115,24 +110,24 @@ def test_the_update_uses_the_attacks_noise(monkeypatch):
     def spy_step(model, optimizer, inputs, targets, stats):
         seen["inputs"] = inputs.clone()
 
-    monkeypatch.setattr(train_module, "attack_chunk", spy_attack)
-    monkeypatch.setattr(train_module, "_sgd_step", spy_step)
+    monkeypatch.setattr(step, "attack_chunk", spy_attack)
+    monkeypatch.setattr(step, "_sgd_step", spy_step)
     x, y = torch.rand(5, 1, 16, 16), torch.randint(4, (5,))
     model = build_model("lenet", "synthetic")
-    train_module.train_batch(model, None, x, y, config(m_train=1, multi_noise=True), 0.25, {})
+    step.train_batch(model, None, x, y, config(m_train=1, multi_noise=True), 0.25, {})
     assert torch.allclose(seen["inputs"], x + 0.01 + seen["noise"][:, 0])
 
 
 def test_batch_not_divisible_by_m_trains_on_every_image(monkeypatch):
     sizes = []
-    monkeypatch.setattr(train_module, "_sgd_step",
+    monkeypatch.setattr(step, "_sgd_step",
                         lambda model, opt, inputs, targets, stats: sizes.append(len(targets)))
     model = build_model("lenet", "synthetic")
     x, y = torch.rand(7, 1, 16, 16), torch.randint(4, (7,))
-    train_module.train_batch(model, None, x, y, config(m_train=3, multi_noise=False), 0.1, {})
+    step.train_batch(model, None, x, y, config(m_train=3, multi_noise=False), 0.1, {})
     assert sizes == [7]  # one step on all 7 images
     sizes.clear()
-    train_module.train_batch(model, None, x, y, config(m_train=3, multi_noise=True), 0.1, {})
+    step.train_batch(model, None, x, y, config(m_train=3, multi_noise=True), 0.1, {})
     assert sizes == [9, 6, 6]  # chunks of 3, 2, 2 images × 3 noisy copies each
 
 
@@ -162,7 +157,7 @@ def test_fine_tuning_keeps_the_body_and_replaces_the_head(tmp_path):
     save_checkpoint(path, pretrained, arch="cifar_resnet20", dataset="imagenet32")
     c = parse_trial_config({"dataset": "cifar10", "arch": "cifar_resnet20",
                             "init_from": str(path), "reinit_head": True})
-    model = train_module._initial_model(c, torch.device("cpu"))
+    model = resume.initial_model(c, torch.device("cpu"))
     assert model[1].fc.out_features == 10
     assert torch.equal(model[1].conv1.weight, pretrained[1].conv1.weight)
     assert torch.allclose(model[0].mean.flatten(), torch.tensor([0.4914, 0.4822, 0.4465]))
@@ -173,11 +168,11 @@ def test_fine_tuning_keeps_the_body_and_replaces_the_head(tmp_path):
     other = build_model("cifar_resnet20", "imagenet")[0]  # an older ImageNet-statistics model
     pretrained[0] = other
     save_checkpoint(path, pretrained, arch="cifar_resnet20", dataset="imagenet32")
-    kept = train_module._initial_model(c, torch.device("cpu"))[0]
+    kept = resume.initial_model(c, torch.device("cpu"))[0]
     assert torch.equal(kept.mean, other.mean) and torch.equal(kept.std, other.std)
     with pytest.raises(UserError, match="init_from.*reinit_head"):
-        train_module._initial_model(parse_trial_config({**c.to_dict(), "reinit_head": False}),
-                                    torch.device("cpu"))
+        resume.initial_model(parse_trial_config({**c.to_dict(), "reinit_head": False}),
+                             torch.device("cpu"))
 
 
 def test_a_rerun_with_other_model_settings_is_refused_and_writes_nothing(tmp_path, capsys):
@@ -200,8 +195,8 @@ def test_a_rerun_with_other_model_settings_is_refused_and_writes_nothing(tmp_pat
         key = override.partition("=")[0].partition(".")[0]
         assert len(err.splitlines()) == 1 and f"config.yaml: {key} is" in err, err
         assert {p.name: p.read_bytes() for p in run.iterdir()} == before
-    # a folder recorded with certify.batch_size 400 (the default before it depended on the
-    # device) resumes with today's default: the batch changes neither model nor rows
+    # certify.batch_size is a resumable change (trainers.resume.RESUMABLE_CHANGES): it only
+    # groups the noisy samples into forward passes
     recorded = yaml.safe_load((run / "config.yaml").read_text())
     assert recorded["certify"]["batch_size"] is None
     recorded["certify"]["batch_size"] = 400
@@ -212,6 +207,42 @@ def test_a_rerun_with_other_model_settings_is_refused_and_writes_nothing(tmp_pat
     assert (run / METRICS).read_bytes().startswith(before[METRICS])  # epoch 0 not retrained
 
 
+@pytest.mark.parametrize("drop", ["amp", "certify.sequential"])
+def test_a_run_record_lacking_a_key_is_refused_in_one_line(tmp_path, drop):
+    """record_run writes every key, so a record without one is not read as its default."""
+    import yaml
+    from smoothadv.common.errors import UserError
+
+    c = config(epochs=1)
+    resume.record_run(c, tmp_path, rank=0)
+    resume.check_same_run(c, tmp_path)  # the record as written: the same run
+    recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    block, _, key = drop.rpartition(".")
+    del (recorded[block] if block else recorded)[key]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))
+    with pytest.raises(UserError) as refusal:
+        resume.check_same_run(c, tmp_path)
+    assert str(refusal.value) == (f"{tmp_path / 'config.yaml'}: cannot read the run's recorded "
+                                  f"config (it has no {drop})")
+
+
+def test_a_checkpoint_of_another_format_version_is_never_skipped_over(tmp_path):
+    """A readable previous checkpoint beside it does not hide a newest checkpoint of another
+    format version: a wrong folder, not a damaged file."""
+    from smoothadv.trainers.checkpoint import CheckpointMismatch, save_checkpoint
+
+    path, model = tmp_path / CHECKPOINT, build_model("lenet", "synthetic")
+    for epoch in (1, 2):
+        save_checkpoint(path, model, arch="lenet", dataset="synthetic", epoch=epoch,
+                        keep_previous=True)
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 2
+    torch.save(payload, path)
+    with pytest.raises(CheckpointMismatch) as refusal:
+        resume.resume_point(path, config(), torch.device("cpu"), say=None)
+    assert str(refusal.value) == f"{path}: format_version 2, this smoothadv reads 1"
+
+
 @pytest.mark.parametrize("quantize", [True, False])
 def test_the_ddn_quantize_key_reaches_the_attack(quantize):
     torch.manual_seed(0)
@@ -220,7 +251,7 @@ def test_the_ddn_quantize_key_reaches_the_attack(quantize):
     y = torch.randint(4, (4,))
     c = config(attack="ddn", ddn_quantize=quantize, steps=4)
     noise = 0.25 * torch.randn((4, 2, 1, 16, 16))
-    x_hat = train_module.attack_chunk(model, x, y, noise, c, 0.5)
+    x_hat = step.attack_chunk(model, x, y, noise, c, 0.5)
     on_grid = torch.allclose(x_hat * 255, (x_hat * 255).round(), atol=1e-3)
     assert on_grid == quantize
 
@@ -235,5 +266,5 @@ def test_the_ddn_within_epsilon_key_reaches_the_attack(within):
     y = torch.randint(4, (16,))
     noise = 0.25 * torch.randn((16, 2, 1, 16, 16))
     c = config(attack="ddn", ddn_within_epsilon=within, steps=2)
-    norms = (train_module.attack_chunk(model, x, y, noise, c, 0.25) - x).flatten(1).norm(dim=1)
+    norms = (step.attack_chunk(model, x, y, noise, c, 0.25) - x).flatten(1).norm(dim=1)
     assert (norms > 0.25 + 1e-6).any() != within

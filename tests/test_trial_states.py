@@ -59,14 +59,14 @@ def test_after_fit_trials_cut_short_are_interrupted_and_tunes_failures_errored(t
                "never_wrote": "UserError: worse"}
     names = [*states, "never_wrote"]
     assert settle_after_fit(open_sweep(tmp_path), errored, names) == 1
-    # a later stage's experiment counts its own trials only (sweep.staging)
+    # a later stage's experiment counts its own trials only (sweep.staged_sweep)
     assert settle_after_fit(open_sweep(tmp_path), errored, ["failed"]) == 0
     assert states_of(tmp_path, names) == {
         "done": "TERMINATED", "failed": "ERROR", "killed": "INTERRUPTED",
         "running": "INTERRUPTED", "failed_early": "ERROR", "never_wrote": "ERROR"}
     early = layout.read_json(layout.trial_dir(tmp_path, "failed_early") / layout.STATE)
-    assert early == {"state": "ERROR", "trial_id": "failed_early", "started_at": 1.0,
-                     "error": "UserError: bad"}
+    assert early == {"format_version": layout.RECORD_VERSION, "state": "ERROR",
+                     "trial_id": "failed_early", "started_at": 1.0, "error": "UserError: bad"}
 
 
 def tune_state(folder, statuses: dict[str, str], stamp: str = "2026-12-07_10-00-00"):

@@ -1,4 +1,4 @@
-"""A trial's Train results reach Tune before its function returns (sweep.run's
+"""A trial's Train results reach Tune before its function returns (sweep.ray_private's
 await_train_results_in_tune): Ray 2.60 otherwise deadlocks a trial whose Train run ends while
 Tune's loop is busy, e.g. logging the previous result to a tracker. Seen as a sweep logging to
 W&B that never ended. Reproduced here with Ray's own TuneReportCallback hand-over, in a real
@@ -22,10 +22,12 @@ class SlowResults(tune.Callback):  # a tracker's logging: Tune's loop is busy me
 
 def reports_then_returns(config):  # as trial_driver: Train's results, then fit() returns
     from ray.tune.integration.ray_train import TuneReportCallback
-    from smoothadv.sweep.run import await_train_results_in_tune
+    from ray.train._internal.session import get_session
+    from smoothadv.sweep.ray_private import await_train_results_in_tune
     handover = TuneReportCallback()
     for epoch in range(2):
         handover.after_report(None, [{"epoch": epoch}], None)
+    assert get_session()._inter_actor_queue is not None  # the queue the wait watches
     await_train_results_in_tune()
 
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)

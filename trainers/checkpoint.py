@@ -7,14 +7,14 @@ import and call would run code: :func:`model_from_checkpoint` uses such a path o
 caller names the same path itself (a trial's config, a command line's ``--arch``/``--dataset``)
 and otherwise refuses the file before importing anything.
 
-Each checkpoint carries a SHA-256 digest of its own content (every tensor's bytes, dtype and
-shape, and every other value, key by key): a flipped bit inside the weights, which
-``torch.load`` reads without complaint, is caught on load as a corrupt file. Checkpoints
-written before the digest existed load unverified.
+Each checkpoint carries its ``format_version`` (:data:`FORMAT_VERSION`; a file of another
+version is refused in one line naming it and both versions) and a SHA-256 digest of its own
+content (every tensor's bytes, dtype and shape, and every other value, key by key): a flipped
+bit inside the weights, which ``torch.load`` reads without complaint, is caught on load as a
+corrupt file, and a file without a digest is refused.
 
 No generator state is stored: training draws each epoch's randomness from generators
 seeded by (seed, epoch) (trainers.train.epoch_seed), so a resumed run needs none.
-Older checkpoints, which stored an ``rng`` entry, still load; it is ignored.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 from smoothadv.common.atomic import atomic_write_bytes
 from smoothadv.common.errors import UserError
 from smoothadv.common.layout import PREVIOUS
+from smoothadv.common.records import check_version
 from smoothadv.trainers.datasets import dataset_info
 from smoothadv.trainers.models import build_model, place
 from smoothadv.trainers.registry import is_import_path
@@ -106,7 +107,8 @@ def save_checkpoint(
 
 
 class CheckpointMismatch(UserError):
-    """A readable checkpoint of another architecture or dataset than the one asked for."""
+    """A readable checkpoint that is not the one asked for: of another format version,
+    architecture or dataset (a wrong file, not a damaged one)."""
 
 
 def previous_path(path: str | Path) -> Path:
@@ -172,9 +174,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def verified(path: str | Path, ckpt: dict[str, Any]) -> dict[str, Any]:
-    """``ckpt`` (read from ``path``) if its content matches its digest (or it predates
-    digests); otherwise a UserError calling the file corrupt."""
-    if DIGEST_KEY in ckpt and payload_digest(ckpt) != ckpt[DIGEST_KEY]:
+    """``ckpt`` (read from ``path``) if it is of :data:`FORMAT_VERSION` (else a
+    CheckpointMismatch naming both versions) and its content matches its digest (else a
+    UserError calling the file corrupt, or, without a digest, no smoothadv checkpoint)."""
+    try:
+        check_version(path, ckpt.get("format_version"), FORMAT_VERSION)
+    except UserError as e:
+        raise CheckpointMismatch(str(e)) from None
+    if DIGEST_KEY not in ckpt:
+        raise UserError(f"{path}: not a smoothadv checkpoint (no {DIGEST_KEY}, the SHA-256 "
+                        "digest of its content)")
+    if payload_digest(ckpt) != ckpt[DIGEST_KEY]:
         raise UserError(f"{path}: checkpoint is truncated or corrupt (its content does not "
                         "match the SHA-256 digest stored in it)")
     return ckpt

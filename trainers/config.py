@@ -1,7 +1,9 @@
 """Trial configuration: the keys of ``smoothadv train`` and of a sweep grid, with validation.
 
 A trial config is a flat mapping plus one nested ``certify`` block. Unknown keys and bad values
-are refused with one line naming the key (a UserError), before anything runs.
+are refused with one line naming the key (a UserError), before anything runs: each key's type by
+common.validation (pydantic, strict), ranges and keys that depend on each other by
+:func:`validate`, which also checks a config built in code.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Self
 
-from smoothadv.common.errors import UserError, unknown_key
+from smoothadv.common.errors import UserError
 from smoothadv.common.settings import Sampling, SamplingKeys, check_seed, check_sigma
+from smoothadv.common.validation import check_at_least, parse_block
 from smoothadv.common.yaml_input import load_yaml, read_yaml_file
 from smoothadv.trainers.registry import DATASETS, check_arch, dataset_info, is_import_path
 
@@ -50,9 +53,9 @@ class CertifyConfig(SamplingKeys):
             _require(self.sequential, f"{prefix}target_radius", "only with sequential: true")
             _require(math.isfinite(self.target_radius) and self.target_radius > 0,
                      f"{prefix}target_radius", f"must be > 0, got {self.target_radius}")
-        _require(self.batch_size is None or self.batch_size >= 1, f"{prefix}batch_size",
-                 f"must be ≥ 1, got {self.batch_size}")
-        _require(self.skip >= 1, f"{prefix}skip", f"must be ≥ 1, got {self.skip}")
+        if self.batch_size is not None:
+            check_at_least(self, prefix, 1, "batch_size")
+        check_at_least(self, prefix, 1, "skip")
         return self
 
 
@@ -112,51 +115,6 @@ class TrialConfig:
         return asdict(self)
 
 
-def _check_type(key: str, value: Any, annotation: str) -> Any:
-    optional = annotation.endswith("| None")
-    base = annotation.removesuffix(" | None")
-    if value is None:
-        if optional:
-            return None
-        raise UserError(f"{key}: must be set (got null)")
-    if base == "bool":
-        if not isinstance(value, bool):
-            raise UserError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if base == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if base == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise UserError(f"{key}: expected a finite number, got {value!r}")
-        return float(value)
-    if base == "str":
-        if not isinstance(value, str):
-            raise UserError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise AssertionError(annotation)
-
-
-def _typed(cls, values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    known = {f.name: f for f in fields(cls)}
-    out = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if key not in known:
-            raise unknown_key(name, key, known)
-        annotation = known[key].type
-        if annotation == "CertifyConfig":
-            if not isinstance(value, Mapping):
-                raise UserError(f"{name}: expected a mapping of certification settings")
-            out[key] = CertifyConfig(**_typed(CertifyConfig, value, f"{name}."))
-        else:
-            out[key] = _check_type(name, value, annotation)
-    return out
-
-
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise UserError(f"{key}: {message}")
@@ -173,18 +131,14 @@ def validate(config: TrialConfig) -> TrialConfig:
     _require(c.attack in ATTACKS, "attack", f"unknown {c.attack!r}; one of {list(ATTACKS)}")
     check_sigma(c.sigma)
     check_seed(c.seed)
-    _require(c.epsilon >= 0, "epsilon", f"must be ≥ 0, got {c.epsilon}")
-    _require(c.m_train >= 1, "m_train", f"must be ≥ 1, got {c.m_train}")
-    _require(c.steps >= 1, "steps", f"must be ≥ 1, got {c.steps}")
-    _require(c.epochs >= 1, "epochs", f"must be ≥ 1, got {c.epochs}")
-    _require(c.batch_size >= 1, "batch_size", f"must be ≥ 1, got {c.batch_size}")
-    _require(c.warmup_epochs >= 0, "warmup_epochs", f"must be ≥ 0, got {c.warmup_epochs}")
+    check_at_least(c, "", 0, "epsilon")
+    check_at_least(c, "", 1, "m_train", "steps", "epochs", "batch_size")
+    check_at_least(c, "", 0, "warmup_epochs")
     _require(c.lr > 0, "lr", f"must be > 0, got {c.lr}")
-    _require(c.lr_step >= 1, "lr_step", f"must be ≥ 1, got {c.lr_step}")
+    check_at_least(c, "", 1, "lr_step")
     _require(0 < c.lr_gamma <= 1, "lr_gamma", f"must lie in (0, 1], got {c.lr_gamma}")
     _require(0 <= c.momentum < 1, "momentum", f"must lie in [0, 1), got {c.momentum}")
-    _require(c.weight_decay >= 0, "weight_decay", f"must be ≥ 0, got {c.weight_decay}")
-    _require(c.extra_weight >= 0, "extra_weight", f"must be ≥ 0, got {c.extra_weight}")
+    check_at_least(c, "", 0, "weight_decay", "extra_weight")
     _require(c.loader_workers is None or c.loader_workers >= 0, "loader_workers",
              f"must be ≥ 0 or null (auto), got {c.loader_workers}")
     for key in ("train_subset", "epoch_test_subset"):
@@ -210,7 +164,7 @@ def parse_trial_config(values: Mapping[str, Any]) -> TrialConfig:
     """A validated TrialConfig from a mapping (defaults fill absent keys)."""
     if not isinstance(values, Mapping):
         raise UserError("trial config: expected a mapping of keys to values")
-    return validate(TrialConfig(**_typed(TrialConfig, values)))
+    return validate(parse_block(TrialConfig, values))
 
 
 def apply_overrides(values: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -1,26 +1,21 @@
-"""One training trial: Gaussian augmentation (Cohen et al.), SmoothAdv (Pseudocode 1) and vanilla
-adversarial training, with the batching of SmoothAdv's reference script
-(Hadisalman/smoothing-adversarial, code/train_pgd.py; docs/reference-facts.md, "Batching").
-
-Per loader batch of B images, split into m chunks of about B/m images: each chunk, each image
-repeated m times with its own fresh noise, is attacked; with ``multi_noise`` each chunk then takes
-its own SGD step on its B/m × m noisy attacked samples, otherwise the first noisy copy of every
-image is kept and one SGD step is taken on the B images. The noise of a chunk is drawn once and
-used in every attack step and in the update (Pseudocode 1, footnote 4).
+"""One training trial: the epochs of Gaussian augmentation (Cohen et al.), SmoothAdv
+(Salman et al. 2019) or vanilla adversarial training, each loader batch trained by
+trainers.step.train_batch (SmoothAdv's Pseudocode 1 with the batching of its reference script,
+Hadisalman/smoothing-adversarial, code/train_pgd.py).
 
 Self-training (``extra_data``, Carmon et al. 2019): each loader batch is half labelled, half
-pseudo-labelled (trainers.self_training.mixed_batches); both halves are attacked alike and the
-loss weights each example, 1 labelled and ``extra_weight`` pseudo-labelled (see _sgd_step).
+pseudo-labelled (trainers.self_training.mixed_batches).
 
 Every epoch ends with an atomic checkpoint, then one JSON line of metrics. Each epoch's
 randomness (shuffling, augmentation, noise) is seeded from (seed, epoch), so a run resumed from
 an epoch checkpoint reproduces the uninterrupted run bit for bit on CPU (checkpoints therefore
 store no generator state).
 
-train_trial runs in named steps: prepare_folder (refuse another run's folder, or pick the model
-to start from or resume), load_trial_data, record_run (only now, every check passed, the folder
-and its config.yaml are written), build_training (placement, DDP, optimizer and schedule), then
-per epoch run_epoch (epoch_batches, train_batch) and finish_epoch (checkpoint, metrics line).
+train_trial runs in named steps: prepare_folder (trainers.resume: refuse another run's folder,
+or pick the model to start from or resume), load_trial_data, record_run (trainers.resume: only
+now, every check passed, the folder and its config.yaml are written), build_training
+(placement, DDP, optimizer and schedule), then per epoch run_epoch (epoch_batches,
+train_batch) and finish_epoch (checkpoint, metrics line).
 
 Under DDP (a torch process group of W ranks, as Ray Train sets up) ``batch_size`` stays the
 global batch: each rank takes batch_size/W images of a shared shuffled order
@@ -48,27 +43,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from smoothadv.common.atomic import atomic_write_bytes
-from smoothadv.common.errors import UserError
-from smoothadv.common.layout import CHECKPOINT, CONFIG, METRICS
-from smoothadv.common.records import read_metrics
-from smoothadv.common.yaml_input import read_yaml_file
-from smoothadv.trainers import attacks
-from smoothadv.trainers.checkpoint import (
-    CheckpointMismatch,
-    model_from_checkpoint,
-    previous_path,
-    save_checkpoint,
-)
+from smoothadv.common.layout import CHECKPOINT, METRICS
+from smoothadv.trainers.checkpoint import save_checkpoint
 from smoothadv.trainers.compiled import CompiledOrEager
-from smoothadv.trainers.config import TrialConfig, parse_trial_config
-from smoothadv.trainers.datasets import dataset_info, load_dataset
+from smoothadv.trainers.config import TrialConfig
+from smoothadv.trainers.datasets import load_dataset
 from smoothadv.trainers.device import resolve_device
-from smoothadv.trainers.models import build_model, place, reset_head
+from smoothadv.trainers.models import place
+from smoothadv.trainers.resume import prepare_folder, record_run, trim_metrics
 from smoothadv.trainers.self_training import load_extra_data, mixed_batches
+from smoothadv.trainers.step import attack_epsilon, train_batch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 
@@ -84,11 +69,6 @@ def distributed_rank() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside a DistributedDataParallel wrapper."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 class Autocast(nn.Module):
@@ -122,78 +102,6 @@ def loader_options(config: TrialConfig, device: torch.device, world: int) -> dic
     return {"num_workers": workers, "pin_memory": cuda, "persistent_workers": workers > 0}
 
 
-def attack_epsilon(config: TrialConfig, epoch: int) -> float:
-    """ε warm-up: in epoch e (0-based) the attack uses min(ε, (e+1)·ε/warmup)."""
-    if config.warmup_epochs == 0:
-        return config.epsilon
-    return min(config.epsilon, (epoch + 1) * config.epsilon / config.warmup_epochs)
-
-
-def attack_chunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor,
-                 config: TrialConfig, epsilon: float) -> torch.Tensor:
-    """x̂ for one chunk, per the trial's method (identity for Gaussian augmentation).
-
-    Under DDP the attack runs on the plain model: its passes never enter DDP's forward, so
-    they neither trigger collectives nor touch the gradient reducer's bookkeeping."""
-    if config.method == "gaussian" or epsilon == 0:
-        return x
-    model = unwrap(model)
-    if config.method == "vanilla_adv":
-        return attacks.vanilla_pgd(model, x, y, epsilon, config.steps)
-    if config.attack == "ddn":
-        return attacks.smoothadv_ddn(model, x, y, noise, epsilon, config.steps,
-                                     quantize_levels=256 if config.ddn_quantize else None,
-                                     within_epsilon=config.ddn_within_epsilon)
-    return attacks.smoothadv_pgd(model, x, y, noise, epsilon, config.steps,
-                                 gradient_free_sigma=config.sigma if config.gradient_free else None)
-
-
-def _sgd_step(model, optimizer, inputs, targets, stats,
-              weights: torch.Tensor | None = None) -> None:
-    """One SGD step on cross-entropy; with per-example ``weights`` w_i the loss is
-    (1/n) Σ_i w_i·CE_i over the n inputs (Carmon et al.'s robust self-training code: weight 1
-    for labelled, ``extra_weight`` for pseudo-labelled examples, normalized by batch size)."""
-    model.train()
-    logits = model(inputs)
-    if weights is None:
-        loss = F.cross_entropy(logits, targets)
-    else:
-        loss = (weights * F.cross_entropy(logits, targets, reduction="none")).sum() / len(targets)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    stats["loss"] += float(loss.detach()) * len(targets)
-    stats["correct"] += int((logits.argmax(1) == targets).sum())
-    stats["samples"] += len(targets)
-
-
-def train_batch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                y: torch.Tensor, config: TrialConfig, epsilon: float, stats: dict,
-                weights: torch.Tensor | None = None) -> None:
-    """One loader batch, batched as in the reference script (module docstring); ``weights``
-    are per-example loss weights (self-training), following each image into its chunk."""
-    m = config.m_train
-    kept_x, kept_y, kept_w = [], [], []
-    for chunk in torch.arange(len(y), device=y.device).tensor_split(m):
-        if len(chunk) == 0:
-            continue
-        xc, yc = x[chunk], y[chunk]
-        noise = config.sigma * torch.randn((len(chunk), m, *x.shape[1:]), device=x.device)
-        x_hat = attack_chunk(model, xc, yc, noise, config, epsilon)
-        noisy = x_hat.unsqueeze(1) + noise  # the same noise as in the attack
-        wc = [] if weights is None else [weights[chunk]]
-        if config.multi_noise:
-            _sgd_step(model, optimizer, noisy.flatten(0, 1), yc.repeat_interleave(m), stats,
-                      *(w.repeat_interleave(m) for w in wc))
-        else:
-            kept_x.append(noisy[:, 0])
-            kept_y.append(yc)
-            kept_w += wc
-    if not config.multi_noise:
-        _sgd_step(model, optimizer, torch.cat(kept_x), torch.cat(kept_y), stats,
-                  *([torch.cat(kept_w)] if kept_w else []))
-
-
 @torch.no_grad()
 def noisy_accuracy(model: nn.Module, loader: DataLoader, sigma: float,
                    device: torch.device) -> float:
@@ -209,102 +117,6 @@ def noisy_accuracy(model: nn.Module, loader: DataLoader, sigma: float,
 
 def _subset(dataset, size: int | None):
     return dataset if size is None else Subset(dataset, range(min(size, len(dataset))))
-
-
-def _initial_model(config: TrialConfig, device: torch.device) -> nn.Sequential:
-    """A fresh model, or (fine-tuning, SmoothAdv Table 2) the ``init_from`` model with its input
-    layer kept as pre-trained and, with ``reinit_head``, a new final layer."""
-    if config.init_from is None:
-        return build_model(config.arch, config.dataset).to(device)
-    # its arch is the trial's own; an import path as its dataset only if it is the trial's
-    model, ckpt = model_from_checkpoint(
-        config.init_from, arch=config.arch, device=device, trust=(config.dataset,),
-        trust_hint="a pre-training dataset is trusted only as the trial's own dataset")
-    info = dataset_info(config.dataset)
-    if dataset_info(ckpt["dataset"]).input_shape[0] != info.input_shape[0]:
-        raise UserError(f"init_from: {config.init_from} takes {ckpt['dataset']} images, whose "
-                        f"channels differ from {config.dataset}'s")
-    if config.reinit_head:
-        reset_head(model, info.num_classes)
-    elif ckpt["num_classes"] != info.num_classes:
-        raise UserError(f"init_from: {config.init_from} has {ckpt['num_classes']} classes, "
-                        f"{config.dataset} has {info.num_classes}; set reinit_head: true")
-    return model  # its input layer too: the pre-trained layers see inputs as they learned them
-
-
-def resume_point(ckpt_path: Path, config: TrialConfig, device: torch.device,
-                 say: Callable[[str], None] | None = print) -> tuple[nn.Module, dict] | None:
-    """The model and checkpoint to resume from: the newest readable of ``ckpt_path`` and the
-    previous one kept beside it (saying so when falling back); None when neither exists.
-
-    A checkpoint of another architecture or dataset is never skipped over: that is a wrong
-    folder, not a damaged file."""
-    candidates = [p for p in (ckpt_path, previous_path(ckpt_path)) if p.exists()]
-    failures = []
-    for path in candidates:
-        try:
-            model, ckpt = model_from_checkpoint(path, arch=config.arch, dataset=config.dataset,
-                                                device=device)
-        except CheckpointMismatch:
-            raise
-        except UserError as e:
-            failures.append(str(e))
-            continue
-        if failures and say is not None:
-            say(f"{failures[0]}; resuming from the previous checkpoint {path} "
-                f"(epoch {ckpt['epoch']})")
-        return model, ckpt
-    if failures:
-        raise UserError(f"{failures[0]}; no readable checkpoint left to resume from"
-                        + (f" ({failures[1]})" if len(failures) > 1 else ""))
-    return None
-
-
-def _trim_metrics(path: Path, before_epoch: int) -> None:
-    """Keep only metric lines of epochs that have a checkpoint (a crash may leave later ones)."""
-    if not path.exists():
-        return
-    # read_metrics refuses a damaged complete line, naming it, and leaves out a torn last one;
-    # json.dumps gives back each line as finish_epoch wrote it (json.dumps of the same dict)
-    lines = [json.dumps(m) for m in read_metrics(path) if m["epoch"] < before_epoch]
-    atomic_write_bytes(path, lambda f: f.write("".join(ln + "\n" for ln in lines).encode()))
-
-
-# Keys a re-run into an existing folder may change: none of them changes the trained model
-# (nor, for certify's batch_size, a certified row: a folder recorded with Cohen et al.'s 400,
-# the default before it became device-dependent, resumes with the new default).
-RESUMABLE_CHANGES = ("epochs", "device", "data_root", "loader_workers", "compile")
-RESUMABLE_CERTIFY_CHANGES = ("batch_size",)
-
-
-def check_same_run(config: TrialConfig, out: Path) -> None:
-    """Refuse to train into ``out`` when its ``config.yaml`` (the run's record) differs from
-    ``config`` in a key that changes the model: resuming would mix two runs' settings in one
-    checkpoint. Keys absent from an older record count as their defaults."""
-    path = out / CONFIG
-    if not path.is_file():
-        return
-    values = read_yaml_file(path) or {}  # a refusal names the file
-    if not isinstance(values, dict):
-        raise UserError(f"{path}: cannot read the run's recorded config (not a mapping)")
-    for key in ("arch", "dataset"):  # compared before validating imports an import path
-        if key in values and values[key] != getattr(config, key):
-            raise UserError(f"{path}: {key} is {values[key]!r} in this run, "
-                            f"{getattr(config, key)!r} now; a run folder holds one model: "
-                            "use another output folder")
-    try:
-        recorded = parse_trial_config(values)
-    except UserError as e:
-        raise UserError(f"{path}: cannot read the run's recorded config ({e})") from None
-    old, new = recorded.to_dict(), config.to_dict()
-    for record in (old, new):
-        record["certify"] = {k: v for k, v in record["certify"].items()
-                             if k not in RESUMABLE_CERTIFY_CHANGES}
-    for key in new:
-        if key not in RESUMABLE_CHANGES and old[key] != new[key]:
-            raise UserError(f"{path}: {key} is {old[key]!r} in this run, {new[key]!r} now; "
-                            f"a run folder holds one model (only {', '.join(RESUMABLE_CHANGES)} "
-                            f"may change on resume): use another output folder")
 
 
 @dataclass
@@ -330,29 +142,6 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     start_epoch: int
-
-
-def prepare_folder(config: TrialConfig, out: Path, rank: int,
-                   device: torch.device) -> tuple[nn.Module, dict | None]:
-    """Refuse ``out`` when it holds another run; otherwise the model to train and the
-    checkpoint it resumes from (None for a fresh run, whose model is seeded by
-    ``config.seed``; ``init_from`` read and checked). Writes nothing: :func:`record_run`
-    creates the folder once every check (the data's too) has passed."""
-    check_same_run(config, out)
-    torch.manual_seed(config.seed)
-    resumed = resume_point(out / CHECKPOINT, config, device, say=print if rank == 0 else None)
-    net, ckpt = resumed if resumed is not None else (_initial_model(config, device), None)
-    return net, ckpt
-
-
-def record_run(config: TrialConfig, out: Path, rank: int) -> None:
-    """Create the folder ``out`` and (rank 0) write the run's ``config.yaml``, the record
-    :func:`check_same_run` compares a re-run with. Only after every check of the run passed:
-    a refused run leaves nothing that would refuse its corrected re-run."""
-    out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False).encode()
-        atomic_write_bytes(out / CONFIG, lambda f: f.write(config_yaml))
 
 
 def build_training(net: nn.Module, ckpt: dict | None, config: TrialConfig,
@@ -485,7 +274,7 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
     record_run(config, out, rank)  # nothing is written before every check passed
     state = build_training(net, ckpt, config, device, world)
     if rank == 0:  # drop the lines of epochs after the checkpoint (a crash may leave some)
-        _trim_metrics(out / METRICS, state.start_epoch)
+        trim_metrics(out / METRICS, state.start_epoch)
     metrics: dict[str, Any] = {}
     for epoch in range(state.start_epoch, config.epochs):
         metrics = run_epoch(state, data, config, epoch, rank, world, device, progress)

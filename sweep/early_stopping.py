@@ -2,9 +2,9 @@
 whose cheap proxy certification, at a rung epoch, is dominated at every radius by the envelope
 of the other trials of its own σ.
 
-Trials of a sweep with a ``schedule:`` block (sweep.spec.Schedule) certify their current model
-after each rung epoch on a proxy subset of the test set (sweep.trial_worker) and report
-``proxy_rung`` (1 for the first rung) with ``proxy_cert_acc_<r>`` for every radius r of the
+Trials of a sweep with a ``schedule:`` block (sweep.spec_blocks.EarlyStopping) certify their
+current model after each rung epoch on a proxy subset of the test set (sweep.trial_worker) and
+report ``proxy_rung`` (1 for the first rung) with ``proxy_cert_acc_<r>`` for every radius r of the
 block. The rule (:func:`dominated`), judged within one σ only, never across σ (a large-σ trial
 is worse than a small-σ one at r = 0 by design, and holds the high-radius end of the overall
 envelope; ASHA on one scalar would prune exactly those): a trial is stopped at rung k when, at
@@ -24,10 +24,10 @@ the envelope is below ``margin`` can never dominate, so a trial that holds (near
 envelope anywhere goes on.
 
 What it decided is kept in the sweep folder's ``schedule.json`` (its format and its readers:
-common.schedule_record), so the sweep driver marks the stopped trials STOPPED (sweep.run),
-staging skips them (sweep.staging), and a restored Tune experiment's scheduler picks up where
-it left off: the scheduler keeps no state of its own beyond this file (it is pickled with the
-Tuner without it).
+common.schedule_file), so the sweep driver marks the stopped trials STOPPED
+(sweep.experiment.fit), staging skips them (sweep.staged_sweep), and a restored Tune experiment's
+scheduler picks up where it left off: the scheduler keeps no state of its own beyond this
+file (it is pickled with the Tuner without it).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from smoothadv.common import layout
 from smoothadv.common.envelope import best_by_radius, rank
 from smoothadv.common.errors import UserError
 from smoothadv.common.records import read_state
-from smoothadv.common.schedule_record import read_schedule, stopped_entries
+from smoothadv.common.schedule_file import read_schedule, stopped_entries
 from smoothadv.sweep.param_space import KEY, name_of
 
 PROXY_PREFIX = "proxy_cert_acc_"  # + radius ({r:g}): a rung's reported certified accuracy
@@ -86,7 +86,7 @@ def _keep_top_two(tops: dict[float, list[tuple[float, str]]], name: str,
 class Rungs:
     """The scheduler's bookkeeping, free of Ray: each trial's σ and proxy curve at each rung it
     reported, and the trials stopped with their reasons (the contents of schedule.json, as
-    common.schedule_record.read_schedule checked it). Indexed by (σ, rung) with the two best
+    common.schedule_file.read_schedule checked it). Indexed by (σ, rung) with the two best
     accuracies at each radius, so a verdict costs O(radii) however many trials a σ has (the
     early-stopping replay judges a 440-trial grid thousands of times)."""
 
@@ -295,7 +295,7 @@ class EnvelopeScheduler(FIFOScheduler):
 
     def _mark_stopped(self, name: str, why: str) -> None:
         """state.json says STOPPED at once (``sweep status`` while the sweep runs); the sweep
-        driver records it again once Tune returns (sweep.run._reconcile_states)."""
+        driver records it again once Tune returns (sweep.trial_states.settle_after_fit)."""
         path = layout.trial_dir(self._folder.local, name) / layout.STATE
         write_stopped(self._folder, path, why)
 

@@ -1,7 +1,7 @@
 """Early stopping's record, ``schedule.json`` in the sweep folder (issue 15 part 3): written by
-sweep.scheduler, read there, by the sweep driver's commands (sweep.run, sweep.staging) and by
-each trial's workers (sweep.trial_worker), which end their Train run once it names their trial.
-Imports neither torch nor Ray (the trial driver stays light).
+sweep.early_stopping, read there, by the sweep driver's commands (sweep.lifecycle,
+sweep.staged_sweep) and by each trial's workers (sweep.trial_worker), which end their Train run
+once it names their trial. Imports neither torch nor Ray (the trial driver stays light).
 
 The record is::
 
@@ -67,7 +67,7 @@ def _trial_problem(name: str, entry: Any) -> str | None:
 
 
 def read_schedule(path: str | Path) -> dict[str, Any] | None:
-    """The record at ``path`` as sweep.scheduler writes it; None when there is none (no
+    """The record at ``path`` as sweep.early_stopping writes it; None when there is none (no
     schedule, or no rung reported yet). A record of another shape is one UserError line
     naming the file (malformed ``stopped`` entries excepted: :func:`stopped_entries`)."""
     record = read_object(path, FIX)

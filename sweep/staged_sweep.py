@@ -1,13 +1,14 @@
 """A staged sweep's progress (issue 15 part 1): which stage runs, which trials take part, and
 the record of where each trial stopped and why, in ``stages.json`` (common.layout.STAGES).
 
-Stage 1 trains every trial and certifies it cheaply (sweep.spec.Stages); stage 2 certifies at
-full n the trials that can still reach the envelope (common.stages.reachable_trials); stage 3
-re-certifies the envelope's winners on the finer image grid (common.stages.winners). Each
-stage is a Tune experiment of its own (``tune/``, ``tune-stage2/``, ``tune-stage3/``), so a
-sweep resumes inside whichever stage it was stopped in. The decisions read files only. A
-trial the sweep's ``schedule`` stopped while training (sweep.scheduler, schedule.json) has no
-stage-1 certification: it stays at stage 1 with the scheduler's reason.
+Stage 1 trains every trial and certifies it cheaply (sweep.spec_blocks.StagedCertification); stage
+2 certifies at full n the trials that can still reach the envelope
+(common.stage_selection.reachable_trials); stage 3 re-certifies the envelope's winners on the finer
+image grid (common.stage_selection.winners). Each stage is a Tune experiment of its own (``tune/``,
+``tune-stage2/``, ``tune-stage3/``), so a sweep resumes inside whichever stage it was stopped in.
+The decisions read files only. A trial the sweep's ``schedule`` stopped while training
+(sweep.early_stopping, schedule.json) has no stage-1 certification: it stays at stage 1 with the
+scheduler's reason.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from smoothadv.common import layout, stage_record
-from smoothadv.common.schedule_record import stopped_trials
-from smoothadv.sweep.spec import SweepSpec, Trial
+from smoothadv.common import layout, stages_file
+from smoothadv.common.schedule_file import stopped_trials
+from smoothadv.sweep.grid import Trial
+from smoothadv.sweep.spec import SweepSpec
 from smoothadv.sweep.storage import SweepFolder
 
 
@@ -28,7 +30,7 @@ def tune_name(stage: int) -> str:
 
 def read(sweep: SweepFolder) -> dict[str, Any] | None:
     """The sweep's stages.json (None: not staged, or stage 1 not yet begun)."""
-    return stage_record.read(sweep.local)
+    return stages_file.read(sweep.local)
 
 
 def begin(sweep: SweepFolder, stage: int, trials: dict[str, dict[str, Any]]) -> None:
@@ -38,8 +40,9 @@ def begin(sweep: SweepFolder, stage: int, trials: dict[str, dict[str, Any]]) -> 
 
 def radii(spec: SweepSpec, trials: list[Trial]) -> list[float]:
     """Where the stages judge the trials: the spec's ``stages.radii``, else
-    common.stages.default_radii at full n and the largest σ, up to ``certify.target_radius``."""
-    from smoothadv.common.stages import (
+    common.stage_selection.default_radii at full n and the largest σ, up to
+    ``certify.target_radius``."""
+    from smoothadv.common.stage_selection import (
         default_radii,  # scipy: not on the sweep driver's import path
     )
 
@@ -58,7 +61,7 @@ def _rows(sweep: SweepFolder, trials: list[Trial], name: str) -> dict[str, pd.Da
 def next_stage(sweep: SweepFolder, spec: SweepSpec, done: int) -> tuple[int, list[Trial]]:
     """After stage ``done`` finished without errors: record the next stage's trials and their
     reasons in stages.json and return (next stage, its trials); (0, []) when none is left."""
-    from smoothadv.common.stages import REACHABLE, reachable_trials, winners
+    from smoothadv.common.stage_selection import REACHABLE, reachable_trials, winners
 
     trials = spec.trials()
     record = read(sweep) or {"trials": {}}
@@ -85,7 +88,7 @@ def next_stage(sweep: SweepFolder, spec: SweepSpec, done: int) -> tuple[int, lis
     for name, reason in why.items():
         reached[name] = {"stage": done, "why": reason}
     if not going:
-        begin(sweep, stage_record.DONE, reached)
+        begin(sweep, stages_file.DONE, reached)
         return 0, []
     for t in going:
         reached[t.name] = {"stage": done + 1, "why": ""}
@@ -94,7 +97,7 @@ def next_stage(sweep: SweepFolder, spec: SweepSpec, done: int) -> tuple[int, lis
 
 
 def current(sweep: SweepFolder, spec: SweepSpec) -> tuple[int, list[Trial]]:
-    """The stage a staged sweep was in and its trials (stage > stage_record.LAST: all done)."""
+    """The stage a staged sweep was in and its trials (stage > stages_file.LAST: all done)."""
     record = read(sweep)
     if record is None:
         return 1, spec.trials()
@@ -106,4 +109,4 @@ def current(sweep: SweepFolder, spec: SweepSpec) -> tuple[int, list[Trial]]:
 def summary(sweep: SweepFolder) -> str:
     """One line: how many trials stopped at each stage and how many went through the last."""
     record = read(sweep) or {"trials": {}}
-    return f"{sweep.where}: staged certification: {stage_record.outcome(record['trials'])}"
+    return f"{sweep.where}: staged certification: {stages_file.outcome(record['trials'])}"

@@ -1,5 +1,5 @@
 """A staged sweep's record, ``stages.json`` (issue 15 part 1): its reading and its one-line
-outcome, shared by the sweep driver (sweep.staging, which writes it), ``sweep status`` and
+outcome, shared by the sweep driver (sweep.staged_sweep, which writes it), ``sweep status`` and
 the benchmarks. Imports neither torch, Ray nor scipy (the trial driver stays light).
 
 The record is ``{"stage": s, "trials": {<trial>: {"stage": reached, "why": reason}}}``: ``s``
@@ -42,7 +42,7 @@ def _problem(record: Mapping[str, Any]) -> str | None:
 
 def read(sweep_dir: Path) -> dict[str, Any] | None:
     """The sweep's stages.json as {"stage", "trials"}; None when the sweep is not staged (or
-    stage 1 has not begun). A record not as sweep.staging writes it is one UserError line
+    stage 1 has not begun). A record not as sweep.staged_sweep writes it is one UserError line
     naming the file (common.records)."""
     path = Path(sweep_dir) / layout.STAGES
     record = read_object(path, FIX)

@@ -1,4 +1,5 @@
-"""Released Cohen et al. / SmoothAdv checkpoints are read as they are (trainers/published.py).
+"""Released Cohen et al. / SmoothAdv checkpoints are read as they are
+(trainers/released_checkpoints.py).
 
 The files are built here from the project's own architectures, written as the references write
 them: ``arch``, ``state_dict`` with the keys of ``Sequential(input layer, net)`` (``1.<name>``,

@@ -1,4 +1,4 @@
-"""Envelope-aware early stopping (issue 15 part 3, sweep.scheduler): the decision per σ, its
+"""Envelope-aware early stopping (issue 15 part 3, sweep.early_stopping): the decision per σ, its
 bookkeeping, the spec block, and one tiny real sweep in which an untrained trial is stopped
 after its rung while the trained one runs to the end."""
 
@@ -16,9 +16,10 @@ import yaml
 from smoothadv.common import layout
 from smoothadv.common.envelope import best_by_radius
 from smoothadv.common.errors import UserError
-from smoothadv.common.schedule_record import stopped_trials
-from smoothadv.sweep.scheduler import EnvelopeScheduler, Rungs, dominated
-from smoothadv.sweep.spec import Schedule, parse_spec
+from smoothadv.common.schedule_file import stopped_trials
+from smoothadv.sweep.early_stopping import EnvelopeScheduler, Rungs, dominated
+from smoothadv.sweep.spec import parse_spec
+from smoothadv.sweep.spec_blocks import EarlyStopping
 
 RADII = (0.0, 0.25, 0.5)
 
@@ -105,7 +106,8 @@ def test_the_bookkeeping_round_trips_through_its_record():
 
 
 def test_every_reader_of_the_record_skips_the_same_malformed_stopped_entries(tmp_path):
-    record = {"stopped": {"bad": {"why": "dominated"}, "torn": "?", "none": None}}
+    record = {"format_version": layout.RECORD_VERSION,
+              "stopped": {"bad": {"why": "dominated"}, "torn": "?", "none": None}}
     (tmp_path / "schedule.json").write_text(json.dumps(record))
     assert stopped_trials(tmp_path) == {"bad": "dominated"}
     rungs = Rungs(0.05, 2, record)
@@ -126,7 +128,7 @@ def _result(epoch: int, rung: int | None = None, accs: tuple[float, ...] = ()) -
 def test_the_scheduler_records_why_and_marks_the_trial_never_stopping_its_actor(tmp_path):
     """The decision goes into schedule.json (which the trial's workers read after each epoch)
     and state.json; Tune's STOP is never returned (it would strand the workers' resources)."""
-    settings = Schedule(margin=0.05, min_trials=2).record()
+    settings = EarlyStopping(margin=0.05, min_trials=2).record()
     scheduler = EnvelopeScheduler(str(tmp_path), settings)
     good = SimpleNamespace(trial_id="a",
                            config={"trial": {"name": "good", "config": {"sigma": 0.25}}})
@@ -157,7 +159,7 @@ def test_the_scheduler_records_why_and_marks_the_trial_never_stopping_its_actor(
 
 
 def test_a_rung_report_judges_the_running_peers_it_dominates_at_once(tmp_path):
-    scheduler = EnvelopeScheduler(str(tmp_path), Schedule(min_trials=2).record())
+    scheduler = EnvelopeScheduler(str(tmp_path), EarlyStopping(min_trials=2).record())
 
     def trial(name, sigma, status="RUNNING"):
         return SimpleNamespace(trial_id=name, status=status,
@@ -182,7 +184,7 @@ def test_a_rung_report_judges_the_running_peers_it_dominates_at_once(tmp_path):
 def test_a_trial_whose_training_ended_is_never_stopped(tmp_path):
     """Stopping a trial that trained in full, or certifies, saves nothing and would throw its
     final model away: only trials still training are judged."""
-    scheduler = EnvelopeScheduler(str(tmp_path), Schedule(min_trials=2).record())
+    scheduler = EnvelopeScheduler(str(tmp_path), EarlyStopping(min_trials=2).record())
 
     def trial(name, last_result):
         return SimpleNamespace(trial_id=name, status="RUNNING", last_result=last_result,
@@ -257,21 +259,21 @@ def test_the_index_gives_the_common_envelope_of_the_peers():
 def test_the_schedule_block_parses_records_and_places_its_rungs():
     spec = parse_spec({"name": "s", "grid": {"sigma": [0.25]},
                        "schedule": {"rungs": [0.34, 0.67], "margin": 0.1}})
-    assert spec.schedule == Schedule(rungs=(0.34, 0.67), margin=0.1)
+    assert spec.schedule == EarlyStopping(rungs=(0.34, 0.67), margin=0.1)
     assert spec.to_dict()["schedule"]["rungs"] == [0.34, 0.67]
     assert parse_spec(spec.to_dict()).schedule == spec.schedule  # sweep.yaml reads back
     assert "schedule" not in parse_spec({"name": "s", "grid": {"sigma": [0.25]}}).to_dict()
-    assert Schedule(rungs=(0.34, 0.67)).rung_epochs(9) == {3: 1, 6: 2}
-    assert Schedule(rungs=(0.34, 0.67)).rung_epochs(3) == {1: 1, 2: 2}
-    assert Schedule(rungs=(0.1, 0.2, 0.99)).rung_epochs(3) == {1: 1}  # duplicate, last dropped
-    assert Schedule(rungs=(0.5,)).rung_epochs(1) == {}
-    assert Schedule(images=100).proxy_skip(10000) == 100
-    assert Schedule(images=100).proxy_skip(50) == 1
+    assert EarlyStopping(rungs=(0.34, 0.67)).rung_epochs(9) == {3: 1, 6: 2}
+    assert EarlyStopping(rungs=(0.34, 0.67)).rung_epochs(3) == {1: 1, 2: 2}
+    assert EarlyStopping(rungs=(0.1, 0.2, 0.99)).rung_epochs(3) == {1: 1}  # duplicate, last dropped
+    assert EarlyStopping(rungs=(0.5,)).rung_epochs(1) == {}
+    assert EarlyStopping(images=100).proxy_skip(10000) == 100
+    assert EarlyStopping(images=100).proxy_skip(50) == 1
     # default radii: every 0.25 up to what the proxy's n certifies at σ (n = 500: 0.55 at
     # σ = 0.25), or the trials' certify.target_radius when that is smaller
-    assert Schedule().radii_for(0.25) == [0.0, 0.25, 0.5]
-    assert Schedule().radii_for(1.0, target_radius=0.6) == [0.0, 0.25, 0.5]
-    assert Schedule(radii=(0.5, 0.0)).radii_for(1.0) == [0.0, 0.5]
+    assert EarlyStopping().radii_for(0.25) == [0.0, 0.25, 0.5]
+    assert EarlyStopping().radii_for(1.0, target_radius=0.6) == [0.0, 0.25, 0.5]
+    assert EarlyStopping(radii=(0.5, 0.0)).radii_for(1.0) == [0.0, 0.5]
 
 
 @pytest.mark.parametrize("block, message", [
@@ -357,7 +359,7 @@ def test_a_dominated_trial_is_stopped_after_its_rung(local_ray, tmp_path, capsys
 
 
 def test_a_staged_sweep_leaves_the_stopped_trials_at_stage_1_with_the_reason(tmp_path):
-    from smoothadv.sweep import staging
+    from smoothadv.sweep import staged_sweep
     from smoothadv.sweep.storage import open_sweep
 
     spec = parse_spec({"name": "st", "grid": {"sigma": [0.25], "lr": [0.05, 1e-6]},
@@ -366,7 +368,7 @@ def test_a_staged_sweep_leaves_the_stopped_trials_at_stage_1_with_the_reason(tmp
                        "stages": {"n": 200, "skip": 8, "radii": [0.0, 0.25]},
                        "schedule": {"min_trials": 2}})
     sweep = open_sweep(tmp_path)
-    staging.begin(sweep, 1, {t.name: {"stage": 1, "why": ""} for t in spec.trials()})
+    staged_sweep.begin(sweep, 1, {t.name: {"stage": 1, "why": ""} for t in spec.trials()})
     # the trained trial screened (8 rows right at radius 0.3); the stopped one never was
     rows = pd.DataFrame({"idx": range(0, 64, 8), "label": 0, "predict": 0, "radius": 0.3,
                          "correct": 1, "time": "0:00:00.1", "pA_lower": 0.88})
@@ -375,9 +377,9 @@ def test_a_staged_sweep_leaves_the_stopped_trials_at_stage_1_with_the_reason(tmp
                 index=False)
     why = "dominated at rung 1 (epoch 1) by σ=0.25's envelope by ≥ 0.05 at every radius"
     layout.write_json(tmp_path / layout.SCHEDULE, {"stopped": {BAD: {"why": why}}})
-    stage, going = staging.next_stage(sweep, spec, 1)
+    stage, going = staged_sweep.next_stage(sweep, spec, 1)
     assert stage == 2 and [t.name for t in going] == [GOOD]
-    assert staging.read(sweep)["trials"] == {BAD: {"stage": 1, "why": why},
+    assert staged_sweep.read(sweep)["trials"] == {BAD: {"stage": 1, "why": why},
                                              GOOD: {"stage": 2, "why": ""}}
 
 
@@ -410,7 +412,7 @@ def test_a_scheduled_sweep_in_a_bucket_stopped_and_resumed_elsewhere_still_stops
             "schedule": {"rungs": [0.5], "images": 64, "n0": 16, "n": 100, "min_trials": 2},
             "grid": [{"sigma": [0.25], "lr": [0.05]},
                      {"sigma": [0.25], "lr": [1e-6], "epochs": [2 * rung_epoch]}]}
-    assert Schedule(rungs=(0.5,)).rung_epochs(2 * rung_epoch) == {rung_epoch: 1}
+    assert EarlyStopping(rungs=(0.5,)).rung_epochs(2 * rung_epoch) == {rung_epoch: 1}
     GOOD, BAD = (t.name for t in parse_spec(spec).trials())  # noqa: N806 (the module's names)
     path = tmp_path / "resumed.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -1,4 +1,4 @@
-"""common.stages: which trials stage 1 lets through, and which stage 3 re-certifies.
+"""common.stage_selection: which trials stage 1 lets through, and which stage 3 re-certifies.
 
 A synthetic sweep whose envelope is known (stage-1 rows built from chosen CERTIFY counts), a
 near miss that only the upper bound keeps, the full-n subtlety (stage-1 radii are capped by n1),
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import binom, binomtest, norm
-from smoothadv.common import stages
+from smoothadv.common import stage_selection as selection
 from smoothadv.common.metrics import right_rows
 
 N1, ALPHA1 = 10_000, 0.001  # stage 1 of the synthetic sweep (reaches 0.80 at σ = 0.25)
@@ -25,7 +25,7 @@ M = 1000
 
 @functools.lru_cache(maxsize=8)
 def table(n: int, alpha: float) -> np.ndarray:
-    return stages.cp_lower(np.arange(n + 1), n, alpha)
+    return selection.cp_lower(np.arange(n + 1), n, alpha)
 
 
 def count_for(p_lower: float, n: int = N1, alpha: float = ALPHA1) -> int:
@@ -85,7 +85,7 @@ def sweep(design=DESIGN) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
 
 
 def decide(rows, sigma_of, radii=RADII, alpha=ALPHA):
-    return stages.reachable_trials(rows, sigma_of, radii, alpha, FULL_N, FULL_ALPHA,
+    return selection.reachable_trials(rows, sigma_of, radii, alpha, FULL_N, FULL_ALPHA,
                                    stage1_n=N1, stage1_alpha=ALPHA1)
 
 
@@ -96,7 +96,7 @@ def test_the_synthetic_curves_are_the_designed_ones():
         right = right_rows(rows[trial])
         assert np.allclose([np.mean(right & (radius >= r)) for r in RADII], curve), trial
         # The optimistic radius of a right row stays below the next grid radius above it.
-        rho = stages.optimistic_radii(rows[trial], sigma_of[trial], ALPHA, FULL_N, FULL_ALPHA,
+        rho = selection.optimistic_radii(rows[trial], sigma_of[trial], ALPHA, FULL_N, FULL_ALPHA,
                                       N1, ALPHA1)
         for r in RADII:
             assert not np.any(right & (radius < r) & (rho >= r) & (r > 0)), (trial, r)
@@ -108,12 +108,12 @@ def test_synthetic_sweep_keeps_exactly_the_trials_that_can_win():
     r = 0: kept only by the per-σ envelope) go on; D25 and D50 stop."""
     rows, sigma_of = sweep()
     verdict = decide(rows, sigma_of)
-    kept = sorted(t for t, v in verdict.items() if v == stages.REACHABLE)
+    kept = sorted(t for t, v in verdict.items() if v == selection.REACHABLE)
     assert kept == ["A25", "B25", "C50", "E50"], verdict
     # E50 is dominated overall at every radius: only its σ group keeps it.
-    low = {t: stages.certified_bounds(r, RADII, ALPHA)[0] for t, r in rows.items()}
+    low = {t: selection.certified_bounds(r, RADII, ALPHA)[0] for t, r in rows.items()}
     overall = np.max(list(low.values()), axis=0)
-    _, upper = stages.certified_bounds(rows["E50"], RADII, ALPHA, sigma=0.5, full_n=FULL_N,
+    _, upper = selection.certified_bounds(rows["E50"], RADII, ALPHA, sigma=0.5, full_n=FULL_N,
                                        full_alpha=FULL_ALPHA, stage1_n=N1,
                                        stage1_alpha=ALPHA1)
     assert np.all(upper < overall)
@@ -138,8 +138,8 @@ def test_a_near_miss_within_noise_is_kept():
     design = {**DESIGN, "N50": (0.50, (0.05, 0.14, 0.20, 0.24), 0.10)}  # C50 − .01/.02
     rows, sigma_of = sweep(design)
     verdict = decide(rows, sigma_of)
-    assert verdict["N50"] == stages.REACHABLE, verdict["N50"]
-    assert verdict["D50"] != stages.REACHABLE
+    assert verdict["N50"] == selection.REACHABLE, verdict["N50"]
+    assert verdict["D50"] != selection.REACHABLE
 
 
 def test_upper_bound_is_on_the_accuracy_at_full_n():
@@ -147,12 +147,12 @@ def test_upper_bound_is_on_the_accuracy_at_full_n():
     0.25·Φ⁻¹(0.001^(1/1000)) = 0.615, while full n certifies unanimous images to 0.95. The upper
     bound covers what full n could certify, and is 0 beyond R_max."""
     n1 = 1000
-    reach = stages.largest_radius(0.25, n1, ALPHA1)
+    reach = selection.largest_radius(0.25, n1, ALPHA1)
     assert reach == pytest.approx(0.615, abs=1e-3)
     rows = make_rows(0.25, {0.7: 0.9}, abstain=0.05, n=n1)  # level beyond reach: unanimous
     assert rows["radius"].max() == pytest.approx(reach)
     radii = (0.0, 0.5, 0.7, 0.9, 0.96)
-    low, up = stages.certified_bounds(rows, radii, ALPHA, sigma=0.25, full_n=FULL_N,
+    low, up = selection.certified_bounds(rows, radii, ALPHA, sigma=0.25, full_n=FULL_N,
                                       full_alpha=FULL_ALPHA, stage1_n=n1, stage1_alpha=ALPHA1)
     assert np.all(low[2:] == 0)  # stage 1 certifies nothing at 0.7 or beyond
     assert np.all(up[:4] >= 0.9), up  # full n could certify the 90% unanimous images to 0.95
@@ -161,23 +161,23 @@ def test_upper_bound_is_on_the_accuracy_at_full_n():
     # unanimous images may beat the rival's, whose stage-1 radii are lower.
     rival = make_rows(0.25, {0.6: 0.5, 0.3: 0.45}, abstain=0.0, n=n1)
     capped = make_rows(0.25, {0.7: 0.6}, abstain=0.0, n=n1)
-    verdict = stages.reachable_trials({"rival": rival, "capped": capped},
+    verdict = selection.reachable_trials({"rival": rival, "capped": capped},
                                       {"rival": 0.25, "capped": 0.25}, (0.0, 0.3, 0.6, 0.7),
                                       ALPHA, FULL_N, FULL_ALPHA, stage1_n=n1,
                                       stage1_alpha=ALPHA1)
-    assert verdict == {"rival": stages.REACHABLE, "capped": stages.REACHABLE}
+    assert verdict == {"rival": selection.REACHABLE, "capped": selection.REACHABLE}
 
 
 def test_bounds_are_the_exact_clopper_pearson_interval():
     rows = make_rows(0.5, {0.15: 0.3, 0.6: 0.2, 1.2: 0.1}, abstain=0.1, m=200)
     radii = (0.0, 0.5, 1.0, 1.5)
-    low, up = stages.certified_bounds(rows, radii, 0.01)
+    low, up = selection.certified_bounds(rows, radii, 0.01)
     for r, lo, hi in zip(radii, low, up, strict=True):
         k = int(np.sum(right_rows(rows) & (rows["radius"].to_numpy() >= r)))
         ci = binomtest(k, 200).proportion_ci(0.98, method="exact")
         assert lo == pytest.approx(ci.low, abs=1e-9) and hi == pytest.approx(ci.high, abs=1e-9)
     # At full n the upper bound only grows, and the lower bound is the same.
-    low_full, up_full = stages.certified_bounds(rows, radii, 0.01, sigma=0.5, full_n=FULL_N,
+    low_full, up_full = selection.certified_bounds(rows, radii, 0.01, sigma=0.5, full_n=FULL_N,
                                                 full_alpha=FULL_ALPHA, stage1_n=N1,
                                                 stage1_alpha=ALPHA1)
     assert np.array_equal(low_full, low) and np.all(up_full >= up)
@@ -185,14 +185,14 @@ def test_bounds_are_the_exact_clopper_pearson_interval():
 
 def test_counts_are_read_back_from_pA_lower():
     counts = np.array([0, 1, 500, 999, 1000])
-    assert np.array_equal(stages.implied_counts(table(1000, 0.001)[counts], 1000, 0.001),
+    assert np.array_equal(selection.implied_counts(table(1000, 0.001)[counts], 1000, 0.001),
                           counts)
-    assert stages.implied_counts(np.array([0.5123456]), 1000, 0.001)[0] == -1
+    assert selection.implied_counts(np.array([0.5123456]), 1000, 0.001)[0] == -1
     # An unmatched pA_lower (other n or α) makes the image optimistic: radius R_max.
     rows = make_rows(0.25, {0.3: 1.0}, m=5, n=1000)
-    rho = stages.optimistic_radii(rows, 0.25, ALPHA, FULL_N, FULL_ALPHA, stage1_n=2000,
+    rho = selection.optimistic_radii(rows, 0.25, ALPHA, FULL_N, FULL_ALPHA, stage1_n=2000,
                                   stage1_alpha=ALPHA1)
-    assert np.allclose(rho, stages.largest_radius(0.25, FULL_N, FULL_ALPHA))
+    assert np.allclose(rho, selection.largest_radius(0.25, FULL_N, FULL_ALPHA))
 
 
 def test_abstaining_rows_may_still_be_right_at_full_n_and_certified_wrong_ones_not():
@@ -204,34 +204,34 @@ def test_abstaining_rows_may_still_be_right_at_full_n_and_certified_wrong_ones_n
     rows = pd.DataFrame({"idx": range(4), "label": 0, "predict": [-1, -1, 1, 0],
                          "radius": [0.0, 0.0, 0.5, 0.0], "correct": [0, 0, 0, 1],
                          "pA_lower": lows})
-    rho = stages.optimistic_radii(rows, 0.5, ALPHA, FULL_N, FULL_ALPHA, n, a)
-    p_bar = stages.cp_upper(count_for(0.48, n, a), n, ALPHA)
+    rho = selection.optimistic_radii(rows, 0.5, ALPHA, FULL_N, FULL_ALPHA, n, a)
+    p_bar = selection.cp_upper(count_for(0.48, n, a), n, ALPHA)
     assert rho[0] == pytest.approx(0.5 * norm.ppf(max(p_bar, 1 - lows[0])))
     assert rho[0] > 0
     assert rho[1] == pytest.approx(0.5 * norm.ppf(1 - lows[1]))  # ≈ 0.42
     assert rho[2] == -np.inf
     assert rho[3] > rows["radius"][3]
-    _, up = stages.certified_bounds(rows, (0.0, 0.4), ALPHA, sigma=0.5, full_n=FULL_N,
+    _, up = selection.certified_bounds(rows, (0.0, 0.4), ALPHA, sigma=0.5, full_n=FULL_N,
                                     full_alpha=FULL_ALPHA, stage1_n=n, stage1_alpha=a)
-    assert up[0] >= stages.cp_upper(3, 4, ALPHA)  # rows 0, 1 and 3 may be right
-    assert up[1] >= stages.cp_upper(1, 4, ALPHA)  # row 1 may reach 0.4
+    assert up[0] >= selection.cp_upper(3, 4, ALPHA)  # rows 0, 1 and 3 may be right
+    assert up[1] >= selection.cp_upper(1, 4, ALPHA)  # row 1 may reach 0.4
 
 
 def test_winners_overall_and_per_sigma_with_ties():
     rows, sigma_of = sweep()
     # Full-set rows as designed: A25 wins r = 0, C50 r ≥ 0.25 overall (tied with A25 and B25
     # at 0.25), B25 σ = 0.25 at 0.5 and 0.75, E50 σ = 0.5 at r = 0; D25, D50 nowhere.
-    assert stages.winners(rows, sigma_of, RADII) == ["A25", "B25", "C50", "E50"]
+    assert selection.winners(rows, sigma_of, RADII) == ["A25", "B25", "C50", "E50"]
     # Ties (common.envelope's rule): at r = 0.25 A25, B25 and C50 tie at .60; A25 wins overall
     # and σ = 0.25 by its clean accuracy (.85 > .70 > .65), C50 σ = 0.5 alone; B25 nowhere.
-    assert stages.winners({t: rows[t] for t in ("A25", "B25", "C50")}, sigma_of, (0.25,)) == [
+    assert selection.winners({t: rows[t] for t in ("A25", "B25", "C50")}, sigma_of, (0.25,)) == [
         "A25", "C50"]
     # Two identical trials: the earlier name wins; a radius where the envelope is 0 picks nobody.
     twin = {"y": rows["D25"].copy(), "x": rows["D25"], "z": rows["D50"]}
     same = {"x": 0.5, "y": 0.5, "z": 0.5}
-    assert stages.winners(twin, same, (0.0,)) == ["x"]
-    assert stages.winners(twin, same, (5.0,)) == []
-    assert stages.winners({}, {}, RADII) == []
+    assert selection.winners(twin, same, (0.0,)) == ["x"]
+    assert selection.winners(twin, same, (5.0,)) == []
+    assert selection.winners({}, {}, RADII) == []
 
 
 def test_winners_are_the_trials_the_analysis_envelopes_choose():
@@ -248,7 +248,7 @@ def test_winners_are_the_trials_the_analysis_envelopes_choose():
         chosen = pd.concat([curves.envelope(results, RADII),
                             curves.envelope_per_sigma(results, trials, RADII)])
         expected = set(chosen.loc[chosen["accuracy"] > 0, "trial"])
-        assert set(stages.winners(full, sigma_of, RADII)) == expected, subset
+        assert set(selection.winners(full, sigma_of, RADII)) == expected, subset
 
 
 # ---- simulation: true full-n curves computed exactly --------------------------------------
@@ -305,17 +305,17 @@ def test_a_trial_whose_full_n_curve_touches_the_envelope_is_kept():
     dropped = pairs = stopped = 0
     for _ in range(SIM_DRAWS):
         rows = {t: stage1_rows(rng.choice(p, SIM_M), rng) for t, p in pops.items()}
-        verdict = stages.reachable_trials(rows, sigma_of, SIM_RADII, ALPHA, FULL_N, FULL_ALPHA,
+        verdict = selection.reachable_trials(rows, sigma_of, SIM_RADII, ALPHA, FULL_N, FULL_ALPHA,
                                           stage1_n=SIM_N1, stage1_alpha=SIM_ALPHA1)
-        dropped += sum(verdict[t] != stages.REACHABLE for t in touching)
+        dropped += sum(verdict[t] != selection.REACHABLE for t in touching)
         pairs += len(touching)
-        stopped += sum(v != stages.REACHABLE for v in verdict.values())
+        stopped += sum(v != selection.REACHABLE for v in verdict.values())
     assert dropped <= 0.001 * pairs, (dropped, pairs)
     assert stopped > 0  # the rule is not vacuous here
 
 
 def test_default_radii_stop_where_n_certifies_nothing_or_at_the_target_radius():
-    default_radii, largest_radius = stages.default_radii, stages.largest_radius
+    default_radii, largest_radius = selection.default_radii, selection.largest_radius
     assert largest_radius(0.25, 100, 0.001) == pytest.approx(0.375, abs=0.01)
     assert default_radii(0.25, 100, 0.001) == [0.0, 0.25]
     assert default_radii(1.0, 500, 0.001) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]

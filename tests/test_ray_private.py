@@ -38,10 +38,14 @@ def test_a_restored_tuner_keeps_the_first_runs_configs_and_takes_no_new_ones(tmp
     assert ray_private.restored_configs(restored)[0].max_concurrent_trials == 1
 
 
-def test_loopback_only_makes_ray_take_loopback_as_the_nodes_address():
-    """Ray reads ``ray_constants.ENABLE_RAY_CLUSTER`` when it picks the node's address; within
-    loopback_only that is 127.0.0.1, and the constant is restored after."""
+def test_loopback_only_makes_ray_take_loopback_as_the_nodes_address(monkeypatch):
+    """Ray reads ``ray_constants.ENABLE_RAY_CLUSTER`` when it picks the address of a node it is
+    about to start; within loopback_only that is 127.0.0.1, and the constant is restored after.
+    (A Ray this test session already runs answers with its own node's address: set aside.)"""
+    import ray._private.worker
     from ray._private import ray_constants, services
+
+    monkeypatch.setattr(ray._private.worker, "_global_node", None)
 
     before = ray_constants.ENABLE_RAY_CLUSTER
     assert before is True  # Linux: Ray would swap a loopback address for the machine's

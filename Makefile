@@ -1,5 +1,6 @@
 # Set-up and checks. Every target installs what it needs by itself.
-#   make quickstart  venv + package + Fashion-MNIST, the quickstart sweep on local Ray, plots
+#   make quickstart  venv + package (no dev extra) + Fashion-MNIST, the quickstart sweep on
+#                    local Ray, plots
 #   make test        venv + package (editable, dev extra) + pytest
 #   make lint        ruff
 #   make benchmark   benchmarks/certify_speed.py and train_step_speed.py
@@ -15,6 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN) -e '.[dev]'
+	touch $@ $(VENV)/.installed-base
+
+# The package without the dev extra (what the quickstart needs); the dev install includes it.
+$(VENV)/.installed-base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN) -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,7 +30,7 @@ install: $(VENV)/.installed
 # Fashion-MNIST: Debian's dataset-fashion-mnist where apt is usable, else torchvision's download
 # into ./data. Failure here is not fatal for `make test`: the real-data tests then skip.
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
-data: install
+data: $(VENV)/.installed-base
 	@if [ -f $(FMNIST) ] || [ -f data/FashionMNIST/raw/t10k-images-idx3-ubyte.gz ]; then \
 	  echo "Fashion-MNIST present"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \

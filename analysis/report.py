@@ -1,6 +1,6 @@
 """``smoothadv analyze``: gather every trial's certification, write the tidy table, the
 certified-accuracy and envelope CSVs, the Figure 1/2 panels and the Table 1/2, per-σ, per-trial
-(Tables 7–15) and ℓ∞ (Table 3) tables into one report folder.
+(Tables 7–15) and ℓ∞ (Table 3) tables into one report folder, and index.html: all on one page.
 
 Only trials with complete certification are drawn (gather.py says what counts as complete);
 incomplete ones are listed with their "k/N images", or drawn, marked "(incomplete k/N)", with
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from smoothadv.analysis import curves, figures
+from smoothadv.analysis import curves, figures, report_html
 from smoothadv.analysis.gather import Gathered, gather
 from smoothadv.analysis.output import write_atomic, write_text
 from smoothadv.analysis.paper_results import (
@@ -127,7 +127,6 @@ def _write(data: Gathered, out: Path, options: Options) -> Report:
     fine = curves.radius_grid(largest + curves.CURVE_STEP, curves.CURVE_STEP)
     selection = options.selection
     files: list[Path] = []
-
     files.append(write_atomic(out / "results.parquet", lambda f: results.to_parquet(f)))
 
     summary = curves.trial_summary(results, column_radii)
@@ -161,6 +160,7 @@ def _write(data: Gathered, out: Path, options: Options) -> Report:
     title = f"smoothadv analysis{where}"
     files.append(write_text(out / "tables.md", markdown(title, preamble, tables)))
     files.append(write_text(out / "tables.tex", latex(title, preamble, tables)))
+    files.append(report_html.write(out, title, preamble, tables, figs, data, options, files))
     lines = _summary_lines(data, out, main, headline_radii, selection, options)
     return Report(out, tuple(files), tuple(lines), figs)
 

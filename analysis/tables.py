@@ -46,20 +46,33 @@ def _best(table: Table, column: str) -> float | None:
     return None if values.nunique() < 2 else float(values.max())
 
 
-def _markdown_table(table: Table) -> str:
-    columns = [str(c) for c in table.frame.columns]
+def header(column: object) -> str:
+    """A column's shown name."""
+    return _NAMES.get(str(column), str(column))
+
+
+def cells(table: Table) -> list[list[tuple[str, bool]]]:
+    """Each row's cells as shown: (text, whether it is the column's best, set in bold)."""
     best = {c: _best(table, c) for c in table.bold}
-    lines = ["| " + " | ".join(_NAMES.get(c, c) for c in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
+    rows = []
     for row in table.frame.itertuples(index=False):
-        cells = []
-        for column, value in zip(table.frame.columns, row, strict=True):
-            text = _text(value, column, table).replace("|", "\\|")
-            if (column in best and best[column] is not None and not isinstance(value, str)
-                    and value == best[column]):
-                text = f"**{text}**"
-            cells.append(text)
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append([(_text(value, column, table),
+                      bool(best.get(column) is not None and not isinstance(value, str)
+                           and value == best[column]))
+                     for column, value in zip(table.frame.columns, row, strict=True)])
+    return rows
+
+
+def _markdown_table(table: Table) -> str:
+    columns = table.frame.columns
+    lines = ["| " + " | ".join(header(c) for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in cells(table):
+        shown = []
+        for text, bold in row:
+            text = text.replace("|", "\\|")
+            shown.append(f"**{text}**" if bold else text)
+        lines.append("| " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
 

@@ -41,7 +41,8 @@ with the first rung after a fraction f of the epochs no rule saves more than 1/f
         [--images 100] [--n 500] [--rungs 0.34 0.67] [--min-trials 3] [--concurrency 0]
 
 Figures (SmoothAdv's released CIFAR-10 logs, 440 complete trials, 150 epochs, 200 draws each;
-issue 22's closing note has the commands): see README "Early stopping at the paper's scale".
+issue 22's closing note has the commands): see docs/benchmarks.md "Early stopping at the
+paper's scale".
 """
 
 from __future__ import annotations

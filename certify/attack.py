@@ -19,10 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from smoothadv.certify.precision import evaluation_precision, requested_precision
 from smoothadv.certify.results_file import ResultsFile
 from smoothadv.certify.runner import image_seed, load_evaluation, outcome, run_resumable, smoother
+from smoothadv.certify.smooth import Smooth
 from smoothadv.common.settings import AttackSettings
 from smoothadv.trainers.attacks import smoothadv_pgd
+from smoothadv.trainers.compiled import compile_classifier
 from torch.utils.data import Dataset
 
 ATTACK_COLUMNS = ("idx", "label", "epsilon", "predict", "correct", "time")
@@ -48,18 +51,26 @@ def run_attack(
     progress: bool = True,
     device: str | torch.device | None = None,
     allow_tf32: bool = False,
+    precision: str | None = None,
+    compile: bool = False,
 ) -> ResultsFile:
     """Attack each selected image at each ε not yet in ``out`` and classify it with PREDICT.
 
     The attack evaluates all ``m_test`` noisy copies in one forward/backward pass; PREDICT runs
     ``batch_size`` noisy samples at a time. ``identity`` (checkpoint hash, dataset, split) joins
-    ``settings`` and the precision (:mod:`certify.precision`; TF32 only with ``allow_tf32``) in
-    the settings record. Everything runs on ``device`` (default: where the dataset's images
-    are); ``model`` may have no parameters. Its train/eval mode is restored afterwards.
+    ``settings``, the precision (:mod:`certify.precision`: ``precision`` float32, tf32 or bf16,
+    attack and PREDICT alike; TF32 also with ``allow_tf32``) and ``"compiled"`` in the settings
+    record. ``compile``: PREDICT's forward passes go through ``torch.compile`` as
+    :func:`certify.runner.run_smoothing`'s do (the PGD steps stay eager). Everything runs on
+    ``device`` (default: where the dataset's images are); ``model`` may have no parameters.
+    Its train/eval mode is restored afterwards.
     """
     settings.validate()
+    requested_precision(precision, allow_tf32)
     device, generator, smooth, batch_size = smoother(model, num_classes, settings.sigma,
                                                      dataset, indices, batch_size, device)
+    compiled = compile and _compile_predict(smooth, dataset, indices, min(batch_size, settings.n),
+                                            device, allow_tf32, precision)
 
     @functools.lru_cache(maxsize=1)  # the pairs come image by image: load each image once
     def image(idx: int) -> tuple[torch.Tensor, int]:
@@ -78,10 +89,27 @@ def run_attack(
         prediction = smooth.predict(x_adv[0], settings.n, settings.alpha, batch_size)
         return {"idx": idx, "epsilon": epsilon, **outcome(label, prediction, t0)}
 
-    return run_resumable(model, out, ATTACK_COLUMNS, {**(identity or {}), **settings.record()},
+    return run_resumable(model, out, ATTACK_COLUMNS,
+                         {**(identity or {}), **settings.record(), "compiled": compiled},
                          [(idx, e) for idx in indices for e in settings.epsilons], evaluate,
                          key_columns=ATTACK_KEYS, desc="attack", unit="attack",
-                         progress=progress, device=device, allow_tf32=allow_tf32)
+                         progress=progress, device=device, allow_tf32=allow_tf32,
+                         precision=precision)
+
+
+def _compile_predict(smooth: Smooth, dataset: Dataset, indices: Sequence[int], first: int,
+                     device: torch.device, allow_tf32: bool, precision: str | None) -> bool:
+    """Route PREDICT's forward passes (``smooth``'s base classifier) through ``torch.compile``
+    (trainers.compiled), probed on a batch of ``first`` copies of the first selected image (none
+    selected: no probe) in the run's precision; whether it compiled."""
+    example = None
+    if len(indices):
+        x = dataset[indices[0]][0].to(device)
+        example = x.expand(first, *x.shape).contiguous()
+    smooth.base_classifier, compiled = compile_classifier(
+        smooth.base_classifier, example,
+        context=lambda: evaluation_precision(device, allow_tf32, precision))
+    return compiled
 
 
 def attack_checkpoint(
@@ -92,13 +120,17 @@ def attack_checkpoint(
     batch_size: int | None = None,
     progress: bool = True,
     allow_tf32: bool = False,
+    precision: str | None = None,
+    compile: bool = False,
     **selection,
 ) -> ResultsFile:
     """:func:`run_attack` on a checkpoint; ``selection`` goes to
     :func:`certify.runner.load_evaluation`."""
     settings.validate()
+    requested_precision(precision, allow_tf32)
     ev = load_evaluation(checkpoint, **selection)
     return run_attack(ev.model, ev.num_classes, ev.images, ev.indices, settings, out,
                       batch_size=batch_size, identity=ev.identity, progress=progress,
-                      device=ev.device, allow_tf32=allow_tf32)
+                      device=ev.device, allow_tf32=allow_tf32, precision=precision,
+                      compile=compile)
 

@@ -5,25 +5,37 @@ from __future__ import annotations
 
 import argparse
 
+from smoothadv.cli.shared import add_out, add_verb
+
+ANALYZE_EXAMPLES = (
+    "smoothadv analyze sweeps/quickstart -o sweeps/quickstart/report",
+    "smoothadv analyze sweeps/cifar10_paper sweeps/cifar10_cohen -o report "
+    "--reference cohen,smoothadv --radii 0.435",
+    "smoothadv analyze --logs runs.csv -o report --selection holdout  # certify logs made "
+    "elsewhere",
+)
+
 
 def add_parsers(sub) -> None:
     """analyze."""
-    p = sub.add_parser("analyze", help="certified-accuracy envelopes, figures and tables",
-                       description="Gather the certification of sweeps (and of logs made "
-                       "elsewhere) into results.parquet, envelope CSVs, the paper's Figure 1/2 "
-                       "panels and Tables 1-2, 3 and 7-15.")
-    p.add_argument("sweep_dirs", nargs="*", metavar="SWEEP_DIR", help="sweep folder")
+    p = add_verb(sub, "analyze", help="certified-accuracy envelopes, figures and tables",
+                 description="Gather the certification of sweeps (and of logs made elsewhere) "
+                 "into results.parquet, envelope CSVs, the paper's Figure 1/2 panels and Tables "
+                 "1-2, 3 and 7-15.", example=ANALYZE_EXAMPLES)
+    p.add_argument("sweep_dirs", nargs="*", metavar="sweep_dir",
+                   help="sweep folder or URI (STORAGE/NAME); several are analyzed together")
     p.add_argument("--logs", metavar="MAPPING.csv", help="CSV with a path column (relative to "
                    "the CSV) naming certify logs, and trial-value columns (sigma, attack, "
                    "epsilon, m_train, steps, method, dataset, alpha; label names the trial)")
-    p.add_argument("-o", "--out", required=True, metavar="REPORT_DIR", help="report folder")
+    add_out(p, "report folder")
     p.add_argument("--radii", type=float, nargs="+", default=[],
                    help="extra radii for certified_accuracy.csv (besides every 0.25)")
     p.add_argument("--selection", choices=["max", "holdout"], default="max",
                    help="envelope: best trial per radius (max, as in the paper) or chosen on "
                    "half the images and measured on the other half (holdout)")
     p.add_argument("--reference", metavar="NAMES",
-                   help="published rows to draw, comma-separated: cohen,smoothadv,smoothadv_both")
+                   help="published rows to draw, comma-separated: cohen,smoothadv,"
+                   "smoothadv_both (default: none)")
     p.add_argument("--representative", nargs="+", default=[], metavar="NAME",
                    help="trials for representative_per_sigma (default: largest ACR per σ)")
     p.add_argument("--rho", type=float, default=0.001,

@@ -8,9 +8,16 @@ import sys
 from collections.abc import Sequence
 
 from smoothadv.cli import analyze, smoothing, sweep, training
+from smoothadv.cli.shared import HelpFormatter, examples
 from smoothadv.common.errors import UserError
 
 GROUPS = (smoothing, training, analyze, sweep)  # the order `smoothadv --help` lists them in
+EXAMPLES = (
+    "smoothadv sweep run quickstart --storage sweeps",
+    "smoothadv analyze sweeps/quickstart -o sweeps/quickstart/report",
+    "smoothadv train trial.yaml --set sigma=0.5 -o runs/t1",
+    "smoothadv certify runs/t1/checkpoint.pt --sigma 0.5 --skip 20 -o certify.tsv",
+)
 
 
 def _version() -> str:
@@ -22,7 +29,9 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothadv",
-        description="Train, certify and compare provably robust smoothed classifiers.",
+        description="Train, certify and compare provably robust smoothed classifiers. Each "
+        "COMMAND's --help lists its options, their defaults and examples.",
+        epilog=examples(*EXAMPLES), formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"smoothadv {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -5,11 +5,34 @@ from __future__ import annotations
 
 import argparse
 
-from smoothadv.cli.shared import add_set
+from smoothadv.cli.shared import HelpFormatter, add_set, add_verb, examples
 from smoothadv.common.errors import UserError
 from smoothadv.sweep.spec import MAX_TRIALS
 from smoothadv.sweep.trackers import TRACKERS
 
+EXAMPLES = {
+    "plan": ("smoothadv sweep plan cifar10_paper",
+             "smoothadv sweep plan quickstart --summary  # only the trials, requests and cost",
+             "smoothadv sweep plan configs/cifar10_fast.yaml --set resources.gpus_per_worker=0.5"),
+    "presets": ("smoothadv sweep presets",),
+    "run": ("smoothadv sweep run quickstart --storage sweeps",
+            "smoothadv sweep run cifar10_paper --address auto --storage /shared/sweeps "
+            "--max-concurrent 8",
+            "smoothadv sweep run quickstart --storage s3://bucket/sweeps --log-to mlflow",
+            "smoothadv sweep run cifar10_finetune --storage sweeps "
+            "--set init_from_sweep=sweeps/imagenet32_pretrain"),
+    "resume": ("smoothadv sweep resume sweeps/quickstart",
+               "smoothadv sweep resume /shared/sweeps/cifar10_paper --address auto "
+               "--restart-errored"),
+    "status": ("smoothadv sweep status sweeps/quickstart",
+               "smoothadv sweep status s3://bucket/sweeps/cifar10_paper"),
+    "stop": ("smoothadv sweep stop sweeps/quickstart",),
+    "trust": ("smoothadv sweep trust /shared/sweeps/cifar10_paper",),
+    "sweep": ("smoothadv sweep presets", "smoothadv sweep plan quickstart",
+              "smoothadv sweep run quickstart --storage sweeps",
+              "smoothadv sweep status sweeps/quickstart",
+              "smoothadv analyze sweeps/quickstart -o sweeps/quickstart/report"),
+}
 SPEC_HELP = "YAML sweep spec, or a preset's name (smoothadv sweep presets)"
 SWEEP_DIR_HELP = "the sweep folder or URI (STORAGE/NAME)"
 MAX_TRIALS_HELP = (f"refuse a grid of more trials than N (default: the spec's max_trials, "
@@ -37,29 +60,38 @@ RESUME_LOG_TO_HELP = ("as for `sweep run`. A resumed sweep keeps logging to the 
 def _add_driver_args(p: argparse.ArgumentParser, log_to_help: str) -> None:
     """What a sweep's driver takes, in run and resume: concurrency, output, trackers."""
     p.add_argument("--max-concurrent", type=int, help=CONCURRENT_HELP)
-    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
-                   help="Tune's console output level")
+    p.add_argument("--verbose", nargs="?", type=int, const=2, default=0, choices=[0, 1, 2],
+                   metavar="LEVEL", help="Ray Tune's own progress reports (trial tables, each "
+                   "trial's config) instead of smoothadv's compact lines (a trial's start, its "
+                   "epochs, its end); LEVEL: Tune's verbosity, 2 when not given (0: the compact "
+                   "lines, the default)")
     p.add_argument("--dashboard", action="store_true", help=DASHBOARD_HELP)
     p.add_argument("--log-to", action="append", default=[], choices=TRACKERS, help=log_to_help)
 
 
 def _add_plan(commands) -> None:
     """plan and presets: what a spec or the shipped specs hold, no Ray started."""
-    p = commands.add_parser("plan", help="list the trials of a spec and what they request",
-                            description="List a spec's trials (no Ray started).")
+    p = add_verb(commands, "plan", help="list the trials of a spec and what they request",
+                 description="A spec's summary (trials, what each requests, the cost in "
+                 "trial-epochs, how many run at once here), then its trials (no Ray started).",
+                 example=EXAMPLES["plan"])
     p.add_argument("spec", help=SPEC_HELP)
     add_set(p, "override a default (resources.KEY, schedule.KEY, stages.KEY for those "
             "blocks; schedule=null turns early stopping off)")
     p.add_argument("--max-trials", type=int, metavar="N", help=MAX_TRIALS_HELP)
+    p.add_argument("--summary", action="store_true",
+                   help="print only the summary, not the table of trials")
     p.set_defaults(func=_run_plan)
-    p = commands.add_parser("presets", help="list the sweep specs shipped with smoothadv",
-                            description="The paper's grids, usable by name from anywhere.")
+    p = add_verb(commands, "presets", help="list the sweep specs shipped with smoothadv",
+                 description="The paper's grids, usable by name from anywhere: each preset's "
+                 "name, trial count and whole description.", example=EXAMPLES["presets"])
     p.set_defaults(func=_run_presets)
 
 
 def _add_run(commands) -> None:
-    p = commands.add_parser("run", help="run a sweep on Ray",
-                            description="Run every trial of a spec: train, certify, report.")
+    p = add_verb(commands, "run", help="run a sweep on Ray",
+                 description="Run every trial of a spec: train, certify, report.",
+                 example=EXAMPLES["run"])
     p.add_argument("spec", help=SPEC_HELP)
     add_set(p, "override a default, e.g. init_from=PATH (resources.KEY, schedule.KEY, "
             "stages.KEY for those blocks; schedule=null turns early stopping off)")
@@ -73,9 +105,10 @@ def _add_run(commands) -> None:
 
 
 def _add_resume(commands) -> None:
-    p = commands.add_parser("resume", help="continue an interrupted or failed sweep",
-                            description="Continue a sweep: unfinished trials go on from their "
-                            "checkpoints, errored ones resume (or restart), finished ones stay.")
+    p = add_verb(commands, "resume", help="continue an interrupted or failed sweep",
+                 description="Continue a sweep: unfinished trials go on from their "
+                 "checkpoints, errored ones resume (or restart), finished ones stay.",
+                 example=EXAMPLES["resume"])
     p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     p.add_argument("--restart-errored", action="store_true",
                    help="start errored trials from scratch (old outputs move to errored/)")
@@ -86,22 +119,24 @@ def _add_resume(commands) -> None:
 
 def _add_folder_verbs(commands) -> None:
     """status, stop and trust: each takes a sweep folder only."""
-    p = commands.add_parser("status", help="one line per trial: state, epoch, certification",
-                            description="Show each trial's state, epoch, certification "
-                            "progress and first error line.")
+    p = add_verb(commands, "status", help="one line per trial: state, epoch, certification",
+                 description="Show each trial's state, epoch, certification progress and first "
+                 "error line.", example=EXAMPLES["status"])
     p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     p.set_defaults(func=_run_status)
-    p = commands.add_parser("stop", help="stop a running sweep and end its Ray processes",
-                            description="Stop a sweep's driver as Ctrl-C would (state and "
-                            "checkpoints are kept), then end any Ray process it left behind.")
+    p = add_verb(commands, "stop", help="stop a running sweep and end its Ray processes",
+                 description="Stop a sweep's driver as Ctrl-C would (state and checkpoints are "
+                 "kept), then end any Ray process it left behind.", example=EXAMPLES["stop"])
     p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     p.set_defaults(func=_run_stop)
-    p = commands.add_parser(
-        "trust", help="sign a sweep's Tune state after reading it (another user's sweep)",
+    p = add_verb(
+        commands, "trust",
+        help="sign a sweep's Tune state after reading it (another user's sweep)",
         description="Sign the files of the sweep's Tune restore point (tune/) with your key, "
         "so that `sweep resume` hands them to Ray, which unpickles them: only for a sweep "
         "folder you trust, e.g. a colleague's, after reading it. A sweep your own drivers "
-        "ran needs no trust: they sign as they write (README: security).")
+        "ran needs no trust: they sign as they write (docs/security.md).",
+        example=EXAMPLES["trust"])
     p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     p.set_defaults(func=_run_trust)
 
@@ -109,7 +144,9 @@ def _add_folder_verbs(commands) -> None:
 def add_parsers(sub) -> None:
     """sweep, with its verbs plan, presets, run, resume, status, stop and trust."""
     sweep = sub.add_parser("sweep", help="plan, run, resume and inspect Ray Tune sweeps",
-                           description="Sweeps over a grid of trials on Ray (see `sweep presets`).")
+                           description="Sweeps over a grid of trials on Ray (see `sweep "
+                           "presets`). Each ACTION's --help lists its options and examples.",
+                           epilog=examples(*EXAMPLES["sweep"]), formatter_class=HelpFormatter)
     commands = sweep.add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
     _add_plan(commands)
     _add_run(commands)
@@ -121,7 +158,8 @@ def _run_plan(args: argparse.Namespace) -> int:
     from smoothadv.sweep.spec import load_spec
     from smoothadv.sweep.status import format_plan
 
-    print(format_plan(load_spec(args.spec, args.set, args.max_trials)))
+    print(format_plan(load_spec(args.spec, args.set, args.max_trials),
+                      summary_only=args.summary))
     return 0
 
 

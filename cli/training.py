@@ -5,25 +5,45 @@ from __future__ import annotations
 
 import argparse
 
-from smoothadv.cli.shared import add_device, add_no_progress, add_set, one_writer
+from smoothadv.cli.shared import (
+    add_data_root,
+    add_device,
+    add_no_progress,
+    add_out,
+    add_set,
+    add_verb,
+    one_writer,
+)
+
+TRAIN_EXAMPLES = (
+    "smoothadv train trial.yaml --set sigma=0.5 --set certify.n=1000 -o runs/t1",
+    "smoothadv train trial.yaml --set extra_data=pseudo.pkl --set extra_weight=1.0 -o runs/st"
+    "  # self-training",
+)
+PSEUDO_LABEL_EXAMPLES = (
+    "smoothadv pseudo-label runs/t1/checkpoint.pt --images cifar10:train -o pseudo.pkl",
+    "smoothadv pseudo-label runs/t1/checkpoint.pt --images unlabelled.npy --limit 50000 "
+    "--batch 512 -o pseudo.pkl",
+)
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train one trial without Ray",
-                       description="Train one trial (resumes from OUT/checkpoint.pt).")
+    p = add_verb(sub, "train", help="train one trial without Ray",
+                 description="Train one trial (resumes from OUT/checkpoint.pt).",
+                 example=TRAIN_EXAMPLES)
     p.add_argument("config", help="YAML trial config")
     add_set(p, "override a config key (certify.n=1000 for the nested block)")
-    p.add_argument("--out", required=True, help="trial folder: checkpoint, metrics, config")
+    add_out(p, "trial folder: checkpoint, metrics, config; an existing one is resumed")
     add_no_progress(p)
     p.set_defaults(func=_run_train)
 
 
 def _add_pseudo_label(sub) -> None:
-    p = sub.add_parser("pseudo-label", help="label unlabelled images with a teacher model",
-                       description="Write a pseudo-labelled set for self-training (Carmon et "
-                       "al. 2019; trial key extra_data): the teacher's base-classifier argmax "
-                       "on each clean image.")
-    p.add_argument("--teacher", required=True, help="model checkpoint written by smoothadv")
+    p = add_verb(sub, "pseudo-label", help="label unlabelled images with a teacher model",
+                 description="Write a pseudo-labelled set for self-training (Carmon et al. "
+                 "2019; trial key extra_data): the teacher's base-classifier argmax on each "
+                 "clean image.", example=PSEUDO_LABEL_EXAMPLES)
+    p.add_argument("checkpoint", help="the teacher: a model checkpoint written by smoothadv")
     p.add_argument("--arch", help="the teacher's architecture (checked); a checkpoint's import "
                    "path module:name, which loading imports and runs, is used only when named "
                    "here: --arch module:name trusts that code")
@@ -32,11 +52,11 @@ def _add_pseudo_label(sub) -> None:
     p.add_argument("--images", required=True, metavar="SOURCE",
                    help="DATASET:SPLIT (e.g. cifar10:train; labels ignored), a .npy file "
                    "(uint8 N×H×W×C), or a pickle with 'data' (Carmon et al.'s format)")
-    p.add_argument("--out", required=True, help="output pickle: data, extrapolated_targets")
-    p.add_argument("--limit", type=int, help="label only the first LIMIT images")
+    add_out(p, "output pickle: data, extrapolated_targets")
+    p.add_argument("--limit", type=int, help="label only the first LIMIT images (default: all)")
     p.add_argument("--batch", type=int, default=256, help="images per forward pass")
     add_device(p)
-    p.add_argument("--data-root", help="folder holding the dataset files (DATASET:SPLIT)")
+    add_data_root(p, "folder holding the dataset files of --images DATASET:SPLIT")
     add_no_progress(p)
     p.set_defaults(func=_run_pseudo_label)
 
@@ -63,7 +83,7 @@ def _run_pseudo_label(args: argparse.Namespace) -> int:
     import numpy as np
     from smoothadv.trainers.self_training import pseudo_label
 
-    labels = pseudo_label(args.teacher, args.images, args.out, limit=args.limit,
+    labels = pseudo_label(args.checkpoint, args.images, args.out, limit=args.limit,
                           data_root=args.data_root, batch_size=args.batch, device=args.device,
                           progress=not args.no_progress, arch=args.arch, dataset=args.dataset)
     counts = np.bincount(labels)

@@ -2,13 +2,19 @@
 
 Ray facts relied on (Ray 2.60; docs/reference-facts.md): ``Tuner.restore(resume_errored=True)``
 keeps trial ids; the trial drivers ask Ray for no CPU (:data:`DRIVER_RESOURCES`), so the
-workers' resources are the real budget.
+workers' resources are the real budget. Tune's console output at verbosity 0 is not silent
+(its new output engine prints tables, it logs each failed trial's traceback): see
+:func:`tune_output`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,12 @@ from smoothadv.sweep.storage import SweepFolder
 # from fitting where its CPUs are free (2 drivers on a 1-CPU node: 0.98 CPU left for a
 # 0.99-CPU worker). Memory is a logical Ray resource too; 256 MiB covers a driver's ~130 MiB.
 DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
+# Tune's environment switches for a quiet console (tune_output): its legacy output engine,
+# and no traceback logged per failed trial
+QUIET_TUNE = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"}
+# Tune's loggers whose INFO lines a quiet console leaves out (a filter holds for its own
+# logger only): where it wrote its state, which state file it restores from
+TUNE_LOGS = ("ray.tune.tune", "ray.tune.execution.tune_controller")
 
 
 def trainable(sweep: SweepFolder, spec: SweepSpec):
@@ -38,11 +50,30 @@ def trainable(sweep: SweepFolder, spec: SweepSpec):
                                                     spec=spec), DRIVER_RESOURCES)
 
 
+def console(sweep: SweepFolder, verbose: int) -> list:
+    """The callbacks that print a sweep's progress: Tune's own at ``verbose`` 1 or 2 (Tune's
+    verbosity, ``--verbose``) and none of ours; at 0, Tune silent and our compact view
+    (sweep.console)."""
+    from smoothadv.sweep.console import ConsoleReporter
+
+    return [] if verbose else [ConsoleReporter(str(sweep.local))]
+
+
+def without_ours(callbacks: list) -> list:
+    """``callbacks`` less the driver's own (the signer and the console reporter), which a
+    restored Tuner gets anew."""
+    from smoothadv.sweep.console import ConsoleReporter
+    from smoothadv.sweep.signing_callback import TuneStateSigner
+
+    return [c for c in callbacks or () if not isinstance(c, (TuneStateSigner, ConsoleReporter))]
+
+
 def new_tuner(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: int,
               at_once: int, verbose: int, callbacks: list):
     """A new Tune experiment running ``trials`` (in a staged sweep: their ``stage``), at most
-    ``at_once`` at a time, logging to the trackers' ``callbacks``; with a ``schedule`` block,
-    trials that train (stage ≤ 1) are stopped early by sweep.early_stopping."""
+    ``at_once`` at a time, logging to the trackers' ``callbacks``, reporting on the console
+    as ``verbose`` says (:func:`console`); with a ``schedule`` block, trials that train
+    (stage ≤ 1) are stopped early by sweep.early_stopping."""
     from ray import tune
     from smoothadv.sweep.signing_callback import TuneStateSigner
 
@@ -65,8 +96,8 @@ def new_tuner(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: i
         run_config=tune.RunConfig(
             name=name, storage_path=sweep.where, verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=spec.resources.trial_retries),
-            # the --log-to trackers (sweep.trackers), and the signer of Tune's restore point
-            callbacks=[*callbacks, TuneStateSigner(sweep, name)],
+            # the --log-to trackers (sweep.trackers), the console, the restore point's signer
+            callbacks=[*callbacks, *console(sweep, verbose), TuneStateSigner(sweep, name)],
         ),
     )
     trust.sign_tune_state(sweep, name)  # the tuner.pkl it just wrote
@@ -74,12 +105,13 @@ def new_tuner(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: i
 
 
 def restored_tuner(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], stage: int,
-                   at_once: int, log_to: list[str]):
+                   at_once: int, log_to: list[str], verbose: int = 0):
     """The stage's Tune experiment restored (errored trials resume, keeping their Tune trial
     ids), set for this cluster (``at_once``) and this folder, logging to the trackers it
-    logged to and those of ``log_to``. The param space is given again: Tune keeps only its
-    keys, and a driver killed before Tune saved any experiment state leaves a Tuner that
-    would restart with an empty one."""
+    logged to and those of ``log_to``, reporting as ``verbose`` says now (:func:`console`;
+    the first run's console reporter and signer are replaced). The param space is given
+    again: Tune keeps only its keys, and a driver killed before Tune saved any experiment
+    state leaves a Tuner that would restart with an empty one."""
     from ray import tune
     from smoothadv.sweep.ray_private import restored_configs
     from smoothadv.sweep.signing_callback import TuneStateSigner
@@ -102,18 +134,53 @@ def restored_tuner(sweep: SweepFolder, spec: SweepSpec, trials: list[Trial], sta
         tune_config.scheduler.sweep_dir = sweep.where
     run_config.callbacks = trackers.for_resume(run_config.callbacks, list(log_to), sweep.local,
                                                spec.name)
-    trackers_only = [c for c in run_config.callbacks if not isinstance(c, TuneStateSigner)]
-    run_config.callbacks = [*trackers_only, TuneStateSigner(sweep, name)]
+    run_config.verbose = verbose
+    run_config.callbacks = [*without_ours(run_config.callbacks), *console(sweep, verbose),
+                            TuneStateSigner(sweep, name)]
     return tuner
 
 
 def tracker_callbacks(tuner) -> list:
-    """The trackers' callbacks of a restored Tuner (its signer left out)."""
+    """The trackers' callbacks of a restored Tuner (its signer and console left out)."""
     from smoothadv.sweep.ray_private import restored_configs
-    from smoothadv.sweep.signing_callback import TuneStateSigner
 
-    return [c for c in restored_configs(tuner)[1].callbacks
-            if not isinstance(c, TuneStateSigner)]
+    return without_ours(restored_configs(tuner)[1].callbacks)
+
+
+def _tune_quiet(record: logging.LogRecord) -> bool:
+    """Tune's log lines shown at verbosity 0 (:data:`TUNE_LOGS`): its warnings and errors, not
+    its INFO lines nor its list of the trials that failed (the console's lines and the sweep's
+    summary say it)."""
+    return record.levelno > logging.INFO and not str(record.msg).startswith(
+        "Trials did not complete")
+
+
+@contextlib.contextmanager
+def tune_output(verbose: int) -> Iterator[None]:
+    """Within: Tune prints nothing at ``verbose`` 0 but its warnings (sweep.console prints
+    instead), through the public switches of :data:`QUIET_TUNE`, read when ``fit()`` starts:
+    Ray 2.60's new output engine prints its configuration table when the experiment starts and
+    a trial-status table when it ends at any verbosity, its legacy engine nothing at 0; and
+    Tune logs each failed trial's whole traceback (Tune's error.txt in the trial's folder
+    keeps it, the console shows its root cause)."""
+    if verbose:
+        yield
+        return
+    before = {key: os.environ.get(key) for key in QUIET_TUNE}
+    os.environ.update(QUIET_TUNE)
+    logs = [logging.getLogger(name) for name in TUNE_LOGS]
+    for log in logs:
+        log.addFilter(_tune_quiet)
+    try:
+        yield
+    finally:
+        for log in logs:
+            log.removeFilter(_tune_quiet)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def fit(tuner, sweep: SweepFolder, driver: dict[str, Any], names: list[str]) -> int:
@@ -122,12 +189,15 @@ def fit(tuner, sweep: SweepFolder, driver: dict[str, Any], names: list[str]) -> 
     KeyboardInterrupt (on SIGTERM :class:`~sweep.signals.Terminated`) after the summary.
     ``driver`` is the driver's record (sweep.driver_record), rewritten with the Ray processes
     it started."""
+    from smoothadv.sweep.ray_private import restored_configs
+
     planned = len(names)
     sweep.write_json(sweep.local / layout.DRIVER,
                      trust.signed({**driver, "heartbeat": time.time()}))
     terminated = stop_on_sigterm()
     try:
-        results = tuner.fit()
+        with tune_output(restored_configs(tuner)[1].verbose):
+            results = tuner.fit()
     except Exception:
         traceback.print_exc()
         raise

@@ -48,12 +48,14 @@ TUNE_TRIAL_ID = re.compile(r"[0-9a-f]{5}_[0-9]{5}")  # Tune's trial ids: 89eca_0
 @dataclass(frozen=True)
 class Launch:
     """How the command line asked to run: the cluster (``--address``; None: Ray on this
-    machine), ``--dashboard``, ``--max-concurrent`` and Tune's verbosity."""
+    machine), ``--dashboard``, ``--max-concurrent`` and the console (``--verbose``): 0, our
+    compact view (sweep.console) with Tune silent; 1 or 2, Tune's own reporting at that
+    verbosity instead."""
 
     address: str | None = None
     dashboard: bool = False
     max_concurrent: int | None = None
-    verbose: int = 1
+    verbose: int = 0
 
 
 def run_sweep(spec_path: str, overrides: list[str], *, storage: str, launch: Launch,
@@ -224,7 +226,8 @@ def _resume(sweep: SweepFolder, spec: SweepSpec, stage: int, trials: list[Trial]
         return _run_stages(sweep, spec, trials, stage, driver, launch,
                            trackers.for_resume([], list(log_to), sweep.local, spec.name))
     at_once = concurrency(spec, launch.max_concurrent)
-    tuner = experiment.restored_tuner(sweep, spec, trials, stage, at_once, log_to)
+    tuner = experiment.restored_tuner(sweep, spec, trials, stage, at_once, log_to,
+                                      launch.verbose)
     print(f"{spec.name}: resuming, at most {at_once} trials at once", flush=True)
     callbacks = experiment.tracker_callbacks(tuner)
     for line in trackers.describe(callbacks, sweep.local):

@@ -6,6 +6,8 @@ and starts its dashboard only when asked: it costs a dozen processes on a small 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 from smoothadv.common.errors import UserError, first_line
@@ -55,9 +57,33 @@ def init_ray(address: str | None, dashboard: bool = False) -> list[processes.Pro
                             f"connect to a Ray cluster ({first_line(e)})") from None
         return []
     set_local_ray_env(dashboard)
-    with loopback_only():
+    with loopback_only(), _without_start_notes():
         # address="local": a new Ray of our own, never a cluster some `ray start` left here
         ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
                  object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False,
                  include_dashboard=dashboard)
     return processes.descendants(os.getpid())
+
+
+# What a local Ray's start logs to the console that says nothing to a sweep's user (the sweep
+# prints its own first line): its token note (the token is made and kept by Ray itself) and
+# that it started. Warnings and errors of any other kind still show.
+START_NOTES = ("Token authentication is enabled for this Ray cluster",
+               "Started a local Ray instance")
+START_LOGGERS = ("ray._private.authentication.authentication_token_setup", "ray._private.worker")
+
+
+@contextlib.contextmanager
+def _without_start_notes():
+    """Within: the loggers of START_LOGGERS drop the records that open with START_NOTES."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(START_NOTES)
+
+    loggers = [logging.getLogger(name) for name in START_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(keep)

@@ -118,7 +118,7 @@ class EarlyStopping:
     on a real 440-trial CIFAR-10 grid: 1.32× of the training cost saved, and the envelope at
     r = 0 … 2.25 never more than 1 point lower in 200 draws when each trial's rung model is
     mildly worse than its final one, where 100 images and margin 0.05 lost more than 1 point in
-    61 % of draws (README, "Early stopping at the paper's scale")."""
+    61 % of draws (docs/benchmarks.md, "Early stopping at the paper's scale")."""
 
     rungs: tuple[float, ...] = (0.34, 0.67)
     images: int = 500

@@ -57,35 +57,57 @@ def concurrency_line(spec: SweepSpec) -> str:
 
 
 def format_presets() -> str:
-    """One line per shipped preset: its name, trial count and the first line of its comment."""
+    """Each shipped preset: a line with its name and trial count, then its whole description
+    (:func:`preset_description`) indented by four spaces; a blank line between presets."""
     from smoothadv.sweep.spec import PRESETS, load_spec, preset_names
 
-    lines = []
+    blocks = []
     for name in preset_names():
-        first = (PRESETS / f"{name}.yaml").read_text(encoding="utf-8").splitlines()[0]
+        text = (PRESETS / f"{name}.yaml").read_text(encoding="utf-8")
         try:
             count = f"{len(load_spec(name).trials())} trials"
         except UserError as e:  # fine-tuning needs its pre-training sweep named
             count = ("needs --set init_from_sweep=DIR" if "init_from_sweep" in str(e)
                      else "see `smoothadv sweep plan`")
-        lines.append(f"{name:20} {count:32} {first.lstrip('# ')}")
-    return "\n".join(lines)
+        blocks.append("\n".join([f"{name:20} {count}",
+                                 *(f"    {line}".rstrip() for line in preset_description(text))]))
+    return "\n\n".join(blocks)
 
 
-def format_plan(spec: SweepSpec) -> str:
-    table = plan_table(spec)
-    total_gpus = table["gpus"].sum()
+def preset_description(text: str) -> list[str]:
+    """The comment block a spec's text opens with, each line without its "#" and the one space
+    after it (deeper indentation, as of an example command, kept)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[2:] if line.startswith("# ") else line[1:])
+    return lines
+
+
+def plan_summary(spec: SweepSpec, table: pd.DataFrame) -> list[str]:
+    """What ``sweep plan`` prints first: what each trial requests and all at once, the cost in
+    trial-epochs, how many run at once, and last the number of trials."""
+    res = spec.resources
     epochs = table["epochs"].sum()
-    lines = [table.to_string(index=False), "",
-             f"each trial: {spec.resources.workers} worker(s) × "
-             f"({spec.resources.gpus_per_worker:g} GPU, {spec.resources.cpus_per_worker:g} CPU); "
-             f"all trials at once would need {total_gpus:g} GPUs and {table['cpus'].sum():g} CPUs",
-             f"{epochs} trial-epochs in all: GPU-hours ≈ {epochs} × (hours per epoch of one "
-             f"trial) × {spec.resources.workers * spec.resources.gpus_per_worker:g} GPUs per "
-             "trial, plus certification" + (", at most: early stopping (schedule) may stop "
-                                              "trials at their rungs" if spec.schedule else ""),
-             concurrency_line(spec),
-             f"{len(table)} trials"]
+    return [f"each trial: {res.workers} worker(s) × ({res.gpus_per_worker:g} GPU, "
+            f"{res.cpus_per_worker:g} CPU); all trials at once would need "
+            f"{table['gpus'].sum():g} GPUs and {table['cpus'].sum():g} CPUs",
+            f"{epochs} trial-epochs in all: GPU-hours ≈ {epochs} × (hours per epoch of one "
+            f"trial) × {res.workers * res.gpus_per_worker:g} GPUs per trial, plus "
+            "certification" + (", at most: early stopping (schedule) may stop trials at their "
+                               "rungs" if spec.schedule else ""),
+            concurrency_line(spec),
+            f"{len(table)} trials"]
+
+
+def format_plan(spec: SweepSpec, summary_only: bool = False) -> str:
+    """``sweep plan``: the summary (:func:`plan_summary`), then, unless ``summary_only``, a
+    blank line and the table of trials (:func:`plan_table`)."""
+    table = plan_table(spec)
+    lines = plan_summary(spec, table)
+    if not summary_only:
+        lines += ["", table.to_string(index=False)]
     return "\n".join(lines)
 
 

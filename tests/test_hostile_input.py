@@ -53,7 +53,7 @@ def command(kind: str, ckpt: Path, tmp_path: Path, *extra: str) -> tuple[list[st
                 "--m-test", "4", *common, *extra], written
     if kind == "pseudo-label":
         labels = tmp_path / "pseudo.pkl"
-        return ["pseudo-label", "--teacher", str(ckpt), "--images", "synthetic:test", "--limit",
+        return ["pseudo-label", str(ckpt), "--images", "synthetic:test", "--limit",
                 "16", "--out", str(labels), "--device", "cpu", "--no-progress", *extra], [labels]
     assert kind == "train"
     run = tmp_path / "run"

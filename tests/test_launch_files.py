@@ -2,14 +2,19 @@
 no image registry): cluster/rayjob.yaml (KubeRay), cluster/ray-cluster.yaml (`ray up`),
 cluster/slurm/smoothadv.sbatch and the Dockerfile all of them run.
 
-- The RayJob submits in SidecarMode within what KubeRay accepts for it, its dashboard stays on
-  127.0.0.1, and its entrypoint is run the way KubeRay's sidecar and Ray's job supervisor run it
-  (bash, `ray job submit -- …`, `sh -c`) with `smoothadv` replaced by a stub that parses its
-  arguments with the real parser and plans the preset: a first submission runs the sweep, a
-  re-submission resumes the same sweep folder.
+- The RayJob submits in SidecarMode within what KubeRay accepts for it; KubeRay's operator can
+  read the job's status (the head's dashboard listens beyond 127.0.0.1, on the head Service's
+  port, a ClusterIP one) and Ray's token authentication guards it (a real Ray head in token
+  mode answers the job API to the operator's header only); a failed RayJob is retried
+  (backoffLimit); its entrypoint is run the way KubeRay's sidecar and Ray's job supervisor run
+  it (bash, `ray job submit -- …`, `sh -c`) with `smoothadv` replaced by a stub that parses its
+  arguments with the real parser and plans the preset: a first submission (or retry) runs the
+  sweep, a re-submission resumes the same sweep folder.
 - The `ray up` config passes Ray's own validation (what `ray up` does before it starts
   anything), runs the smoothadv image with its Ray (no second Ray installed next to it), has the
-  cloud SDK its provider's autoscaler needs, and its documented commands parse.
+  cloud SDK its provider's autoscaler needs, gives every node the user's security group so that
+  Ray's AWS provider opens nothing (it would open SSH to 0.0.0.0/0), updates apt's lists before
+  installing, and its documented commands parse, the sweep driver's run in tmux by `ray exec`.
 - The sbatch's sweep commands parse, for a first run and for a requeue.
 - The Dockerfile pins the torch, torchvision and Ray the tests run with, takes torch from
   PyTorch's CUDA index, installs smoothadv into the base image's Ray environment.
@@ -18,20 +23,28 @@ cluster/slurm/smoothadv.sbatch and the Dockerfile all of them run.
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
 import json
 import os
 import re
+import secrets
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
+from ports import free_port
 from smoothadv.cli.main import build_parser
 from smoothadv.sweep.spec import load_spec
 
@@ -115,18 +128,90 @@ def test_rayjob_submits_in_sidecar_mode_as_kuberay_accepts_it():
     assert images == {ray_up()["docker"]["image"]}
 
 
-def test_rayjob_dashboard_stays_on_localhost_and_the_sidecar_finds_it():
+def test_rayjob_operator_reads_the_job_status_through_the_head_service_with_the_token():
+    """KubeRay's operator polls the job's status at the head Service's port named "dashboard"
+    (a successful sweep ends the RayJob Complete/SUCCEEDED only if it can): the dashboard
+    listens beyond the head pod's loopback (dashboard-host unset is KubeRay's 0.0.0.0), on that
+    port; the Service is a ClusterIP one (no LoadBalancer, NodePort or Ingress); token
+    authentication is on, so the dashboard answers only with KubeRay's token (the operator
+    sends it; see the test below for Ray's side)."""
     cluster = rayjob()["spec"]["rayClusterSpec"]
     head = cluster["headGroupSpec"]
-    assert head["rayStartParams"].get("dashboard-host") == "127.0.0.1"
+    host = head["rayStartParams"].get("dashboard-host", "0.0.0.0")  # KubeRay's default
+    assert host not in ("127.0.0.1", "localhost", "::1"), host
+    assert head["rayStartParams"].get("include-dashboard", "true") == "true"
     for group in cluster["workerGroupSpecs"]:
         assert "dashboard-host" not in group.get("rayStartParams", {})
-    # KubeRay's sidecar submits to 127.0.0.1:<the head container's port named "dashboard">
     ports = {p.get("name"): p["containerPort"]
              for p in head["template"]["spec"]["containers"][0].get("ports", [])}
     dashboard_port = int(head["rayStartParams"].get("dashboard-port", 8265))
     assert ports.get("dashboard", 8265) == dashboard_port
-    assert "0.0.0.0" not in RAYJOB.read_text()
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP"
+    assert not head.get("enableIngress", False)
+    assert cluster["authOptions"]["mode"] == "token"
+    assert "secretName" not in cluster["authOptions"]  # KubeRay's own random token
+
+
+def test_a_failed_rayjob_is_retried_and_the_retry_resumes():
+    """backoffLimit: KubeRay retries a failed RayJob on a new RayCluster (allowed in
+    SidecarMode, refused only with a clusterSelector or in InteractiveMode); the retry runs the
+    same entrypoint, which resumes a sweep folder it finds (the entrypoint test below)."""
+    spec = rayjob()["spec"]
+    assert isinstance(spec.get("backoffLimit"), int) and 1 <= spec["backoffLimit"] <= 5
+    assert spec["submissionMode"] not in ("InteractiveMode",) and "clusterSelector" not in spec
+    assert "sweep resume" in spec["entrypoint"] and "backoffLimit" in RAYJOB.read_text()
+
+
+def test_a_token_mode_dashboard_answers_the_job_api_only_to_the_token(tmp_path):
+    """Ray 2.60 with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN, as KubeRay sets them in the head
+    container: the job API (what the operator polls, GET /api/jobs/) refuses a request without
+    the token or with another one, and answers KubeRay's header (x-ray-authorization)."""
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "SMOOTHADV_FAULTS") and not k.startswith("RAY_AUTH")}
+    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "HOME": str(tmp_path)})
+    temp = Path(tempfile.mkdtemp(prefix="rj", dir="/tmp"))  # short: Ray's socket paths
+    dashboard = free_port()
+    ports = [f"--{name}={free_port()}" for name in (
+        "port", "node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "ray-client-server-port")]
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", *ports,
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=0",
+               "--num-gpus=0", "--min-worker-port=0", "--max-worker-port=0",
+               f"--object-store-memory={100 * 1024**2}", "--disable-usage-stats",
+               f"--temp-dir={temp}"]
+    with open(tmp_path / "head.log", "wb") as log:
+        head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{dashboard}/api/jobs/"
+    try:
+        assert job_api(url, token, head) == 200, (tmp_path / "head.log").read_text()[-3000:]
+        assert job_api(url, None, head) == 401
+        assert job_api(url, secrets.token_hex(32), head) == 403
+    finally:
+        head.terminate()  # `ray start --block` ends the node's processes
+        head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def job_api(url: str, token: str | None, head: subprocess.Popen) -> int:
+    """The HTTP status of GET ``url`` (as KubeRay's dashboard client sends it, with the token
+    when there is one), once the dashboard answers at all (within 120 s)."""
+    headers = {"x-ray-authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                        timeout=10) as answer:
+                return answer.status
+        except urllib.error.HTTPError as e:
+            if e.code not in (502, 503, 504):  # (not yet up)
+                return e.code
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        assert head.poll() is None and time.monotonic() < deadline, "the head did not start"
+        time.sleep(0.5)
 
 
 def run_entrypoint(entrypoint: str, root: Path, log: Path) -> subprocess.CompletedProcess:
@@ -239,6 +324,17 @@ def test_ray_up_runs_ray_from_the_smoothadv_image_with_its_cloud_sdk():
     assert starts and all(w[0] == "ray" for w in starts), starts  # the image's `ray`
 
 
+def test_ray_up_setup_checks_pass_with_what_the_image_installs():
+    """The image checks run in each container (setup_commands) pass with this environment's
+    packages, outside the repository (where a bare `sweep` folder would import)."""
+    checks = [w for w in shell_commands(ray_up()["setup_commands"]) if w[:2] == ["python", "-c"]]
+    assert checks
+    for words in checks:
+        done = subprocess.run([sys.executable, "-c", words[2]], cwd="/", capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, (words, done.stderr[-2000:])
+
+
 def test_ray_up_dashboard_stays_on_localhost():
     config = ray_up()
     heads = [w for w in shell_commands(config["head_start_ray_commands"])
@@ -247,13 +343,118 @@ def test_ray_up_dashboard_stays_on_localhost():
     for w in shell_commands(config["worker_start_ray_commands"]):
         assert not any(a.startswith("--dashboard-host") for a in w), w
     assert "0.0.0.0" not in RAY_UP.read_text()
-    # the security group opens SSH only
-    for rule in config["provider"].get("security_group", {}).get("IpPermissions", []):
-        assert (rule["FromPort"], rule["ToPort"]) == (22, 22), rule
+
+
+def test_ray_up_leaves_the_users_security_group_as_made_ssh_from_their_range_only(monkeypatch):
+    """Ray's AWS provider puts its default rules, SSH from 0.0.0.0/0 among them, into a
+    security group it makes or finds empty (provider.security_group, or its own default group),
+    unless every node type names its groups (SecurityGroupIds): then it touches none. The
+    documented commands make the group: SSH from one address range, the nodes to each other."""
+    import copy
+
+    from ray.autoscaler._private.aws import config as aws
+    from ray.autoscaler._private.util import prepare_config
+
+    assert {"CidrIp": "0.0.0.0/0"} in aws._create_default_ssh_inbound_rules()[0]["IpRanges"]
+    config = prepare_config(ray_up())
+    assert "security_group" not in config["provider"]
+    groups = {tuple(node["node_config"].get("SecurityGroupIds", ()))
+              for node in config["available_node_types"].values()}
+    assert all(groups) and len(groups) == 1, groups
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray's AWS provider would make or fill a security group")
+
+    monkeypatch.setattr(aws, "_upsert_security_groups", refuse)
+    assert aws._configure_security_group(copy.deepcopy(config)) == config
+    rules = [dict(zip(w[3::2], w[4::2], strict=True)) for w in documented(RAY_UP, "aws")
+             if w[:3] == ["aws", "ec2", "authorize-security-group-ingress"]]
+    assert any(w[:3] == ["aws", "ec2", "create-security-group"] for w in documented(RAY_UP, "aws"))
+    assert len(rules) == 2
+    for rule in rules:
+        if "--cidr" in rule:  # from outside: SSH, from a range short of the internet
+            assert (rule["--protocol"], rule["--port"]) == ("tcp", "22"), rule
+            assert ipaddress.ip_network(rule["--cidr"]).num_addresses < 2**16, rule
+        else:  # inside: every node of the cluster to every other
+            assert rule["--source-group"] == rule["--group-id"], rule
+
+
+def test_ray_up_updates_apt_lists_before_it_installs():
+    """A fresh instance's apt has no (or stale) package lists: `apt-get install` before an
+    `apt-get update` fails to find the package."""
+    config = ray_up()
+    for key in ("initialization_commands", "setup_commands", "head_setup_commands",
+                "worker_setup_commands"):
+        verbs = [apt_verb(w) for w in shell_commands(config.get(key, [])) if apt_verb(w)]
+        for i, verb in enumerate(verbs):
+            if verb == "install":
+                assert "update" in verbs[:i], (key, verbs)
+    assert "install" in [apt_verb(w) for w in shell_commands(config["initialization_commands"])]
+
+
+def apt_verb(words: list[str]) -> str | None:
+    """The apt-get command of a simple command (`sudo apt-get -o X=1 install -y p` → install)."""
+    words = words[1:] if words[:1] == ["sudo"] else words
+    if not words or Path(words[0]).name not in ("apt-get", "apt"):
+        return None
+    rest = iter(words[1:])
+    for word in rest:
+        if word in ("-o", "-c", "-t"):  # options with a value
+            next(rest, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def documented(path: Path, tool: str) -> list[list[str]]:
+    """The commented example command lines of ``path`` that run ``tool``, split into words."""
+    return [shlex.split(line.lstrip("# ").split("  #")[0]) for line in path.read_text().splitlines()
+            if re.match(rf"#\s+{tool} ", line)]
+
+
+def ray_exec_commands() -> list[dict]:
+    """The documented `ray exec` lines as Ray's CLI parses them (its click command's params)."""
+    from ray.scripts.scripts import exec as ray_exec
+
+    out = []
+    for words in documented(RAY_UP, "ray"):
+        if words[:2] == ["ray", "exec"]:
+            params = ray_exec.make_context("exec", words[2:]).params
+            assert (ROOT / params["cluster_config_file"]).resolve() == RAY_UP, words
+            out.append(params)
+    return out
+
+
+def test_ray_up_sweep_driver_runs_in_tmux_where_an_ssh_drop_does_not_end_it():
+    """The documented `sweep run` and `sweep resume` go through `ray exec --tmux`: Ray runs them
+    as `tmux new -d …` (in the head node's container, whose image has tmux: setup_commands
+    checks it), so the driver outlives the SSH connection that started it."""
+    from types import SimpleNamespace
+
+    from ray.autoscaler._private import commands
+
+    drivers = []
+    for params in ray_exec_commands():
+        argv = shlex.split(params["cmd"])
+        parses(argv)
+        if build_parser().parse_args(argv[1:]).sweep_command in ("run", "resume"):
+            assert params["tmux"] and not params["screen"], params
+            ran: list[str] = []
+            runner = SimpleNamespace(run=lambda cmd, ran=ran, **_: ran.append(cmd))
+            commands._exec(SimpleNamespace(cmd_runner=runner), params["cmd"], tmux=True,
+                           run_env=params["run_env"])
+            [line] = ran
+            words = shlex.split(line)
+            assert words[:5] == ["tmux", "new", "-d", "bash", "-c"], line
+            assert words[5].startswith(params["cmd"]), line
+            drivers.append(argv[2])
+    assert sorted(drivers) == ["resume", "run"]
+    assert ["tmux", "-V"] in shell_commands(ray_up()["setup_commands"])
 
 
 def test_documented_commands_are_valid_smoothadv_invocations():
-    commands = commented_smoothadv_commands(RAY_UP) + commented_smoothadv_commands(RAYJOB)
+    commands = (commented_smoothadv_commands(RAY_UP) + commented_smoothadv_commands(RAYJOB)
+                + [shlex.split(params["cmd"]) for params in ray_exec_commands()])
     assert len(commands) >= 4
     for argv in commands:
         parses(argv)

@@ -341,7 +341,7 @@ def test_resume_with_extra_data_is_bit_exact_and_augments_both_halves(tmp_path, 
 
 def test_cli_pseudo_label_then_train(synthetic_checkpoint, tmp_path, capsys):
     out = tmp_path / "pseudo.pkl"
-    assert main(["pseudo-label", "--teacher", str(synthetic_checkpoint), "--images",
+    assert main(["pseudo-label", str(synthetic_checkpoint), "--images",
                  "synthetic:train", "--limit", "200", "--out", str(out), "--no-progress"]) == 0
     line = capsys.readouterr().out.strip()
     counts = [int(part.split(":")[1]) for part in line.split("label counts ")[1].split()]
@@ -354,7 +354,7 @@ def test_cli_pseudo_label_then_train(synthetic_checkpoint, tmp_path, capsys):
     assert [m["epoch"] for m in metrics] == [0]
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["extra_data"] == str(out)
     capsys.readouterr()
-    assert main(["pseudo-label", "--teacher", str(synthetic_checkpoint), "--images",
+    assert main(["pseudo-label", str(synthetic_checkpoint), "--images",
                  "nope.npy", "--out", str(tmp_path / "x.pkl"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("smoothadv: error: --images nope.npy") and "\n" not in err

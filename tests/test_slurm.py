@@ -1,11 +1,13 @@
 """cluster/slurm/smoothadv.sbatch, run the way SLURM runs its body, on this machine: a one-node
 allocation's environment, real Ray (`ray start --head`), the real sweep driver, and `srun` and
 `scontrol` replaced by the two-line shims a one-node allocation reduces them to. The home folder
-is fresh, as on a new cluster: the job makes Ray's token itself."""
+is fresh, as on a new cluster: the job makes Ray's token itself. Its #SBATCH directives are read
+as sbatch reads them: whole nodes, one log per job that a requeued run appends to."""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -93,3 +95,48 @@ def test_the_sbatch_body_starts_ray_runs_the_sweep_and_resumes_on_a_second_run(
     leftover = subprocess.run(["pgrep", "-f", f"--port={env['RAY_PORT']}"],
                               capture_output=True, text=True)
     assert not leftover.stdout.strip()  # the job's Ray head ended with the job
+
+
+def sbatch_directives(text: str) -> dict[str, str | None]:
+    """The options of the #SBATCH lines sbatch reads: those before the first line that is
+    neither blank nor a comment (sbatch ignores any later one); ``--opt=value`` and ``--opt
+    value`` alike, a flag's value None."""
+    options: dict[str, str | None] = {}
+    lines = text.splitlines()
+    end = next((i for i, line in enumerate(lines)
+                if line.strip() and not line.lstrip().startswith("#")), len(lines))
+    for line in lines[:end]:
+        if line.startswith("#SBATCH"):
+            words = line.split("#", 2)[1].split()[1:]  # (a later # starts a comment)
+            for i, word in enumerate(words):
+                if word.startswith("--"):
+                    name, _, value = word.partition("=")
+                    following = words[i + 1] if i + 1 < len(words) else None
+                    options[name] = value or (following if following and
+                                              not following.startswith("-") else None)
+    late = [line for line in lines[end:] if line.startswith("#SBATCH")]
+    assert not late, f"sbatch ignores #SBATCH lines after the first command: {late}"
+    return options
+
+
+def test_the_job_takes_whole_nodes_and_a_requeue_appends_to_its_log():
+    """Two jobs on one node would start two Ray heads on the same ports (6379, the dashboard's,
+    the agents' fixed 52365) and in the same /tmp/ray: --exclusive. A requeued job keeps its id,
+    so its --output file (one per job id, nothing that changes between runs) is the first run's,
+    which SLURM truncates unless --open-mode=append."""
+    options = sbatch_directives(SBATCH.read_text())
+    assert "--exclusive" in options and options["--exclusive"] is None  # (=user: shared)
+    assert "--requeue" in options
+    assert options.get("--open-mode") == "append"
+    output = options["--output"]
+    assert "%j" in output and set(re.findall(r"%.", output)) <= {"%j", "%x", "%u"}, output
+    assert "--error" not in options  # stderr in the same log
+
+
+def test_the_directive_reader_reads_as_sbatch_does():
+    text = ("#!/bin/bash\n# about\n#SBATCH --exclusive\n#SBATCH --open-mode append\n\n"
+            "#SBATCH --output=x-%j.out  # the log\nset -u\n")
+    assert sbatch_directives(text) == {"--exclusive": None, "--open-mode": "append",
+                                       "--output": "x-%j.out"}
+    with pytest.raises(AssertionError, match="ignores #SBATCH lines"):
+        sbatch_directives(text + "#SBATCH --exclusive\n")

@@ -29,8 +29,7 @@ TINY_DEFAULTS = {
 def run_spec(tmp_path: Path, spec: dict, *extra: str) -> tuple[int, Path]:
     path = tmp_path / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec))
-    code = main(["sweep", "run", str(path), "--storage", str(tmp_path), "--verbose", "0",
-                 *extra])
+    code = main(["sweep", "run", str(path), "--storage", str(tmp_path), *extra])
     return code, tmp_path / spec["name"]
 
 
@@ -38,10 +37,11 @@ def metrics_lines(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capsys):
+def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capfd):
     """More trials than the 2-CPU cluster holds and no --max-concurrent, as a new user runs it:
     the default bound runs 2 at a time (never more drivers alive at once), so no trial's
-    workers queue for CPUs; start_timeout_s bounds how long they could."""
+    workers queue for CPUs; start_timeout_s bounds how long they could. The console shows
+    smoothadv's compact lines (sweep.console), not Tune's tables."""
     spec = {"name": "tiny", "defaults": TINY_DEFAULTS,
             "resources": {"workers": 1, "cpus_per_worker": 1, "start_timeout_s": 8},
             "attack_eval": {"epsilons": [0.25], "steps": 2, "m_test": 4, "n": 50,
@@ -50,7 +50,17 @@ def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capsys
                      {"attack": ["pgd", "ddn"], "sigma": [0.25]}]}
     code, sweep_dir = run_spec(tmp_path, spec)
     assert code == 0
-    assert "tiny: 3 trials, at most 2 at once" in capsys.readouterr().out
+    printed = capfd.readouterr()  # stdout and stderr, as the terminal shows them
+    console = printed.out + printed.err
+    assert "tiny: 3 trials, at most 2 at once" in printed.out
+    assert len(console.splitlines()) <= 60, console
+    for name in ("gaussian-sigma0.25", "pgd-sigma0.25", "ddn-sigma0.25"):
+        start, epoch, done = (next((line for line in console.splitlines() if what in line), "")
+                              for what in (f"start  {name}  ", f"{name}  epoch 1/1  ",
+                                           f"done  {name}  TERMINATED"))
+        assert "sigma=0.25" in start and "loss " in epoch, console
+        assert " acr " in done and " cert " in done and "@0.25" in done, console
+    assert "Trial status" not in console and "Configuration for experiment" not in console
     spans = [json.loads((t / layout.STATE).read_text())
              for t in (sweep_dir / layout.TRIALS).iterdir()]
     events = sorted([(s["started_at"], 1) for s in spans] + [(s["ended_at"], -1) for s in spans])
@@ -89,13 +99,13 @@ def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capsys
         ["gaussian-sigma0.25", "pgd-sigma0.25", "ddn-sigma0.25"])
     assert set(table["config/trial/sigma"]) == {0.25}
     assert sorted(table["config/trial/attack"].dropna()) == ["ddn", "pgd"]
-    capsys.readouterr()
+    capfd.readouterr()
     assert main(["sweep", "status", str(sweep_dir)]) == 0
-    out = capsys.readouterr().out.splitlines()
+    out = capfd.readouterr().out.splitlines()
     assert out[-1] == "3 trials: 3 terminated"
     assert all("8/8" in line for line in out[1:-2])
     assert out[-2] == "every trial finished: `sweep resume` has nothing to run"
-    # the README's `tensorboard --logdir STORAGE/NAME/tune`, with the TensorBoard installed
+    # docs/guide/sweeps.md's `tensorboard --logdir STORAGE/NAME/tune`, with TensorBoard installed
     board = subprocess.run([str(Path(sys.executable).parent / "tensorboard"), "--inspect",
                             "--logdir", str(sweep_dir / layout.TUNE)], capture_output=True,
                            text=True, timeout=120)
@@ -108,6 +118,18 @@ def test_tiny_sweep_trains_and_certifies_every_trial(local_ray, tmp_path, capsys
     state.write_bytes(state.read_bytes().replace(b"TERMINATED", b"TERMINATEd", 1))
     with pytest.raises(UserError, match=f"{state.name}: not signed by your smoothadv key"):
         trust.verify_tune_state(sweep, layout.TUNE)
+    # the sweep's Tune ResultGrid (smoothadv.sweep.result_grid): refused while Tune's state is
+    # not as the driver signed it; as signed, one row per trial with its certified accuracy
+    from smoothadv.sweep import result_grid
+
+    with pytest.raises(UserError, match=f"{state.name}: not signed by your smoothadv key"):
+        result_grid(sweep_dir)
+    state.write_bytes(state.read_bytes().replace(b"TERMINATEd", b"TERMINATED", 1))
+    grid = result_grid(str(sweep_dir))
+    frame = grid.get_dataframe()
+    assert sorted(frame["config/trial/name"]) == sorted(
+        ["gaussian-sigma0.25", "pgd-sigma0.25", "ddn-sigma0.25"])
+    assert frame["cert_acc_0.25"].between(0, 1).all() and grid.num_errors == 0
 
 
 def hparams_of(tune_trial: Path) -> dict:

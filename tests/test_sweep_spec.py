@@ -35,7 +35,7 @@ def write_spec(tmp_path: Path, values, name: str = "spec.yaml") -> Path:
                                           ("cifar10_cohen", 4), ("imagenet_cohen", 3),
                                           ("imagenet32_pretrain", 16), ("quickstart", 10)])
 def test_plan_counts_the_presets(preset, count, capsys):
-    assert main(["sweep", "plan", str(CONFIGS / f"{preset}.yaml")]) == 0
+    assert main(["sweep", "plan", str(CONFIGS / f"{preset}.yaml"), "--summary"]) == 0
     assert capsys.readouterr().out.rstrip().splitlines()[-1] == f"{count} trials"
 
 
@@ -91,7 +91,7 @@ def test_finetune_preset_starts_each_trial_from_the_pretrained_model_of_its_eps_
     assert main(["sweep", "plan", spec]) == 2
     assert "init_from_sweep" in capsys.readouterr().err
     pre = finished_pretraining_sweep(tmp_path)
-    assert main(["sweep", "plan", spec, "--set", f"init_from_sweep={pre}"]) == 0
+    assert main(["sweep", "plan", spec, "--set", f"init_from_sweep={pre}", "--summary"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("640 trials")
     trials = load_spec(spec, [f"init_from_sweep={pre}"]).trials()
     for t in trials:
@@ -414,28 +414,29 @@ def test_relative_input_paths_become_absolute_against_the_working_directory(tmp_
 def test_plan_says_how_many_trials_run_at_once(tmp_path, capsys):
     import os
 
-    assert main(["sweep", "plan", str(write_spec(tmp_path, TINY))]) == 0
+    assert main(["sweep", "plan", str(write_spec(tmp_path, TINY)), "--summary"]) == 0
     lines = capsys.readouterr().out.splitlines()
     cpus = os.cpu_count()
     assert lines[-2].startswith(f"at most {cpus} trials at once on this machine's local Ray "
                                 f"({cpus} CPUs")
     capped = {**TINY, "resources": {"max_concurrent": 3, "start_timeout_s": 600}}
-    assert main(["sweep", "plan", str(write_spec(tmp_path, capped))]) == 0
+    assert main(["sweep", "plan", str(write_spec(tmp_path, capped)), "--summary"]) == 0
     assert capsys.readouterr().out.splitlines()[-2] == (
         "at most 3 trials at once (resources.max_concurrent)")
     gpu = {**TINY, "resources": {"gpus_per_worker": 1}}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CUDA_VISIBLE_DEVICES", "")
-        assert main(["sweep", "plan", str(write_spec(tmp_path, gpu))]) == 0
+        assert main(["sweep", "plan", str(write_spec(tmp_path, gpu)), "--summary"]) == 0
     assert capsys.readouterr().out.splitlines()[-2].startswith("no trial fits on this machine")
 
 
 def test_presets_work_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no configs/ here
-    assert main(["sweep", "plan", "cifar10_paper"]) == 0
+    assert main(["sweep", "plan", "cifar10_paper", "--summary"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("640 trials")
     assert main(["sweep", "presets"]) == 0
-    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
+              if line and not line[0].isspace()}  # a preset's line, not its description's
     assert set(listed) == {p.stem for p in CONFIGS.glob("*.yaml")}
     assert "640 trials" in listed["cifar10_paper"] and "10 trials" in listed["quickstart"]
     assert "needs --set init_from_sweep=DIR" in listed["cifar10_finetune"]

@@ -22,6 +22,7 @@ from smoothadv.common import layout
 from smoothadv.common.errors import UserError, first_line
 from smoothadv.sweep import staged_sweep, trackers, trial_states, trust
 from smoothadv.sweep.grid import Trial
+from smoothadv.sweep.log_filters import filtered
 from smoothadv.sweep.param_space import param_space, trial_name
 from smoothadv.sweep.signals import Terminated, stop_on_sigterm
 from smoothadv.sweep.spec import SweepSpec
@@ -168,14 +169,10 @@ def tune_output(verbose: int) -> Iterator[None]:
         return
     before = {key: os.environ.get(key) for key in QUIET_TUNE}
     os.environ.update(QUIET_TUNE)
-    logs = [logging.getLogger(name) for name in TUNE_LOGS]
-    for log in logs:
-        log.addFilter(_tune_quiet)
     try:
-        yield
+        with filtered(TUNE_LOGS, _tune_quiet):
+            yield
     finally:
-        for log in logs:
-            log.removeFilter(_tune_quiet)
         for key, value in before.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -6,12 +6,12 @@ and starts its dashboard only when asked: it costs a dozen processes on a small 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 
 from smoothadv.common.errors import UserError, first_line
 from smoothadv.sweep import processes
+from smoothadv.sweep.log_filters import filtered
 from smoothadv.sweep.train_loop import NO_STATE_API
 
 OBJECT_STORE_BYTES = 256 * 1024**2  # trials pass configs and metrics only
@@ -57,7 +57,7 @@ def init_ray(address: str | None, dashboard: bool = False) -> list[processes.Pro
                             f"connect to a Ray cluster ({first_line(e)})") from None
         return []
     set_local_ray_env(dashboard)
-    with loopback_only(), _without_start_notes():
+    with loopback_only(), filtered(START_LOGGERS, _not_a_start_note):
         # address="local": a new Ray of our own, never a cluster some `ray start` left here
         ray.init(address="local", _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
                  object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False,
@@ -73,17 +73,5 @@ START_NOTES = ("Token authentication is enabled for this Ray cluster",
 START_LOGGERS = ("ray._private.authentication.authentication_token_setup", "ray._private.worker")
 
 
-@contextlib.contextmanager
-def _without_start_notes():
-    """Within: the loggers of START_LOGGERS drop the records that open with START_NOTES."""
-    def keep(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(START_NOTES)
-
-    loggers = [logging.getLogger(name) for name in START_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(keep)
+def _not_a_start_note(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(START_NOTES)

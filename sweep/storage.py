@@ -37,6 +37,7 @@ from smoothadv.common.errors import UserError
 CACHE_ENV = "SMOOTHADV_CACHE"
 CHECKPOINT_SUFFIXES = (".pt",)  # not copied down by status, analyze and resume
 PULL_THREADS = 16
+READ_TRIES = 20  # reads of an object replaced meanwhile (Bucket.read_bytes)
 
 
 def is_uri(storage: str | Path) -> bool:
@@ -85,13 +86,33 @@ class Bucket:
         return fs.get_file_info(self._path(rel)).type != pafs.FileType.NotFound
 
     def read_bytes(self, rel: str) -> bytes | None:
-        """The file's bytes, or None when it is missing."""
+        """The file's bytes, or None when it is missing.
+
+        pyarrow's S3 reader learns an object's size from one request and fetches that many bytes
+        with others: an object replaced in between (a schedule.json the driver rewrites while a
+        worker reads it) comes back cut at the old size, or the read fails. So a read counts only
+        when the object's size and time are the same just before and just after it and the bytes
+        are that size; otherwise it is read again, up to READ_TRIES times."""
+        import pyarrow.fs as pafs
+
         fs, _ = self._fs
-        try:
-            with fs.open_input_stream(self._path(rel)) as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
+        path = self._path(rel)
+        for _ in range(READ_TRIES):
+            before = fs.get_file_info(path)
+            if before.type == pafs.FileType.NotFound:
+                return None
+            try:
+                with fs.open_input_stream(path, compression=None) as f:
+                    data = f.read()
+            except FileNotFoundError:
+                return None
+            except OSError:  # cut short by a replacement
+                continue
+            after = fs.get_file_info(path)
+            if after.size == before.size == len(data) and after.mtime_ns == before.mtime_ns:
+                return data
+        raise UserError(f"{self.uri}/{rel}: the object kept changing while it was read "
+                        f"({READ_TRIES} tries)")
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Upload ``data`` (an object store replaces an object whole: readers never see half)."""

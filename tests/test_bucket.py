@@ -306,3 +306,34 @@ def test_a_command_reading_the_sweep_never_replaces_a_running_workers_files(s3_s
     assert (layout.trial_dir(folder.local, "t") / layout.METRICS).read_bytes() == \
         b'{"epoch": 0}\n'
     assert (ours / layout.METRICS).read_bytes() == written
+
+
+def test_an_object_replaced_while_it_is_read_is_read_whole(s3_server):
+    """A reader never gets a replaced object cut at its old size: pyarrow's S3 reader sizes the
+    read with one request and fetches with another, so schedule.json rewritten (longer) between
+    the two came back truncated (a worker's read of it once failed to parse). A writer thread
+    alternates a short and a long version while the reader reads; every read is one whole
+    version."""
+    import threading
+
+    bucket = Bucket(f"s3://{BUCKET}/replaced")
+    versions = [json.dumps({"n": 0}).encode(), json.dumps({"n": 1, "pad": "x" * 50_000}).encode()]
+    bucket.write_bytes("schedule.json", versions[0])
+    done = threading.Event()
+
+    def rewrite() -> None:
+        i = 0
+        while not done.is_set():
+            i += 1
+            bucket.write_bytes("schedule.json", versions[i % 2])
+            time.sleep(0.01)  # the driver writes now and then, not without pause
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        reads = [bucket.read_bytes("schedule.json") for _ in range(80)]
+    finally:
+        done.set()
+        writer.join()
+    assert all(data in versions for data in reads), sorted({len(d) for d in reads})
+    assert bucket.read_bytes("missing.json") is None

@@ -4,6 +4,11 @@ CERTIFY on one image runs n0 + n noisy forward passes. The bound is the wall tim
 those forward passes (same batch sizes) on noise drawn in advance; the ratio certify / bound
 shows what sampling, counting and the statistics cost on top. Target: ≤ 1.10.
 
+It also prints certify's achieved FLOP/s (the FLOPs of one batch's forward pass of ``--batch``
+noisy samples, counted by ``torch.utils.flop_counter``, times the batches certify ran) over the
+dense-matmul FLOP/s measured in the same run on the same device and dtype (float32; TF32 on
+CUDA where cuDNN's flag lets the convolutions use it): benchmarks/flops.py.
+
     python benchmarks/certify_speed.py [--device cuda] [--images 4] [--n 2000]
 """
 
@@ -13,6 +18,7 @@ import argparse
 import time
 
 import torch
+from flops import Peaks, count_flops  # a sibling: run this file as a script
 from smoothadv.certify import Smooth
 from smoothadv.trainers import build_model
 
@@ -76,6 +82,11 @@ def main() -> None:
           f"batch {args.batch}")
     print(f"forward passes only (bound): {bound:.3f} s   certify: {certify:.3f} s")
     print(f"ratio certify / bound: {certify / bound:.3f}   (target ≤ 1.10)")
+    with torch.inference_mode():
+        noisy = images[0] + sigma * torch.randn((args.batch, *images.shape[1:]), device=device)
+        per_sample = count_flops(model, noisy) / args.batch
+    flops = per_sample * (args.n0 + n) * args.images
+    print(f"certify: {Peaks().line(flops, certify, device, torch.float32)}")
 
 
 if __name__ == "__main__":

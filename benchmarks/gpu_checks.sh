@@ -7,10 +7,18 @@
 #      printing the precision each run recorded in its .meta.json;
 #   3. a one-GPU sweep through the embedded local Ray: the trial driver's torch backend
 #      (sweep/train_loop.py) sets up the worker's process group and CUDA device on the GPU;
-#   4. issue 15's speed-ups (benchmarks/gpu_speedups.py): a ResNet-110 SmoothAdv training step
-#      in float32, with amp, with amp + compile; ResNet-110 seconds per image at n = 100,000
-#      with batch 400, the default batch, bf16, bf16 + compile.
-# Installs nothing; about 10 minutes (most of it step 4). Usage: bash benchmarks/gpu_checks.sh
+#   4. issue 25's packing (benchmarks/trials_per_gpu.py): 1, 2 and 4 ResNet-20 and ResNet-110
+#      SmoothAdv trials (m = 4, T = 2) sharing the GPU through fractional gpus_per_worker on the
+#      embedded Ray, trials per hour for each; its 4-trial sweeps are issue 25's "4 trials
+#      sharing the GPU, every trial finished" (it exits 1 unless every trial is TERMINATED and
+#      no Ray process is left);
+#   5. issue 15's speed-ups (benchmarks/gpu_speedups.py), each with its fraction of the
+#      dense-matmul peak measured in the same run (issue 25): a ResNet-110 SmoothAdv training
+#      step in float32, with amp, with amp + compile; ResNet-110 seconds per image at
+#      n = 100,000 with batch 400, the default batch, bf16, bf16 + compile (one image each).
+# Installs nothing. Meant to finish in under 8 minutes on one H100 (estimated, not yet run on a
+# GPU: about 3 for step 4, 2-4 for step 5, most of that compilation); every section prints
+# the seconds since the start. Usage: bash benchmarks/gpu_checks.sh
 # (PY=python3 bash benchmarks/gpu_checks.sh uses another interpreter than .venv's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +29,7 @@ py=${PY:-.venv/bin/python}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-echo "== CUDA tests"
+echo "== [${SECONDS}s] CUDA tests"
 "$py" -m pytest -q -p no:cacheprovider -rs -k cuda tests/test_precision.py \
     tests/test_any_classifier.py tests/test_kernels.py | tee "$work/pytest.txt"
 if grep -qi "skipped" "$work/pytest.txt"; then
@@ -29,14 +37,14 @@ if grep -qi "skipped" "$work/pytest.txt"; then
     exit 1
 fi
 
-echo "== certify a small model on the GPU"
+echo "== [${SECONDS}s] certify a small model on the GPU"
 "$py" - "$work/lenet.pt" <<'PY'
 import sys
 
 import torch
 from torch import nn
 
-from trainers import build_model, load_dataset, save_checkpoint
+from smoothadv.trainers import build_model, load_dataset, save_checkpoint
 
 torch.manual_seed(0)
 model = build_model("lenet", "synthetic").cuda()
@@ -63,7 +71,7 @@ done
 out="$work/certify_default_batch.tsv"  # the default batch on CUDA (4,096)
 "$py" -m smoothadv.cli.main certify "$work/lenet.pt" --sigma 0.25 --n0 100 --n 10000 --skip 16 \
     --device cuda --out "$out" --no-progress
-echo "== a one-GPU sweep (device auto: the worker's CUDA device from Ray Train)"
+echo "== [${SECONDS}s] a one-GPU sweep (device auto: the worker's CUDA device from Ray Train)"
 cat > "$work/gpu_sweep.yaml" <<'YAML'
 name: gpu
 defaults: {dataset: synthetic, arch: lenet, train_subset: 256, epoch_test_subset: 64, epochs: 2,
@@ -76,6 +84,9 @@ YAML
 "$py" -m smoothadv.cli.main sweep status "$work/sweeps/gpu"
 grep -q '"device": "cuda' "$work/sweeps/gpu/trials/pgd-sigma0.25/config.yaml" 2>/dev/null \
   || grep -q 'device: cuda' "$work/sweeps/gpu/trials/pgd-sigma0.25/config.yaml"
-echo "== speed-ups (issue 15)"
-"$py" benchmarks/gpu_speedups.py --device cuda
-echo "gpu_checks: all passed"
+echo "== [${SECONDS}s] trials per GPU: 1, 2, 4 trials sharing it (issue 25)"
+"$py" benchmarks/trials_per_gpu.py --device cuda --archs cifar_resnet20,cifar_resnet110 \
+    --packs 1,2,4 --epochs 4 --timeout 150
+echo "== [${SECONDS}s] speed-ups with their fraction of peak (issues 15, 25)"
+"$py" benchmarks/gpu_speedups.py --device cuda --images 1
+echo "gpu_checks: all passed in ${SECONDS}s"

@@ -12,6 +12,14 @@ same run.
 
     .venv/bin/python benchmarks/gpu_speedups.py [--device cuda] [--images 2] [--quick]
 
+Each line is followed by the variant's achieved FLOP/s against the dense-matmul FLOP/s measured
+in the same run on the same device and dtype (benchmarks/flops.py): the FLOPs of one
+``train_batch`` (attack and update), and of one certification batch's forward pass per noisy
+sample times the n0 + n samples of an image, counted once in float32 eager (bf16 and compiled
+variants do the same matmuls and convolutions); the peak in the variant's math: TF32 for the
+float32 training step on CUDA (cuDNN's default, which training keeps), float32 for float32
+certification (certify.precision turns TF32 off), bf16 for ``amp`` and ``bf16``.
+
 ``--quick`` (ResNet-20, batch 64, n = 2,000) is a smoke run for a CPU.
 """
 
@@ -23,6 +31,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from flops import Peaks, count_flops  # a sibling: run this file as a script
 from smoothadv.certify import Smooth
 from smoothadv.certify.precision import evaluation_precision
 from smoothadv.certify.smooth import batch_for
@@ -46,8 +55,10 @@ def timed(step: Callable[[], None], device: torch.device) -> float:
 
 
 def train_step_seconds(arch: str, batch: int, device: torch.device, repeats: int, *,
-                       amp: bool, compile: bool) -> float:
-    """Median seconds of one ``train_batch`` of a model set up by ``build_training``."""
+                       amp: bool, compile: bool) -> tuple[float, int | None]:
+    """Median seconds of one ``train_batch`` of a model set up by ``build_training``, and the
+    FLOPs of one (counted in float32 eager only; None otherwise: the same matmuls and
+    convolutions)."""
     config = parse_trial_config({
         "dataset": "cifar10", "arch": arch, "method": "smoothadv", "attack": "pgd",
         "sigma": 0.25, "epsilon": 0.5, "steps": 2, "m_train": 4, "batch_size": batch,
@@ -64,7 +75,16 @@ def train_step_seconds(arch: str, batch: int, device: torch.device, repeats: int
 
     for _ in range(3):  # warm-up: allocator, cuDNN autotuning, compilation
         step()
-    return statistics.median(timed(step, device) for _ in range(repeats))
+    seconds = statistics.median(timed(step, device) for _ in range(repeats))
+    return seconds, None if amp or compile else count_flops(step)
+
+
+def certify_flops_per_sample(arch: str, device: torch.device, batch: int | None) -> float:
+    """FLOPs of one certification batch's forward pass (float32), per noisy sample."""
+    model = build_model(arch, "cifar10").to(device).eval()
+    batch = batch_for(batch, device)
+    with torch.inference_mode():
+        return count_flops(model, torch.rand((batch, 3, 32, 32), device=device)) / batch
 
 
 def certify_seconds(arch: str, device: torch.device, images: int, n: int, *,
@@ -107,17 +127,19 @@ def main() -> None:
 
     print(f"\ntraining: one SmoothAdv-PGD train_batch (batch {batch}, m = 4, T = 2), "
           f"median of {args.repeats}")
-    base = None
+    base, flops, peaks = None, None, Peaks()
     for label, amp, compile in (("float32 eager", False, False), ("amp", True, False),
                                 ("amp + compile", True, True)):
-        seconds = train_step_seconds(arch, batch, device, args.repeats, amp=amp,
-                                     compile=compile)
-        base = base or seconds
+        seconds, counted = train_step_seconds(arch, batch, device, args.repeats, amp=amp,
+                                              compile=compile)
+        base, flops = base or seconds, flops or counted
         print(f"  {label:<16} {seconds:8.3f} s   speed-up {base / seconds:5.2f}×", flush=True)
+        dtype = torch.bfloat16 if amp else torch.float32
+        print(f"    {peaks.line(flops, seconds, device, dtype)}", flush=True)
 
     images = f"{args.images} image{'s' if args.images > 1 else ''}"
     print(f"\ncertification: seconds per image at n0 = 100, n = {n:,} ({images})")
-    base = None
+    base, per_sample = None, certify_flops_per_sample(arch, device, None)
     for label, batch_size, precision, compile in (
             ("batch 400 float32", 400, "float32", False),
             (f"batch {batch_for(None, device)} float32", None, "float32", False),
@@ -127,6 +149,9 @@ def main() -> None:
                                   precision=precision, compile=compile)
         base = base or seconds
         print(f"  {label:<28} {seconds:8.3f} s/img   speed-up {base / seconds:5.2f}×",
+              flush=True)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        print(f"    {peaks.line(per_sample * (100 + n), seconds, device, dtype, tf32=False)}",
               flush=True)
 
 

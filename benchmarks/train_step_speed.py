@@ -13,6 +13,10 @@ The bound times exactly those passes, at the same batch sizes and on the same mo
 drawn before the clock starts; the ratio step / bound shows what noise sampling, the smoothed
 loss, normalization, projection and mode switching cost on top. Target: ≤ 1.15.
 
+It also prints the step's achieved FLOP/s (the FLOPs of one ``train_batch``, attack and update,
+counted by ``torch.utils.flop_counter``: benchmarks/flops.py) over the dense-matmul FLOP/s
+measured in the same run on the same device and dtype: the step's fraction of peak.
+
 With ``--compile`` the step and its bound run through ``torch.compile`` (a trial's ``compile:
 true``, trainers.compiled.CompiledOrEager), and the eager step is timed too: the line
 "compiled speed-up" is eager step / compiled step (2 CPU cores: ResNet-20 at the defaults
@@ -29,6 +33,7 @@ import statistics
 import time
 
 import torch
+from flops import Peaks, count_flops  # a sibling: run this file as a script
 from smoothadv.common.errors import UserError
 from smoothadv.trainers import build_model, dataset_info
 from smoothadv.trainers.attacks import frozen
@@ -158,6 +163,11 @@ def main() -> None:
     print(f"forward+backward passes only (bound): {t_bound:.3f} s   "
           f"train_batch: {t_step:.3f} s")
     print(f"ratio step / bound: {t_step / t_bound:.3f}   (target ≤ {TARGET:.2f})")
+    # the same math eager or compiled: counted on the eager model, after the timings
+    flops = count_flops(train_batch, net, optimizer, x, y, config, config.epsilon,
+                        {"loss": 0.0, "correct": 0, "samples": 0})
+    peaks = Peaks()
+    print(f"train_batch: {peaks.line(flops, t_step, device, torch.float32)}")
     if args.compile:
         if not model.compiled:
             print("torch.compile fell back to eager here: no compiled timing")
@@ -166,6 +176,7 @@ def main() -> None:
         eager = statistics.median(time_step(net, optimizer, config, x, y)
                                   for _ in range(args.repeats))
         print(f"eager train_batch: {eager:.3f} s   compiled speed-up: {eager / t_step:.2f}×")
+        print(f"eager train_batch: {peaks.line(flops, eager, device, torch.float32)}")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,17 @@ def test_the_checkout_is_what_the_subprocesses_import():
     out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
                          text=True, timeout=60, check=True).stdout.split()
     assert [Path(p).resolve().parent.parent for p in out] == [ROOT, ROOT]
+
+
+def test_training_and_certifying_load_torchvision_only_when_used():
+    """torchvision's import (its models, then torch._dynamo: ~1.3 s a process) is paid only by
+    a run that augments, downloads or builds a torchvision model: every Ray worker and CLI
+    process of a synthetic or Fashion-MNIST run starts without it."""
+    code = ("import sys; import smoothadv.trainers.train, smoothadv.certify.runner; "
+            "from smoothadv.trainers.datasets import load_dataset; "
+            "load_dataset('synthetic', 'train'); "
+            "print('torchvision' in sys.modules, 'torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["False", "False"]

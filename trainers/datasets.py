@@ -23,7 +23,6 @@ from smoothadv.trainers.registry import (  # noqa: F401 (DATASETS, DatasetInfo r
     resolve_import_path,
 )
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "test")
@@ -84,6 +83,8 @@ def _small_image_transform(side: int, train: bool, flip: bool = True) -> Callabl
     ``flip`` is false: a mirrored digit is no digit) on uint8."""
     if not train:
         return None
+    from torchvision.transforms import v2  # torchvision's import costs ~1.5 s: only when used
+
     if not flip:
         return v2.RandomCrop(side, padding=4)
     return v2.Compose([v2.RandomCrop(side, padding=4), v2.RandomHorizontalFlip()])
@@ -112,9 +113,9 @@ def _locate(
 
 
 def _cifar10_dir(split: str, data_root, download: bool) -> Path:
-    from torchvision.datasets import CIFAR10
-
     def fetch(root: Path) -> None:
+        from torchvision.datasets import CIFAR10
+
         CIFAR10(str(root), train=split == "train", download=True)
 
     return _locate(
@@ -134,9 +135,9 @@ def _cifar10(split: str, data_root, download: bool, augment: bool) -> Dataset:
 
 
 def _cifar100_dir(split: str, data_root, download: bool) -> Path:
-    from torchvision.datasets import CIFAR100
-
     def fetch(root: Path) -> None:  # torchvision unpacks ROOT/cifar-100-python/
+        from torchvision.datasets import CIFAR100
+
         CIFAR100(str(root), train=split == "train", download=True)
 
     return _locate(
@@ -157,9 +158,9 @@ def _cifar100(split: str, data_root, download: bool, augment: bool) -> Dataset:
 
 
 def _svhn_dir(split: str, data_root, download: bool) -> Path:
-    from torchvision.datasets import SVHN
-
     def fetch(root: Path) -> None:  # torchvision saves ROOT/{split}_32x32.mat
+        from torchvision.datasets import SVHN
+
         SVHN(str(root), split=split, download=True)
 
     return _locate(
@@ -197,9 +198,9 @@ def _imagenet32(split: str, data_root, download: bool, augment: bool) -> Dataset
 
 
 def _fashion_mnist_dir(split: str, data_root, download: bool) -> Path:
-    from torchvision.datasets import FashionMNIST
-
     def fetch(root: Path) -> None:
+        from torchvision.datasets import FashionMNIST
+
         FashionMNIST(str(root), train=split == "train", download=True)
 
     return _locate(
@@ -218,9 +219,9 @@ def _fashion_mnist(split: str, data_root, download: bool, augment: bool) -> Data
 
 
 def _mnist_dir(split: str, data_root, download: bool) -> Path:
-    from torchvision.datasets import MNIST
-
     def fetch(root: Path) -> None:  # torchvision keeps the .gz files in ROOT/MNIST/raw
+        from torchvision.datasets import MNIST
+
         MNIST(str(root), train=split == "train", download=True)
 
     # MNIST/raw and mnist/ first: Fashion-MNIST uses the same four file names.
@@ -254,6 +255,7 @@ def _imagenet_dir(split: str, data_root, download: bool) -> Path:
 
 def _imagenet(split: str, data_root, download: bool, augment: bool) -> Dataset:
     from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
 
     found = _imagenet_dir(split, data_root, download)
     to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]

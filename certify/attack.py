@@ -19,13 +19,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from smoothadv.certify.precision import evaluation_precision, requested_precision
+from smoothadv.certify.precision import requested_precision
 from smoothadv.certify.results_file import ResultsFile
-from smoothadv.certify.runner import image_seed, load_evaluation, outcome, run_resumable, smoother
-from smoothadv.certify.smooth import Smooth
+from smoothadv.certify.runner import (
+    compile_smoothed,
+    image_seed,
+    load_evaluation,
+    outcome,
+    run_resumable,
+    smoother,
+)
 from smoothadv.common.settings import AttackSettings
 from smoothadv.trainers.attacks import smoothadv_pgd
-from smoothadv.trainers.compiled import compile_classifier
 from torch.utils.data import Dataset
 
 ATTACK_COLUMNS = ("idx", "label", "epsilon", "predict", "correct", "time")
@@ -52,7 +57,7 @@ def run_attack(
     device: str | torch.device | None = None,
     allow_tf32: bool = False,
     precision: str | None = None,
-    compile: bool = False,
+    compile: bool | None = None,
 ) -> ResultsFile:
     """Attack each selected image at each ε not yet in ``out`` and classify it with PREDICT.
 
@@ -60,17 +65,20 @@ def run_attack(
     ``batch_size`` noisy samples at a time. ``identity`` (checkpoint hash, dataset, split) joins
     ``settings``, the precision (:mod:`certify.precision`: ``precision`` float32, tf32 or bf16,
     attack and PREDICT alike; TF32 also with ``allow_tf32``) and ``"compiled"`` in the settings
-    record. ``compile``: PREDICT's forward passes go through ``torch.compile`` as
-    :func:`certify.runner.run_smoothing`'s do (the PGD steps stay eager). Everything runs on
-    ``device`` (default: where the dataset's images are); ``model`` may have no parameters.
+    record. ``compile`` (None: when the run repays it): PREDICT's forward passes go through
+    ``torch.compile`` as :func:`certify.runner.run_smoothing`'s do (the PGD steps stay eager).
+    Everything runs on ``device`` (default: where the dataset's images are); ``model`` may have
+    no parameters.
     Its train/eval mode is restored afterwards.
     """
     settings.validate()
     requested_precision(precision, allow_tf32)
     device, generator, smooth, batch_size = smoother(model, num_classes, settings.sigma,
                                                      dataset, indices, batch_size, device)
-    compiled = compile and _compile_predict(smooth, dataset, indices, min(batch_size, settings.n),
-                                            device, allow_tf32, precision)
+    compiled = compile_smoothed(compile, out, smooth, dataset, indices,
+                                min(batch_size, settings.n),
+                                settings.n * len(settings.epsilons) * len(indices), device,
+                                allow_tf32, precision)
 
     @functools.lru_cache(maxsize=1)  # the pairs come image by image: load each image once
     def image(idx: int) -> tuple[torch.Tensor, int]:
@@ -97,21 +105,6 @@ def run_attack(
                          precision=precision)
 
 
-def _compile_predict(smooth: Smooth, dataset: Dataset, indices: Sequence[int], first: int,
-                     device: torch.device, allow_tf32: bool, precision: str | None) -> bool:
-    """Route PREDICT's forward passes (``smooth``'s base classifier) through ``torch.compile``
-    (trainers.compiled), probed on a batch of ``first`` copies of the first selected image (none
-    selected: no probe) in the run's precision; whether it compiled."""
-    example = None
-    if len(indices):
-        x = dataset[indices[0]][0].to(device)
-        example = x.expand(first, *x.shape).contiguous()
-    smooth.base_classifier, compiled = compile_classifier(
-        smooth.base_classifier, example,
-        context=lambda: evaluation_precision(device, allow_tf32, precision))
-    return compiled
-
-
 def attack_checkpoint(
     checkpoint: str | Path,
     settings: AttackSettings,
@@ -121,7 +114,7 @@ def attack_checkpoint(
     progress: bool = True,
     allow_tf32: bool = False,
     precision: str | None = None,
-    compile: bool = False,
+    compile: bool | None = None,
     **selection,
 ) -> ResultsFile:
     """:func:`run_attack` on a checkpoint; ``selection`` goes to

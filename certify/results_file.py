@@ -43,6 +43,17 @@ def _format(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def recorded_settings(path: str | Path) -> dict[str, Any] | None:
+    """The settings record beside the results file ``path`` (None: there is none); anything but
+    a JSON object of :data:`META_FORMAT_VERSION` is one UserError line naming it."""
+    meta = meta_path(Path(path))
+    recorded = read_object(meta, META_FIX, version=META_FORMAT_VERSION)
+    if recorded is not None and not isinstance(recorded.get("provenance", []), list):
+        raise corrupt(meta, f"provenance: expected a list, got "
+                      f"{shown(recorded['provenance'])}", META_FIX)
+    return recorded
+
+
 class ResultsFile:
     """An open TSV results file; ``done`` holds the key of every complete row.
 
@@ -80,14 +91,7 @@ class ResultsFile:
         f.write(json.dumps(record, indent=2, sort_keys=True).encode() + b"\n")
 
     def _recorded(self) -> dict[str, Any] | None:
-        """The settings record beside the file (None: there is none); anything but a JSON
-        object of :data:`META_FORMAT_VERSION` is one UserError line naming it."""
-        meta = meta_path(self.path)
-        recorded = read_object(meta, META_FIX, version=META_FORMAT_VERSION)
-        if recorded is not None and not isinstance(recorded.get("provenance", []), list):
-            raise corrupt(meta, f"provenance: expected a list, got "
-                          f"{shown(recorded['provenance'])}", META_FIX)
-        return recorded
+        return recorded_settings(self.path)
 
     def _add_provenance(self) -> None:
         """A resumed run adds the versions it runs with to the record's ``provenance`` list

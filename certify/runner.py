@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 from smoothadv.certify.precision import evaluation_precision, precision_name, requested_precision
-from smoothadv.certify.results_file import ResultsFile
+from smoothadv.certify.results_file import ResultsFile, recorded_settings
 from smoothadv.certify.smooth import ABSTAIN, Smooth, batch_for
 from smoothadv.common.errors import UserError
 from smoothadv.common.provenance import provenance
 from smoothadv.common.settings import Sampling
-from smoothadv.trainers.compiled import compile_classifier
+from smoothadv.trainers.compiled import certification_repays_compiling, compile_classifier
 from smoothadv.trainers.device import resolve_device
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -76,7 +76,7 @@ def run_smoothing(
     device: str | torch.device | None = None,
     allow_tf32: bool = False,
     precision: str | None = None,
-    compile: bool = False,
+    compile: bool | None = None,
 ) -> ResultsFile:
     """CERTIFY (``sampling.n0`` set) or PREDICT each selected image not yet in ``out``;
     ``sampling.sequential``: sequential CERTIFY (:meth:`Smooth.certify_sequential`, the image's
@@ -89,17 +89,21 @@ def run_smoothing(
     parameters) is evaluated on ``device``, by default where the dataset's images are; its
     train/eval mode is restored afterwards.
 
-    ``compile``: the forward passes go through ``torch.compile`` when a probe pass compiles,
-    else stay eager with one line saying why (:mod:`trainers.compiled`); the record then holds
-    ``"compiled"`` (true or false; false without ``compile``), so a file recorded with
-    ``"compiled": true`` is refused by an eager run and the reverse.
+    ``compile`` (None: when the run repays it, :func:`compile_smoothed`): the forward passes go
+    through ``torch.compile`` when a probe pass compiles, else stay eager with one line saying
+    why (:mod:`trainers.compiled`); the record then holds ``"compiled"`` (true or false), so a
+    file recorded with ``"compiled": true`` is refused by a run asked to be eager and the
+    reverse.
     """
     sampling.validate()
     requested_precision(precision, allow_tf32)
     device, generator, smooth, batch_size = smoother(model, num_classes, sampling.sigma,
                                                      dataset, indices, batch_size, device)
-    settings = {**(identity or {}), **sampling.record(), "compiled": compile and compile_smoothed(
-        smooth, dataset, indices, sampling, batch_size, device, allow_tf32, precision)}
+    per_image = sampling.n if sampling.n0 is None else sampling.n0 + sampling.n
+    first = min(batch_size, sampling.n if sampling.n0 is None else sampling.n0)
+    settings = {**(identity or {}), **sampling.record(), "compiled": compile_smoothed(
+        compile, out, smooth, dataset, indices, first, per_image * len(indices), device,
+        allow_tf32, precision)}
     evaluate = image_evaluator(smooth, generator, dataset, sampling, batch_size)
     return run_resumable(model, out, smoothing_columns(sampling), settings, list(indices),
                          evaluate, desc="predict" if sampling.n0 is None else "certify",
@@ -115,17 +119,25 @@ def smoothing_columns(sampling: Sampling) -> tuple[str, ...]:
     return CERTIFY_COLUMNS + ("samples",) if sampling.sequential else CERTIFY_COLUMNS
 
 
-def compile_smoothed(smooth: Smooth, dataset: Dataset, indices: Sequence[int],
-                     sampling: Sampling, batch_size: int, device: torch.device,
+def compile_smoothed(compile: bool | None, out: str | Path, smooth: Smooth, dataset: Dataset,
+                     indices: Sequence[int], first: int, samples: int, device: torch.device,
                      allow_tf32: bool, precision: str | None) -> bool:
-    """Route ``smooth``'s forward passes through ``torch.compile`` (trainers.compiled), its
-    probe the first forward pass's batch (none: no image selected), in the run's precision;
-    whether it compiled."""
-    example = None
-    if len(indices):
-        x = dataset[indices[0]][0].to(device)
-        first = min(batch_size, sampling.n if sampling.n0 is None else sampling.n0)
-        example = x.expand(first, *x.shape).contiguous()
+    """Whether ``smooth``'s forward passes now go through ``torch.compile``
+    (trainers.compiled), probed on the first forward pass's batch (``first`` copies of the first
+    selected image; none selected: no probe) in the run's precision.
+
+    ``compile`` True or False: as asked. None (the default): as the run being resumed in
+    ``out`` recorded, else when the run's ``samples`` forward passes repay the compilation
+    (trainers.compiled.certification_repays_compiling), so a resumed run decides as it did."""
+    x = dataset[indices[0]][0].to(device) if len(indices) else None
+    if compile is None:
+        recorded = recorded_settings(out) if Path(out).exists() else None
+        compile = (bool(recorded.get("compiled")) if recorded is not None else x is not None
+                   and certification_repays_compiling(smooth.base_classifier, x, samples,
+                                                      device))
+    if not compile:
+        return False
+    example = None if x is None else x.expand(first, *x.shape).contiguous()
     smooth.base_classifier, compiled = compile_classifier(
         smooth.base_classifier, example,
         context=lambda: evaluation_precision(device, allow_tf32, precision))
@@ -308,7 +320,7 @@ def smooth_checkpoint(
     progress: bool = True,
     allow_tf32: bool = False,
     precision: str | None = None,
-    compile: bool = False,
+    compile: bool | None = None,
     **selection,
 ) -> ResultsFile:
     """:func:`run_smoothing` on a checkpoint; ``selection`` goes to :func:`load_evaluation`."""

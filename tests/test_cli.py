@@ -161,7 +161,7 @@ def test_attack_runs_in_the_precision_asked_and_compiles_predict(synthetic_check
     """--precision reaches the run (recorded bfloat16); --compile routes PREDICT's base
     classifier through compile_classifier (a stand-in here: no compiler needed) and is
     recorded."""
-    from smoothadv.certify import attack
+    from smoothadv.certify import runner
 
     probed = []
 
@@ -169,7 +169,7 @@ def test_attack_runs_in_the_precision_asked_and_compiles_predict(synthetic_check
         probed.append(example.shape[0])
         return model, True
 
-    monkeypatch.setattr(attack, "compile_classifier", fake_compile)
+    monkeypatch.setattr(runner, "compile_classifier", fake_compile)
     def attack_args(out, *extra):
         return ["attack", str(synthetic_checkpoint), "--sigma", "0.25", "--epsilon", "0.25",
                 "--steps", "2", "--m-test", "4", "--n", "50", "--alpha", "0.01", "--batch",

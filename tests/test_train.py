@@ -24,21 +24,38 @@ def config(**overrides):
     return parse_trial_config({**BASE, **overrides})
 
 
-@pytest.mark.parametrize("method,attack,multi,amp", [("smoothadv", "pgd", False, False),
-                                                     ("smoothadv", "ddn", True, False),
-                                                     ("gaussian", "pgd", False, False),
-                                                     ("smoothadv", "pgd", True, True)])
-def test_resume_from_epoch_checkpoint_equals_uninterrupted(tmp_path, method, attack, multi, amp):
-    """Also with ``amp`` (bfloat16 autocast), which the CPU honours too."""
-    c = config(method=method, attack=attack, multi_noise=multi, epochs=3, amp=amp)
+def _augmented_synthetic(monkeypatch):
+    """The synthetic training set with CIFAR's crop and flip (it has none of its own)."""
+    from smoothadv.trainers.datasets import ArrayDataset, _small_image_transform, synthetic_arrays
+
+    load = train_module.load_dataset
+    monkeypatch.setattr(train_module, "load_dataset", lambda name, split, *a, **k: (
+        ArrayDataset(*synthetic_arrays("train"), _small_image_transform(16, train=True))
+        if split == "train" else load(name, split, *a, **k)))
+
+
+@pytest.mark.parametrize("method,attack,multi,amp,data", [
+    ("smoothadv", "pgd", False, False, "augmented, on the device"),
+    ("smoothadv", "ddn", True, False, "on the device"),
+    ("gaussian", "pgd", False, False, "loader"),
+    ("smoothadv", "pgd", True, True, "on the device")])
+def test_resume_from_epoch_checkpoint_equals_uninterrupted(tmp_path, monkeypatch, method, attack,
+                                                           multi, amp, data):
+    """Also with ``amp`` (bfloat16 autocast), which the CPU honours too; with the training
+    images on the device (``data_on_device``, cropped and flipped there) or in the loader."""
+    if data.startswith("augmented"):
+        _augmented_synthetic(monkeypatch)
+    c = config(method=method, attack=attack, multi_noise=multi, epochs=3, amp=amp,
+               data_on_device=data != "loader")
     train_trial(c, tmp_path / "straight", progress=False)
     interrupted = parse_trial_config({**c.to_dict(), "epochs": 1})
     train_trial(interrupted, tmp_path / "resumed", progress=False)
     first_epoch = (tmp_path / "resumed" / METRICS).read_bytes()
     train_trial(c, tmp_path / "resumed", progress=False)  # continues at epoch 1
     assert_resumed_equals_straight(tmp_path / "straight", tmp_path / "resumed", first_epoch, 3)
-    epochs = [json.loads(ln)["epoch"] for ln in (tmp_path / "resumed" / METRICS).open()]
-    assert epochs == [0, 1, 2]
+    lines = [json.loads(ln) for ln in (tmp_path / "resumed" / METRICS).open()]
+    assert [m["epoch"] for m in lines] == [0, 1, 2]
+    assert all(m["data_on_device"] == (data != "loader") for m in lines)
 
 
 class Died(BaseException):

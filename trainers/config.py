@@ -98,7 +98,8 @@ class TrialConfig:
     seed: int = 0
     device: str = "auto"
     # Training data loader processes: null (auto) is min(8, CPUs per GPU) on CUDA, 0 (loading in
-    # the training process, as always) on the CPU; an integer is used as given.
+    # the training process, as always) on the CPU; an integer is used as given. The test images
+    # always load so; the training images only off the device (data_on_device).
     loader_workers: int | None = None
     # bfloat16 autocast of the forward passes of the attack and the update (backward passes
     # outside it), on CPU and CUDA (there on a channels-last model, as the CPU always is).
@@ -108,7 +109,16 @@ class TrialConfig:
     # torch.compile the trained model (the attack's and the update's passes; eager, with one
     # line, where no compiler works). On 2 CPU cores it pays for ResNet-20 (1.36-1.62× per
     # SmoothAdv step) but not for a LeNet (0.86×): benchmarks/train_step_speed.py --compile.
-    compile: bool = False
+    # null (auto): compile when the model's forward pass takes ≥ 20 MFLOP a sample and the
+    # whole training ≥ 1e13 FLOPs on CPU, 1e16 on CUDA (trainers.compiled); true/false: as set.
+    compile: bool | None = None
+    # Hold the uint8 training images on the training device and crop and flip them there a
+    # batch at a time (trainers.device_data), in the loader's seeded order; for the in-memory
+    # datasets (cifar10, cifar100, svhn, mnist, fashion_mnist, imagenet32, synthetic) without
+    # extra_data. null (auto): on for the CPU (10× the loader's images/s, CIFAR-sized batches
+    # on 2 threads: benchmarks/data_path_speed.py) and for CUDA when the set takes under a
+    # quarter of the free GPU memory; true: required; false: the DataLoader path.
+    data_on_device: bool | None = None
     certify: CertifyConfig = field(default_factory=CertifyConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,6 +166,12 @@ def validate(config: TrialConfig) -> TrialConfig:
     _require(c.extra_data is None or c.batch_size % 2 == 0, "batch_size",
              f"must be even with extra_data (half labelled, half pseudo-labelled), "
              f"got {c.batch_size}")
+    _require(c.data_on_device is not True or c.extra_data is None, "data_on_device",
+             "true needs no extra_data (self-training reads its batches through the loader); "
+             "set it to null or false")
+    _require(c.data_on_device is not True or c.dataset != "imagenet", "data_on_device",
+             "true needs in-memory training images; imagenet is read from image files: "
+             "set it to null or false")
     c.certify.validate()
     return config
 

@@ -31,8 +31,8 @@ from torch import nn
 # n noisy samples into forward passes (as the device, whose default it follows, does, and as
 # Smooth.sample_counts halving it on running out of memory does): the same samples on the CPU,
 # the same distribution on CUDA; the results file's settings record leaves it out too.
-RESUMABLE_CHANGES = ("epochs", "device", "data_root", "loader_workers", "compile",
-                     "certify.batch_size")
+RESUMABLE_CHANGES = ("epochs", "device", "data_root", "loader_workers", "data_on_device",
+                     "compile", "certify.batch_size")
 
 
 def initial_model(config: TrialConfig, device: torch.device) -> nn.Sequential:

@@ -22,13 +22,18 @@ global batch: each rank takes batch_size/W images of a shared shuffled order
 (DistributedSampler), draws its own noise, attacks with the plain model and updates through the
 DDP wrapper, whose all-reduce averages the gradients. Rank 0 writes checkpoints and metrics.
 
-On CUDA only: data loads in worker processes into pinned memory (``loader_workers``;
-:func:`loader_options`); the CPU loads in the training process, so it stays bit-for-bit
-reproducible. With ``amp`` (any device, off by default: float32 is the reference) the forward
-passes of the attack and of the update run under bfloat16 autocast (:class:`Autocast`), on a
-channels-last model (the CPU's layout anyway: trainers.models.place); a CPU run with ``amp``
-still resumes bit for bit. With ``compile`` (any device, off by default) the model trains
-through ``torch.compile`` (trainers.compiled.CompiledOrEager).
+In-memory training images (``data_on_device``; by default wherever they fit) stay on the
+training device and are cropped and flipped there a batch at a time (trainers.device_data), in
+the loader's order. Otherwise, on CUDA, data loads in worker processes into pinned memory
+(``loader_workers``; :func:`loader_options`); the CPU loads in the training process, so it
+stays bit-for-bit reproducible (as does the device path on the CPU).
+
+With ``amp`` (any device, off by default: float32 is the reference) the forward passes of the
+attack and of the update run under bfloat16 autocast (:class:`Autocast`), on a channels-last
+model (the CPU's layout anyway: trainers.models.place); a CPU run with ``amp`` still resumes
+bit for bit. With ``compile`` (any device; unset, where the model is large enough and the trial
+long enough to repay it: :func:`compiles`) the model trains through ``torch.compile``
+(trainers.compiled.CompiledOrEager).
 """
 
 from __future__ import annotations
@@ -45,10 +50,11 @@ import numpy as np
 import torch
 from smoothadv.common.layout import CHECKPOINT, METRICS
 from smoothadv.trainers.checkpoint import save_checkpoint
-from smoothadv.trainers.compiled import CompiledOrEager
+from smoothadv.trainers.compiled import CompiledOrEager, training_repays_compiling
 from smoothadv.trainers.config import TrialConfig
 from smoothadv.trainers.datasets import load_dataset
 from smoothadv.trainers.device import resolve_device
+from smoothadv.trainers.device_data import DeviceImages, device_images
 from smoothadv.trainers.models import place
 from smoothadv.trainers.resume import prepare_folder, record_run, trim_metrics
 from smoothadv.trainers.self_training import load_extra_data, mixed_batches
@@ -122,14 +128,16 @@ def _subset(dataset, size: int | None):
 @dataclass
 class TrialData:
     """A trial's images: the labelled training set, the test loader of the epoch's noisy
-    accuracy, the pseudo-labelled set (self-training, else None) and each rank's labelled
-    batch size."""
+    accuracy, the pseudo-labelled set (self-training, else None), each rank's labelled
+    batch size, and the training images on the device (``data_on_device``; None: the
+    loader path)."""
 
     train_set: Any
     test_loader: DataLoader
     extra_set: Any
     labelled_batch: int
     loader_options: dict[str, Any] = field(default_factory=dict)
+    on_device: DeviceImages | None = None
 
 
 @dataclass
@@ -144,17 +152,33 @@ class TrainingState:
     start_epoch: int
 
 
+def compiles(config: TrialConfig, net: nn.Module, example: torch.Tensor, images: int,
+             device: torch.device) -> bool:
+    """``compile`` when set; unset, whether the trial repays compiling
+    (trainers.compiled.training_repays_compiling): its epochs × ``images`` × (m·T attack
+    passes, none for Gaussian augmentation, + m or 1 update passes) sample passes of ``net``
+    on samples like ``example``."""
+    if config.compile is not None:
+        return config.compile
+    attack = 0 if config.method == "gaussian" else config.m_train * config.steps
+    update = config.m_train if config.multi_noise else 1
+    return training_repays_compiling(place(net, device), example.to(device),
+                                     config.epochs * images * (attack + update), device)
+
+
 def build_training(net: nn.Module, ckpt: dict | None, config: TrialConfig,
-                   device: torch.device, world: int) -> TrainingState:
-    """``net`` placed on ``device`` (wrapped in DDP when ``world`` > 1), SGD and its StepLR
-    schedule, both restored from ``ckpt`` when resuming."""
+                   device: torch.device, world: int, compile: bool | None = None
+                   ) -> TrainingState:
+    """``net`` placed on ``device`` (wrapped in DDP when ``world`` > 1), trained through
+    ``torch.compile`` when ``compile`` (None: as ``config.compile``, unset meaning no), SGD
+    and its StepLR schedule, both restored from ``ckpt`` when resuming."""
     net = place(net, device)
     trained: nn.Module = net
     if config.amp:  # bfloat16 forwards on channels-last convolutions (place() did the CPU's)
         net = net.to(memory_format=torch.channels_last)
         trained = Autocast(net)
-    if config.compile:  # inside DDP, so the attack (on the unwrapped model) is compiled too
-        trained = CompiledOrEager(trained)
+    if compile or (compile is None and config.compile):  # inside DDP, so the attack (on the
+        trained = CompiledOrEager(trained)  # unwrapped model) is compiled too
     model = trained if world == 1 else nn.parallel.DistributedDataParallel(
         trained, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
@@ -173,8 +197,10 @@ def load_trial_data(config: TrialConfig, world: int,
     """The trial's training and test subsets and, with ``extra_data``, the pseudo-labelled set
     (augmented as the labelled set is); a labelled batch is half the batch under
     self-training, and each of ``world`` ranks takes its share. Loaders for ``device``
-    (default: the CPU) get :func:`loader_options`."""
-    options = loader_options(config, device or torch.device("cpu"), world)
+    (default: the CPU) get :func:`loader_options`; the training images go on ``device`` as
+    ``data_on_device`` asks (trainers.device_data.device_images)."""
+    device = device or torch.device("cpu")
+    options = loader_options(config, device, world)
     train_set = _subset(load_dataset(config.dataset, "train", config.data_root),
                         config.train_subset)
     test_set = _subset(load_dataset(config.dataset, "test", config.data_root, augment=False),
@@ -185,7 +211,8 @@ def load_trial_data(config: TrialConfig, world: int,
         extra_set = load_extra_data(config.extra_data, config.dataset, labelled.transform)
     labelled_batch = config.batch_size if extra_set is None else config.batch_size // 2
     return TrialData(train_set, DataLoader(test_set, batch_size=config.batch_size, **options),
-                     extra_set, max(1, labelled_batch // world), options)
+                     extra_set, max(1, labelled_batch // world), options,
+                     device_images(config, train_set, device))
 
 
 def epoch_batches(data: TrialData, config: TrialConfig, epoch: int, rank: int,
@@ -194,17 +221,21 @@ def epoch_batches(data: TrialData, config: TrialConfig, epoch: int, rank: int,
     weight)`` batches (weight None without self-training) and their number.
 
     The shuffled order is seeded by (seed, epoch) alone: under DDP every rank shares it and
-    takes its own equal share."""
+    takes its own equal share. With the images on the device the same loader runs over their
+    indices, so its batches hold the same images in the same order, augmented there."""
     seed = epoch_seed(config.seed, epoch)
     torch.manual_seed(epoch_seed(config.seed, epoch, rank))
+    on_device = data.on_device
+    source = data.train_set if on_device is None else on_device.indices
+    options = data.loader_options if on_device is None else {}
     if world == 1:
-        loader = DataLoader(data.train_set, batch_size=data.labelled_batch, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed), **data.loader_options)
+        loader = DataLoader(source, batch_size=data.labelled_batch, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed), **options)
     else:
-        sampler = DistributedSampler(data.train_set, num_replicas=world, rank=rank, seed=seed)
-        loader = DataLoader(data.train_set, batch_size=data.labelled_batch, sampler=sampler,
-                            **data.loader_options)
-    batches = (((x, y, None) for x, y in loader) if data.extra_set is None
+        sampler = DistributedSampler(source, num_replicas=world, rank=rank, seed=seed)
+        loader = DataLoader(source, batch_size=data.labelled_batch, sampler=sampler, **options)
+    pairs = loader if on_device is None else on_device.batches(loader)
+    batches = (((x, y, None) for x, y in pairs) if data.extra_set is None
                else mixed_batches(loader, data.extra_set, config.extra_weight,
                                   epoch_seed(config.seed, epoch, rank)))
     return batches, len(loader)
@@ -240,7 +271,10 @@ def run_epoch(state: TrainingState, data: TrialData, config: TrialConfig, epoch:
                            if rank == 0 else None),
         "lr": lr, "epsilon": epsilon, "epoch_seconds": seconds,
         "samples_per_s": len(data.train_set) * (1 if data.extra_set is None else 2) / seconds,
-        "world_size": world, "finished_at": time.time(),  # wall clock (Unix time)
+        "world_size": world, "data_on_device": data.on_device is not None,
+        "compiled": any(isinstance(m, CompiledOrEager) and m.compiled
+                        for m in state.model.modules()),
+        "finished_at": time.time(),  # wall clock (Unix time)
     }
 
 
@@ -272,7 +306,9 @@ def train_trial(config: TrialConfig, out_dir: str | Path,
     net, ckpt = prepare_folder(config, out, rank, device)
     data = load_trial_data(config, world, device)  # refuses a missing dataset, bad extra_data
     record_run(config, out, rank)  # nothing is written before every check passed
-    state = build_training(net, ckpt, config, device, world)
+    state = build_training(net, ckpt, config, device, world,
+                           compiles(config, net, data.train_set[0][0], len(data.train_set),
+                                    device))
     if rank == 0:  # drop the lines of epochs after the checkpoint (a crash may leave some)
         trim_metrics(out / METRICS, state.start_epoch)
     metrics: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 # Set-up and checks. Every target installs what it needs by itself.
 #   make quickstart  venv + package (no dev extra) + Fashion-MNIST, the quickstart sweep on
 #                    local Ray, plots
-#   make test        venv + package (editable, dev extra) + pytest
+#   make test        venv + package (editable, dev extra) + pytest (TEST_WORKERS processes)
 #   make lint        ruff
 #   make benchmark   benchmarks/certify_speed.py and train_step_speed.py
 VENV ?= .venv
@@ -51,9 +51,13 @@ quickstart: data
 	fi
 	$(VENV)/bin/smoothadv analyze $(SWEEPS)/quickstart -o $(SWEEPS)/quickstart/report
 
+# Two test processes, each taking whole files (module fixtures such as the S3 server and the
+# Ray clusters stay in one process): a test spends most of its time waiting on Ray and its
+# subprocesses, so two overlap on 2 cores. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
 test: install
 	-@$(MAKE) --no-print-directory data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check .

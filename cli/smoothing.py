@@ -115,9 +115,10 @@ def _add_kernel_args(p: argparse.ArgumentParser) -> None:
                    help="run the base classifier's forward passes through torch.compile "
                    "(attack: PREDICT's, the PGD steps stay eager; falls back to eager with a "
                    "one-line notice when no compiler works; recorded in OUT.meta.json as "
-                   "compiled: true/false). Default: compile when the run's forward passes "
-                   "reach 2.5e12 FLOPs on CPU (ResNet-20: one image at n = 100,000) or 5e15 "
-                   "on CUDA, where compiling repays itself; a resumed OUT keeps its choice")
+                   "compiled: true/false). Default: compile where it repays itself: a model of "
+                   "≥ 20 MFLOP a sample (ResNet-20, not LeNet) in a run of ≥ 5e12 FLOPs on CPU "
+                   "(ResNet-20: one image at n = 100,000) or 5e15 on CUDA; a resumed OUT keeps "
+                   "its choice")
 
 
 def _add_smoothing_args(p: argparse.ArgumentParser, certifying: bool) -> None:

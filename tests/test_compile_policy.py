@@ -1,7 +1,8 @@
-"""When compilation is the default (issue 25): certification compiles when the run's forward
-passes reach trainers.compiled.CERTIFY_MIN_FLOPS, a resumed results file keeps the choice it
-recorded, training compiles by model size and trial length; an explicit choice always wins.
-The FLOP counts are torch.utils.flop_counter's, checked against closed forms."""
+"""When compilation is the default (issue 25): certification compiles when the model is large
+enough (trainers.compiled.MIN_SAMPLE_FLOPS) and the run's forward passes reach
+CERTIFY_MIN_FLOPS, a resumed results file keeps the choice it recorded, training compiles by
+model size and trial length; an explicit choice always wins. The FLOP counts are
+torch.utils.flop_counter's, checked against closed forms."""
 
 from __future__ import annotations
 
@@ -43,17 +44,22 @@ def test_forward_flops_are_the_closed_form():
     assert forward_flops(conv, torch.rand(3, 6, 6)) == 2 * 8 * 36 * 3 * 9
 
 
-def test_certification_compiles_from_the_threshold_on():
-    x = torch.rand(3, 4, 4)
-    at = int(CERTIFY_MIN_FLOPS["cpu"] // (2 * IN * OUT)) + 1  # samples that reach it
-    assert certification_repays_compiling(linear(), x, at, CPU)
-    assert not certification_repays_compiling(linear(), x, at - 2, CPU)
-    assert not certification_repays_compiling(linear(), x, 10**15, torch.device("meta"))
+def test_certification_compiles_from_the_thresholds_on(monkeypatch):
     # ResNet-20 on CIFAR-10: one image at n = 100,000 repays it, a test's few hundred do not
     net = build_model("cifar_resnet20", "cifar10")
     image = torch.rand(3, 32, 32)
     assert certification_repays_compiling(net, image, 100_100, CPU)
     assert not certification_repays_compiling(net, image, 4 * 200, CPU)
+    assert not certification_repays_compiling(net, image, 10**9, torch.device("meta"))
+    # LeNet never does, however long the run: compiled, it is no faster
+    lenet = build_model("lenet", "fashion_mnist")
+    assert not certification_repays_compiling(lenet, torch.rand(1, 28, 28), 10**9, CPU)
+    # the run threshold's edge, on a linear model counted as large enough
+    monkeypatch.setattr(compiled, "MIN_SAMPLE_FLOPS", 0)
+    x = torch.rand(3, 4, 4)
+    at = int(CERTIFY_MIN_FLOPS["cpu"] // (2 * IN * OUT)) + 1  # samples that reach it
+    assert certification_repays_compiling(linear(), x, at, CPU)
+    assert not certification_repays_compiling(linear(), x, at - 2, CPU)
 
 
 def test_training_compiles_by_model_size_and_trial_length():
@@ -72,6 +78,7 @@ def fake_compiler(monkeypatch) -> list[int]:
     """compile_classifier replaced by one that only records its call (the policy is what is
     tested here; tests/test_kernels.py compiles for real)."""
     calls: list[int] = []
+    monkeypatch.setattr(compiled, "MIN_SAMPLE_FLOPS", 0)  # the linear model counts as large
 
     def compile_classifier(model, example, **_):
         calls.append(len(example))

@@ -43,15 +43,20 @@ def _reason(error: BaseException) -> str:
     return text[:200]
 
 
-# Certification compiles by default (``compile`` unset) when its forward passes, run eagerly,
-# would cost at least this many FLOPs: there the compilation repays itself. On 2 CPU threads a
-# run repays it once eager time × (1 − 1/speed-up) exceeds the compilation: ResNet-20 (81.6
-# MFLOP a sample, ~36 GFLOP/s eager, 1.9× compiled, ~18 s to compile) from ~1.4e12 FLOPs, a
-# LeNet (6.0 MFLOP, ~120 GFLOP/s, 1.36×, ~5 s) from ~2.3e12; the CPU threshold covers both
-# (one image at n = 100,000 on ResNet-20 compiles, a test's few hundred samples never do).
-# CUDA's is unmeasured (no GPU was lent): ~1 min of compilation at tens of TFLOP/s and a
-# speed-up assumed ≥ 1.3× gives ~5e15 (ResNet-110 from ~100 images at n = 100,000).
-CERTIFY_MIN_FLOPS = {"cpu": 2.5e12, "cuda": 5e15}
+# Compiling pays only for a model whose forward pass takes at least MIN_SAMPLE_FLOPS a sample,
+# and only in a run long enough to repay the compilation. Measured on 2 CPU threads with a fresh
+# inductor cache (a user's first run), 400 samples a forward pass, noise and counting included:
+# LeNet on Fashion-MNIST (6.0 MFLOP a sample) compiles in 11 s and then runs 1.02× (a training
+# step 0.86×): never worth it; ResNet-20 on CIFAR-10 (81.6 MFLOP) compiles in 16 s and runs
+# 1.52× (a SmoothAdv step 1.36-1.68×): the size threshold lies between them.
+MIN_SAMPLE_FLOPS = 20e6
+# Certification compiles by default (``compile`` unset) from this many forward-pass FLOPs in
+# the run: ResNet-20 repays its 16 s of compiling after eager time × (1 − 1/1.52) > 16 s, 46 s
+# at 96 GFLOP/s, 4.4e12 FLOPs, so one image at n = 100,000 (8.2e12) compiles and a test's
+# few hundred samples never do. CUDA's is unmeasured (no GPU was lent): ~1 min of compiling at
+# tens of TFLOP/s and a speed-up assumed ≥ 1.3× gives ~5e15 (ResNet-110 from ~100 images at
+# n = 100,000).
+CERTIFY_MIN_FLOPS = {"cpu": 5e12, "cuda": 5e15}
 
 
 def forward_flops(model: nn.Module, example: torch.Tensor) -> int:
@@ -71,36 +76,36 @@ def forward_flops(model: nn.Module, example: torch.Tensor) -> int:
 
 def certification_repays_compiling(model: nn.Module, example: torch.Tensor, samples: int,
                                    device: torch.device) -> bool:
-    """Whether ``samples`` forward passes of ``model`` on samples like ``example`` reach
-    CERTIFY_MIN_FLOPS for ``device``'s type (any other device type: never)."""
+    """Whether ``model`` takes at least MIN_SAMPLE_FLOPS on a sample like ``example`` and its
+    ``samples`` forward passes reach CERTIFY_MIN_FLOPS for ``device``'s type (any other
+    device type: never)."""
     threshold = CERTIFY_MIN_FLOPS.get(torch.device(device).type)
-    return threshold is not None and forward_flops(model, example) * samples >= threshold
+    if threshold is None:
+        return False
+    flops = forward_flops(model, example)
+    return flops >= MIN_SAMPLE_FLOPS and flops * samples >= threshold
 
 
-# Training compiles by default (``compile`` unset) when the model is large enough for the
-# compiled step to be faster and the trial long enough to repay compiling it (forward and
-# backward graphs, ~40 s for ResNet-20 on 2 CPU threads). Measured per SmoothAdv step on 2 CPU
-# threads (benchmarks/train_step_speed.py --compile): LeNet on Fashion-MNIST (6.0 MFLOP a
-# sample forward) 0.86×, ResNet-20 on CIFAR-10 (81.6 MFLOP) 1.36-1.62×: the size threshold lies
-# between them. At ~60 GFLOP/s eager and 1.5× compiled, 40 s of compiling is repaid after
-# ~120 s of eager training, ~7e12 FLOPs: the CPU's run threshold is 1e13. CUDA's is unmeasured
-# (~1 min of compiling, a speed-up assumed ≥ 1.3×, tens of TFLOP/s: ~1e16, a few epochs of
-# CIFAR-10 on ResNet-110).
-TRAIN_MIN_SAMPLE_FLOPS = 20e6
+# Training compiles by default (``compile`` unset) for a model of at least MIN_SAMPLE_FLOPS
+# and a trial long enough to repay compiling its forward and backward graphs (~40 s for
+# ResNet-20 on 2 CPU threads): at ~60 GFLOP/s eager and 1.5× compiled that is ~120 s of eager
+# training, ~7e12 FLOPs, so the CPU's threshold is 1e13. CUDA's is unmeasured (~1 min of
+# compiling, a speed-up assumed ≥ 1.3×, tens of TFLOP/s: ~1e16, a few epochs of CIFAR-10 on
+# ResNet-110).
 TRAIN_MIN_FLOPS = {"cpu": 1e13, "cuda": 1e16}
 
 
 def training_repays_compiling(model: nn.Module, example: torch.Tensor, passes: int,
                               device: torch.device) -> bool:
     """Whether training ``model`` on samples like ``example`` repays compiling it: a forward
-    pass of at least TRAIN_MIN_SAMPLE_FLOPS a sample, and ``passes`` sample passes (forward and
+    pass of at least MIN_SAMPLE_FLOPS a sample, and ``passes`` sample passes (forward and
     backward each, the trial's whole training) of at least TRAIN_MIN_FLOPS for ``device``'s
     type, a backward pass counted as twice a forward."""
     threshold = TRAIN_MIN_FLOPS.get(torch.device(device).type)
     if threshold is None:
         return False
     flops = forward_flops(model, example)
-    return flops >= TRAIN_MIN_SAMPLE_FLOPS and 3 * flops * passes >= threshold
+    return flops >= MIN_SAMPLE_FLOPS and 3 * flops * passes >= threshold
 
 
 def say(message: str) -> None:

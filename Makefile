@@ -53,11 +53,14 @@ quickstart: data
 
 # Two test processes, each taking whole files (module fixtures such as the S3 server and the
 # Ray clusters stay in one process): a test spends most of its time waiting on Ray and its
-# subprocesses, so two overlap on 2 cores. TEST_WORKERS=0 runs them in this process.
+# subprocesses, so two overlap on 2 cores. TEST_WORKERS=0 runs them in this process. Tests
+# marked serial (the multi-node cluster, whose node-death detection is timing-bound) run
+# afterwards, alone.
 TEST_WORKERS ?= 2
 test: install
 	-@$(MAKE) --no-print-directory data
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(PY) -m pytest -q -m serial
 
 lint: install
 	$(VENV)/bin/ruff check .

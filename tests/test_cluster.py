@@ -38,6 +38,10 @@ from ports import free_port
 from smoothadv.common import layout
 from smoothadv.sweep import processes
 
+# Alone, after the parallel part of `make test`: a node's death is noticed by heartbeats, which
+# another test's load on the 2 cores delayed past this module's deadlines (pyproject markers).
+pytestmark = pytest.mark.serial
+
 BIN = Path(sys.executable).parent
 TINY = {"dataset": "synthetic", "arch": "lenet", "method": "gaussian", "epoch_test_subset": 64,
         "batch_size": 64, "lr": 0.05, "device": "cpu",
